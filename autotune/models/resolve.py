@@ -1,0 +1,44 @@
+"""Turns the user's ``--model`` into something an engine can load.
+
+``tiny`` is the embedded default: a small Llama-architecture model built on
+this machine (nothing downloaded). ``shape:<name>`` is a published
+architecture with random weights (``--load-format dummy``), for speed studies
+on GPUs without the weights. A local directory is used as is; anything else is
+a hub id that the engine itself resolves (autotune fetches nothing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from autotune.engines.base import ModelRef
+from autotune.errors import UserError
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUTOTUNE_CACHE", Path.home() / ".cache" / "autotune"))
+
+
+def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
+    if name == "tiny":
+        from autotune.models.tiny import ensure_tiny_model
+
+        path = ensure_tiny_model()
+        return ModelRef(str(path), "tiny", str(path), max_model_len=max_model_len or 512)
+    if name.startswith("shape:"):
+        from autotune.models.shapes import SHAPES, build_shape_model
+
+        shape = name.removeprefix("shape:")
+        if shape not in SHAPES:
+            raise UserError(f"unknown model shape {shape!r} (known: {', '.join(sorted(SHAPES))})")
+        path = build_shape_model(shape, cache_dir() / "shapes" / shape)
+        return ModelRef(str(path), shape, str(path), dummy_weights=True, max_model_len=max_model_len)
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise UserError(f"model directory {local} has no config.json")
+        return ModelRef(str(local.resolve()), local.name, str(local.resolve()), max_model_len=max_model_len)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise UserError(f"model not found: {name} (give 'tiny', 'shape:<name>', a local directory or a hub id)")
+    return ModelRef(name, name, None, max_model_len=max_model_len)

@@ -1,0 +1,179 @@
+"""Search spaces: the knobs of one engine, their ranges, and the rules between them.
+
+A space is YAML under ``search_spaces/<engine>.yaml``. Each knob says its type
+and range, how it reaches the engine (``arg:`` or ``env:``), and on which
+devices it exists. The study spec may narrow a range or pin a knob. Rules
+between knobs (``max_num_batched_tokens >= max_num_seqs``) are small
+arithmetic comparisons, checked before any engine starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from autotune.engines.base import KnobSpec
+from autotune.errors import UserError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+Scalar = Union[bool, int, float, str]
+
+
+class Knob(BaseModel):
+    """One tunable setting. ``fixed`` pins it; ``devices`` limits where it exists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["int", "float", "categorical", "bool"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[Scalar] | None = None
+    fixed: Scalar | None = None
+    arg: str | None = None
+    env: str | None = None
+    flag: bool = False  # a bare switch with no --no- form
+    devices: list[Literal["cpu", "cuda"]] | None = None
+    max_from: str | None = None  # drop choices above this hardware figure (e.g. gpu_count)
+    help: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Knob":
+        if self.fixed is not None:
+            return self
+        if self.type in ("int", "float"):
+            if self.low is None or self.high is None:
+                raise ValueError("needs low and high")
+            if self.low > self.high:
+                raise ValueError(f"low ({self.low}) > high ({self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError("log scale needs low > 0")
+        if self.type == "categorical" and not self.choices:
+            raise ValueError("needs choices")
+        return self
+
+    def spec(self, name: str) -> KnobSpec:
+        return KnobSpec(name=name, arg=self.arg, env=self.env, is_flag=self.flag)
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str
+    knobs: dict[str, Knob]
+    constraints: list[str] = []
+
+    @classmethod
+    def load(cls, engine: str, path: Path | None = None) -> "SearchSpace":
+        path = path or SPACES_DIR / f"{engine}.yaml"
+        if not path.exists():
+            raise UserError(f"no search space for engine {engine!r} (looked for {path})")
+        try:
+            data = yaml.safe_load(path.read_text())
+            space = cls.model_validate(data)
+        except (yaml.YAMLError, ValidationError) as e:
+            raise UserError(f"bad search space {path}: {_one_line(e)}") from None
+        for rule in space.constraints:
+            _parse_rule(rule)
+        return space
+
+    def for_hardware(self, device: str, hardware: Mapping[str, float]) -> "SearchSpace":
+        """The knobs that exist on this device, with choices cut to what the hardware allows."""
+        knobs: dict[str, Knob] = {}
+        for name, knob in self.knobs.items():
+            if knob.devices is not None and device not in knob.devices:
+                continue
+            if knob.max_from and knob.choices and knob.fixed is None:
+                limit = hardware.get(knob.max_from)
+                if limit is not None:
+                    allowed = [c for c in knob.choices if isinstance(c, (int, float)) and c <= limit]
+                    knob = knob.model_copy(update={"choices": allowed or knob.choices[:1]})
+                    if len(knob.choices or []) == 1:
+                        knob = knob.model_copy(update={"fixed": knob.choices[0]})
+            knobs[name] = knob
+        rules = [r for r in self.constraints if _names(r) <= set(knobs) | set(hardware)]
+        return SearchSpace(engine=self.engine, knobs=knobs, constraints=rules)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "SearchSpace":
+        """Applies the spec's ``space:`` section: a scalar pins a knob, a mapping narrows it."""
+        knobs = dict(self.knobs)
+        for name, value in overrides.items():
+            if name not in knobs:
+                raise UserError(
+                    f"unknown knob {name!r} for engine {self.engine!r} (known: {', '.join(sorted(knobs))})"
+                )
+            if isinstance(value, Mapping):
+                try:
+                    knobs[name] = Knob.model_validate({**knobs[name].model_dump(exclude_none=True), **value})
+                except ValidationError as e:
+                    raise UserError(f"bad range for knob {name!r}: {_one_line(e)}") from None
+            else:
+                knobs[name] = knobs[name].model_copy(update={"fixed": value})
+        return SearchSpace(engine=self.engine, knobs=knobs, constraints=self.constraints)
+
+    def knob_specs(self) -> dict[str, KnobSpec]:
+        return {name: knob.spec(name) for name, knob in self.knobs.items()}
+
+    def check(self, config: Mapping[str, Any], hardware: Mapping[str, float]) -> list[str]:
+        """Every rule the configuration breaks, as readable reasons."""
+        scope = {**hardware, **config}
+        return [f"violates {rule}" for rule in self.constraints if not _evaluate(_parse_rule(rule), scope)]
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        return f"{loc}: {err['msg']}" if loc else err["msg"]
+    return " ".join(str(e).split())
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_CMPOPS = {
+    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+    ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne,
+}
+
+
+def _parse_rule(rule: str) -> ast.expr:
+    try:
+        tree = ast.parse(rule, mode="eval").body
+    except SyntaxError:
+        raise UserError(f"bad rule {rule!r}: not an arithmetic comparison") from None
+    for node in ast.walk(tree):
+        if not isinstance(
+            node, (ast.Compare, ast.BinOp, ast.Name, ast.Constant, ast.Load, *_BINOPS, *_CMPOPS)
+        ):
+            raise UserError(f"bad rule {rule!r}: {type(node).__name__} is not allowed")
+    if not isinstance(tree, ast.Compare):
+        raise UserError(f"bad rule {rule!r}: must compare two expressions")
+    return tree
+
+
+def _names(rule: str) -> set[str]:
+    return {n.id for n in ast.walk(_parse_rule(rule)) if isinstance(n, ast.Name)}
+
+
+def _evaluate(node: ast.expr, scope: Mapping[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return scope[node.id]
+    if isinstance(node, ast.BinOp):
+        return _BINOPS[type(node.op)](_evaluate(node.left, scope), _evaluate(node.right, scope))
+    if isinstance(node, ast.Compare):
+        left = _evaluate(node.left, scope)
+        for op, comp in zip(node.ops, node.comparators):
+            right = _evaluate(comp, scope)
+            if not _CMPOPS[type(op)](left, right):
+                return False
+            left = right
+        return True
+    raise TypeError(type(node).__name__)
