@@ -67,10 +67,10 @@ def test_knobs_become_argv_and_env() -> None:
     space = SearchSpace.load("vllm").for_hardware("cpu", {"gpu_count": 1})
     engine = get_engine("vllm")
     knobs = space.knob_specs()
-    config = {"max_num_seqs": 8, "enable_prefix_caching": False, "kv_cache_space_gib": 0.5, "block_size": 16}
+    config = {"max_num_seqs": 8, "enable_prefix_caching": False, "kv_cache_space_gib": 1, "block_size": 16}
     argv = engine.knob_argv(knobs, config)
     assert argv == ["--max-num-seqs", "8", "--no-enable-prefix-caching", "--block-size", "16"]
-    assert engine.knob_env(knobs, config) == {"VLLM_CPU_KVCACHE_SPACE": "0.5"}
+    assert engine.knob_env(knobs, config) == {"VLLM_CPU_KVCACHE_SPACE": "1"}
     assert engine.config_file(knobs, config) == {
         "max-num-seqs": 8, "enable-prefix-caching": False, "block-size": 16,
     }

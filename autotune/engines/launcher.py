@@ -49,12 +49,18 @@ def tail(path: Path, lines: int = 40) -> list[str]:
 def reason_from_log(path: Path) -> str:
     """The engine's own error line: the last line that says what went wrong."""
     lines = tail(path, 200)
-    for line in reversed(lines):
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
         if _ERROR_LINE.search(line) and not _NOISE.match(line):
-            return _strip_log_prefix(line)
+            reason = _strip_log_prefix(line)
+            if "validation error" in line and i + 1 < len(lines):
+                # pydantic puts the actual complaint on the next line
+                detail = _strip_log_prefix(lines[i + 1]).split(" [type=")[0]
+                reason = f"{reason}: {detail}"
+            return reason[:500]
     for line in reversed(lines):
         if line.strip():
-            return _strip_log_prefix(line)
+            return _strip_log_prefix(line)[:500]
     return "engine exited without output"
 
 
@@ -62,7 +68,7 @@ def _strip_log_prefix(line: str) -> str:
     # vLLM prefixes lines with "(APIServer pid=123) ERROR 11-24 10:00:00 [file.py:12] "
     line = re.sub(r"^\(\w+ pid=\d+\)\s*", "", line.strip())
     line = re.sub(r"^(ERROR|WARNING|INFO|DEBUG)\s+\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \[[^\]]*\]\s*", "", line)
-    return line[:500]
+    return line
 
 
 class EngineServer:

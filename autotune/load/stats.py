@@ -1,0 +1,103 @@
+"""Summary figures of a load run, named as ``vllm bench serve`` names them.
+
+Matching those names lets objectives and reports be written once and checked
+against the reference tool.  Conventions:
+
+* latencies are in milliseconds, over completed requests only; ``itl`` pools
+  every gap of every completed request;
+* percentiles use linear interpolation between order statistics (numpy's
+  default ``method="linear"``), ``std`` is the population standard deviation
+  (``ddof=0``), both as in ``vllm bench serve``;
+* throughputs count completed requests and their tokens only, over the whole
+  measured duration (failed requests still take up time);
+* a latency with no samples (e.g. every request failed) is ``float('nan')``
+  rather than absent, so every summary has the same keys; Optuna treats a NaN
+  objective as a failed trial, which is the honest outcome.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from autotune.load.client import RequestRecord
+from autotune.load.runner import LoadResult
+
+__all__ = ["LATENCY_METRICS", "PERCENTILES", "per_request_view", "summarize"]
+
+LATENCY_METRICS: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+
+
+def summarize(result: LoadResult) -> dict[str, float]:
+    """All figures of one run as a flat ``name -> number`` mapping."""
+    done = [r for r in result.records if r.ok]
+    duration = result.duration_s
+    input_tokens = sum(r.prompt_tokens for r in done)
+    output_tokens = sum(r.output_tokens for r in done)
+
+    out: dict[str, float] = {
+        "completed": len(done),
+        "failed": len(result.records) - len(done),
+        "duration": duration,
+        "total_input_tokens": input_tokens,
+        "total_output_tokens": output_tokens,
+        "request_throughput": _per_second(len(done), duration),
+        "output_throughput": _per_second(output_tokens, duration),
+        "total_token_throughput": _per_second(input_tokens + output_tokens, duration),
+    }
+    samples: dict[str, list[float]] = {
+        "ttft": _present(r.ttft_s for r in done),
+        "tpot": _present(r.tpot_s for r in done),
+        "itl": [gap for r in done for gap in r.itl_s],
+        "e2el": _present(r.e2e_s for r in done),
+    }
+    for name in LATENCY_METRICS:
+        out.update(_describe_ms(name, samples[name]))
+    out["client_cpu_s"] = result.client_cpu_s
+    out["client_cpu_util"] = result.client_cpu_s / duration if duration > 0 else math.nan
+    out["achieved_rate"] = result.achieved_rate
+    if result.offered_rate is not None:
+        out["offered_rate"] = result.offered_rate
+    return out
+
+
+def per_request_view(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
+    """Per-request latencies in seconds, for SLO attainment.
+
+    A failed request has every field ``None``: it met no SLO, and callers must
+    not mistake its partial timings for a served request.
+    """
+    view: list[dict[str, Any]] = []
+    for r in records:
+        if r.ok:
+            view.append({"ttft_s": r.ttft_s, "tpot_s": r.tpot_s, "e2e_s": r.e2e_s, "itl_s": list(r.itl_s)})
+        else:
+            view.append({"ttft_s": None, "tpot_s": None, "e2e_s": None, "itl_s": None})
+    return view
+
+
+def _describe_ms(name: str, values_s: Sequence[float]) -> dict[str, float]:
+    keys = ["mean", "median", "std", *(f"p{p}" for p in PERCENTILES), "max"]
+    if not values_s:
+        return {f"{key}_{name}_ms": math.nan for key in keys}
+    ms = np.asarray(values_s, dtype=float) * 1000.0
+    figures = [
+        float(np.mean(ms)),
+        float(np.median(ms)),
+        float(np.std(ms)),
+        *(float(x) for x in np.percentile(ms, PERCENTILES)),
+        float(np.max(ms)),
+    ]
+    return {f"{key}_{name}_ms": value for key, value in zip(keys, figures, strict=True)}
+
+
+def _present(values: Iterable[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def _per_second(amount: float, duration: float) -> float:
+    return amount / duration if duration > 0 else 0.0

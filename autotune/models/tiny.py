@@ -1,0 +1,236 @@
+"""A tiny Llama model built on the machine, so studies and tests need no model hub.
+
+The tuner measures a real engine under load; what it measures is how the engine
+schedules, batches and caches, not what the model says. A 2-layer Llama with
+random weights exercises the same code paths as a real one at a fraction of the
+cost, and building it locally keeps CI offline and reproducible.
+
+Run ``python -m autotune.models.tiny [DEST]`` to build one and print its path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+#: Files that make the folder usable; the build is atomic, so their presence means done.
+REQUIRED_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json")
+
+BOS_TOKEN = "<|begin_of_text|>"
+EOS_TOKEN = "<|end_of_text|>"
+PAD_TOKEN = "<|pad|>"
+
+#: Enough text for a 2K vocabulary, little enough to train in about a second on 2 cores.
+TRAINING_TEXT_CHARS = 4_000_000
+
+#: Plain role-tagged turns: the model is random, the template only has to render.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_MODEL_SHAPE: dict[str, int] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "max_position_embeddings": 2048,
+}
+
+
+def default_model_dir() -> Path:
+    """One shared location, so every study and test reuses a single build."""
+    cache = os.environ.get("AUTOTUNE_CACHE") or str(Path("~/.cache/autotune").expanduser())
+    return Path(cache).expanduser() / "models" / "tiny-llama"
+
+
+def is_complete(dest: Path) -> bool:
+    """Builds are renamed into place whole, so the files' presence is proof enough."""
+    return all((dest / name).is_file() for name in REQUIRED_FILES)
+
+
+def _training_text(max_chars: int = TRAINING_TEXT_CHARS) -> Iterator[str]:
+    """Stdlib sources are on every Python install, so no corpus has to be fetched.
+
+    Files are read in sorted order and capped, so the same interpreter gives the
+    same text (and the same vocabulary); a different Python version may differ.
+    Invalid UTF-8 is dropped because the trainer stops on it.
+    """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    total = 0
+    for path in sorted(stdlib.rglob("*.py")):
+        if "site-packages" in path.parts or "dist-packages" in path.parts:
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8", errors="ignore")
+        except OSError:
+            continue
+        if not text:
+            continue
+        yield text
+        total += len(text)
+        if total >= max_chars:
+            return
+
+
+def _train_tokenizer(vocab_size: int) -> object:
+    """Byte-level BPE never meets an unknown character, so any prompt tokenizes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS_TOKEN, EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_training_text(), trainer)
+    bos_id = tokenizer.token_to_id(BOS_TOKEN)
+    # Like Llama: prompts start with BOS, which the engine counts as a prompt token.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A",
+        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
+        special_tokens=[(BOS_TOKEN, bos_id)],
+    )
+    return tokenizer
+
+
+def _write_model(tmp: Path, *, seed: int, vocab_size: int, bos_id: int, eos_id: int, pad_id: int) -> None:
+    """Weights come from our own seeded generator, not transformers' init, so they
+    stay the same across transformers versions."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        **_MODEL_SHAPE,
+        hidden_act="silu",
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    model = LlamaForCausalLM(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                values = torch.empty(param.shape, dtype=torch.float32)
+                values.normal_(mean=0.0, std=0.02, generator=generator)
+                param.copy_(values)
+    # save_pretrained records the parameters' dtype in config.json ("dtype"/"torch_dtype").
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(tmp, safe_serialization=True)
+    GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).save_pretrained(tmp)
+
+
+def _write_tokenizer(tmp: Path, tokenizer: object) -> None:
+    """Written by hand rather than via save_pretrained, so the files do not depend
+    on the transformers version and the chat template sits in tokenizer_config.json."""
+    tokenizer.save(str(tmp / "tokenizer.json"))  # type: ignore[attr-defined]
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": PAD_TOKEN,
+        "model_max_length": _MODEL_SHAPE["max_position_embeddings"],
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
+    (tmp / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+def build_tiny_model(dest: Path, *, seed: int = 0, vocab_size: int = 2048) -> Path:
+    """Build into a temporary folder beside ``dest`` and rename it into place, so a
+    killed build never leaves a half model that an engine would try to load."""
+    dest = Path(dest).expanduser().absolute()
+    if is_complete(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published model should not be
+    try:
+        tokenizer = _train_tokenizer(vocab_size)
+        ids = {tok: tokenizer.token_to_id(tok) for tok in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)}  # type: ignore[attr-defined]
+        _write_tokenizer(tmp, tokenizer)
+        _write_model(
+            tmp,
+            seed=seed,
+            vocab_size=vocab_size,
+            bos_id=ids[BOS_TOKEN],
+            eos_id=ids[EOS_TOKEN],
+            pad_id=ids[PAD_TOKEN],
+        )
+        for path in tmp.iterdir():  # some writers create files 0600; readers may be other users
+            path.chmod(0o666 & ~umask)
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """rename() is atomic but refuses a non-empty target; a leftover incomplete
+    folder is moved aside first, and a finished one from a racing builder wins."""
+    if dest.exists() and not is_complete(dest):
+        stale = Path(tempfile.mkdtemp(prefix=f".{dest.name}.stale-", dir=dest.parent))
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(dest, stale / dest.name)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        if not is_complete(dest):
+            raise
+
+
+def ensure_tiny_model() -> Path:
+    """Parallel test workers and studies share one build instead of racing to make it."""
+    dest = default_model_dir()
+    if is_complete(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = dest.parent / f".{dest.name}.lock"
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            return build_tiny_model(dest)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Lets CI or a user pre-build the model once, outside any study."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) > 1 or (args and args[0] in ("-h", "--help")):
+        print("usage: python -m autotune.models.tiny [DEST]", file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    path = build_tiny_model(Path(args[0])) if args else ensure_tiny_model()
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
