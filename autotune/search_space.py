@@ -42,6 +42,7 @@ class Knob(BaseModel):
     flag: bool = False  # a bare switch with no --no- form
     devices: list[Literal["cpu", "cuda"]] | None = None
     max_from: str | None = None  # drop choices above this hardware figure (e.g. gpu_count)
+    by_device: dict[Literal["cpu", "cuda"], dict[str, Any]] | None = None  # per-device range or choices
     help: str | None = None
 
     @model_validator(mode="after")
@@ -90,6 +91,10 @@ class SearchSpace(BaseModel):
         for name, knob in self.knobs.items():
             if knob.devices is not None and device not in knob.devices:
                 continue
+            if knob.by_device and device in knob.by_device:
+                knob = Knob.model_validate(
+                    {**knob.model_dump(exclude_none=True, exclude={"by_device"}), **knob.by_device[device]}
+                )
             if knob.max_from and knob.choices and knob.fixed is None:
                 limit = hardware.get(knob.max_from)
                 if limit is not None:

@@ -180,7 +180,13 @@ def _deadline(spec: StudySpec) -> float | None:
 
 
 def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter) -> list[float]:
-    config = suggest(trial, run.setup.space)
+    try:
+        config = suggest(trial, run.setup.space)
+    except ValueError as e:  # Optuna refuses a knob whose range changed within one study
+        trial.set_user_attr("reason", f"search space changed: {e}")
+        raise UserError(
+            f"the search space changed since study {run.spec.name!r} began ({e}); start a new one with --name"
+        ) from None
     assert run.spec.study_dir is not None
     trial_dir = run.spec.study_dir / "trials" / f"{trial.number:04d}"
     trial.set_user_attr("config", config)

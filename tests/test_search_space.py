@@ -72,7 +72,7 @@ def test_knobs_become_argv_and_env() -> None:
     assert argv == ["--max-num-seqs", "8", "--no-enable-prefix-caching", "--block-size", "16"]
     assert engine.knob_env(knobs, config) == {"VLLM_CPU_KVCACHE_SPACE": "1"}
     assert engine.config_file(knobs, config) == {
-        "max-num-seqs": 8, "enable-prefix-caching": False, "block-size": 16,
+        "max-num-seqs": 8, "no-enable-prefix-caching": True, "block-size": 16,
     }
 
 

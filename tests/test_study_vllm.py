@@ -123,5 +123,6 @@ def test_generated_config_starts_vllm_serve(study_dir: Path, tiny_model: Path) -
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as r:
             assert str(tiny_model) in r.read().decode()
     finally:
-        os.killpg(proc.pid, 15)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
         proc.wait(timeout=60)

@@ -123,8 +123,15 @@ class EngineAdapter(ABC):
         out: dict[str, Any] = {}
         for name, value in config.items():
             knob = knobs.get(name)
-            if knob is not None and knob.arg is not None and value is not None:
-                out[knob.arg.removeprefix("--")] = value
+            if knob is None or knob.arg is None or value is None:
+                continue
+            key = knob.arg.removeprefix("--")
+            if value is False:
+                # `vllm serve --config` drops a false boolean silently; the negated option is explicit.
+                if not knob.is_flag:
+                    out["no-" + key] = True
+            else:
+                out[key] = value
         return out
 
     def plan(

@@ -28,7 +28,10 @@ _ERROR_LINE = re.compile(
     r"(error:|Error\b|Exception\b|exited with|CUDA out of memory|OutOfMemory|No available memory|not supported|Killed)",
 )
 # Lines that mention an error but explain nothing: stack-frame noise and wrappers.
-_NOISE = re.compile(r"^\s*(File \"|Traceback|\^|~|raise |During handling|The above exception|\s*$)")
+_NOISE = re.compile(
+    r"^\s*(File \"|Traceback|\^|~|raise |During handling|The above exception|\s*$)"
+    r"|See root cause above|EngineDeadError|output_handler failed|failed to automatically increase"
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,12 +54,13 @@ def reason_from_log(path: Path) -> str:
     lines = tail(path, 200)
     for i in range(len(lines) - 1, -1, -1):
         line = lines[i]
-        if _ERROR_LINE.search(line) and not _NOISE.match(line):
+        if _ERROR_LINE.search(line) and not _NOISE.search(line):
             reason = _strip_log_prefix(line)
-            if "validation error" in line and i + 1 < len(lines):
-                # pydantic puts the actual complaint on the next line
-                detail = _strip_log_prefix(lines[i + 1]).split(" [type=")[0]
-                reason = f"{reason}: {detail}"
+            if "validation error" in line:
+                # pydantic puts the field and the complaint on the next lines
+                detail = [_strip_log_prefix(x).split(" [type=")[0] for x in lines[i + 1 : i + 3]]
+                detail = [d for d in detail if d and not d.startswith("For further information")]
+                reason = ": ".join([reason, *detail])
             return reason[:500]
     for line in reversed(lines):
         if line.strip():

@@ -20,6 +20,10 @@ import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 #: Files that make the folder usable; the build is atomic, so their presence means done.
 REQUIRED_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json")
@@ -86,7 +90,7 @@ def _training_text(max_chars: int = TRAINING_TEXT_CHARS) -> Iterator[str]:
             return
 
 
-def _train_tokenizer(vocab_size: int) -> object:
+def _train_tokenizer(vocab_size: int) -> Tokenizer:
     """Byte-level BPE never meets an unknown character, so any prompt tokenizes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -100,7 +104,7 @@ def _train_tokenizer(vocab_size: int) -> object:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_training_text(), trainer)
-    bos_id = tokenizer.token_to_id(BOS_TOKEN)
+    bos_id = _token_id(tokenizer, BOS_TOKEN)
     # Like Llama: prompts start with BOS, which the engine counts as a prompt token.
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A",
@@ -108,6 +112,14 @@ def _train_tokenizer(vocab_size: int) -> object:
         special_tokens=[(BOS_TOKEN, bos_id)],
     )
     return tokenizer
+
+
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    """The trainer puts special tokens first; a missing one would silently break EOS."""
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:
+        raise RuntimeError(f"tokenizer has no {token!r}")
+    return token_id
 
 
 def _write_model(tmp: Path, *, seed: int, vocab_size: int, bos_id: int, eos_id: int, pad_id: int) -> None:
@@ -142,10 +154,10 @@ def _write_model(tmp: Path, *, seed: int, vocab_size: int, bos_id: int, eos_id: 
     GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).save_pretrained(tmp)
 
 
-def _write_tokenizer(tmp: Path, tokenizer: object) -> None:
+def _write_tokenizer(tmp: Path, tokenizer: Tokenizer) -> None:
     """Written by hand rather than via save_pretrained, so the files do not depend
     on the transformers version and the chat template sits in tokenizer_config.json."""
-    tokenizer.save(str(tmp / "tokenizer.json"))  # type: ignore[attr-defined]
+    tokenizer.save(str(tmp / "tokenizer.json"))
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS_TOKEN,
@@ -168,12 +180,10 @@ def build_tiny_model(dest: Path, *, seed: int = 0, vocab_size: int = 2048) -> Pa
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published model should not be
+    tmp.chmod(0o755)  # mkdtemp makes it private; a shared model cache should be readable
     try:
         tokenizer = _train_tokenizer(vocab_size)
-        ids = {tok: tokenizer.token_to_id(tok) for tok in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)}  # type: ignore[attr-defined]
+        ids = {tok: _token_id(tokenizer, tok) for tok in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)}
         _write_tokenizer(tmp, tokenizer)
         _write_model(
             tmp,
@@ -183,8 +193,8 @@ def build_tiny_model(dest: Path, *, seed: int = 0, vocab_size: int = 2048) -> Pa
             eos_id=ids[EOS_TOKEN],
             pad_id=ids[PAD_TOKEN],
         )
-        for path in tmp.iterdir():  # some writers create files 0600; readers may be other users
-            path.chmod(0o666 & ~umask)
+        for path in tmp.iterdir():  # some writers create files 0600
+            path.chmod(0o644)
         _publish(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
