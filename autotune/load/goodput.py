@@ -293,7 +293,7 @@ def search_goodput(
         if (hi - lo) / lo < resolution or (integer and hi - lo <= 1):
             break
         mid = (lo + hi) // 2 if integer else (lo + hi) / 2
-        if any(level.load == mid for level in levels):  # only float rounding could cause this
+        if any(level.load == mid for level in levels):  # backstop: a float midpoint rounding onto an end
             break
         probe(mid)
 
