@@ -89,6 +89,66 @@ def review(study_dir: Path = typer.Argument(..., help="the study folder")) -> No
     _print_results(study, spec, study_dir, pareto_table, failures_table, write_configs)
 
 
+@app.command("measure")
+def measure_cmd(
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="study spec YAML (model, workload, SLO, goodput)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    slo: Optional[str] = typer.Option(None, "--slo"),
+    objectives: Optional[str] = typer.Option(None, "--objectives", "-o"),
+    assignments: list[str] = typer.Option([], "--set", help="knob=value (repeatable); unset knobs keep the engine's defaults"),
+    from_study: Optional[Path] = typer.Option(None, "--from-study", help="take the knobs of a trial of this study"),
+    trial: Optional[int] = typer.Option(None, "--trial", help="the trial number, with --from-study"),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="measure a server autotune did not start"),
+    served_model: Optional[str] = typer.Option(None, "--served-model", help="model name the endpoint serves"),
+    repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="measurements (the methodology asks for 10)"),
+    out: Path = typer.Option(Path("autotune-runs/measure"), "--out", help="folder for measure.json and the engine log"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency"),
+    rate: Optional[float] = typer.Option(None, "--rate"),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Measure one configuration (or a running endpoint) with repeats: mean ± std and a 95% interval."""
+    from rich.table import Table
+
+    from autotune.environment import record
+    from autotune.measure import measure_config, parse_assignments
+    from autotune.spec import load_spec
+    from autotune.study import load_study, make_setup
+
+    overrides: dict[str, Any] = {
+        "model": model, "slo": slo, "objectives": objectives, "workload.concurrency": concurrency,
+        "workload.rate": rate, "workload.arrival": "poisson" if rate else None,
+        "workload.num_requests": num_requests, "hardware.device": device,
+    }
+    spec = load_spec(spec_file, overrides)
+    config: dict[str, Any] = {}
+    if from_study is not None:
+        study, _ = load_study(from_study)
+        if trial is None or trial >= len(study.trials):
+            raise UserError("--from-study needs --trial N with N a trial of that study")
+        config.update(study.trials[trial].user_attrs.get("config", {}))
+    config.update(parse_assignments(assignments))
+    setup = make_setup(spec)
+    unknown = sorted(set(config) - set(setup.space.knobs))
+    if unknown:
+        raise UserError(f"unknown knob(s) {', '.join(unknown)} (known: {', '.join(sorted(setup.space.knobs))})")
+    if endpoint is not None and served_model:
+        setup.model = type(setup.model)(setup.model.source, served_model, setup.model.tokenizer_dir)
+    console.print(f"measuring {spec.model} with {config or 'the engine defaults'}, {repeats} repeat(s)")
+    report = measure_config(
+        setup, config, out, repeats=repeats, endpoint=endpoint, status=lambda m: console.print(f"  {m}")
+    )
+    report.environment = record(setup.engine.name, setup.engine.version(), setup.device)
+    (out / "measure.json").write_text(__import__("json").dumps(report.to_json(), indent=2, default=str))
+    table = Table(title=f"{spec.model}: {repeats} repeat(s), mean ± std (95% CI)", title_justify="left")
+    for col in ("figure", "mean ± std", "95% CI", "n"):
+        table.add_column(col, justify="right" if col != "figure" else "left")
+    for key, s in report.summary().items():
+        table.add_row(key, s.text("{:,.2f}"), f"{s.ci95[0]:,.2f} .. {s.ci95[1]:,.2f}", str(s.n))
+    console.print(table)
+    console.print(f"written: {out / 'measure.json'}")
+
+
 def _print_results(study: Any, spec: Any, study_dir: Path, pareto_table: Any, failures_table: Any, write_configs: Any) -> None:
     bad = failures_table(study)
     if bad is not None:

@@ -87,7 +87,7 @@ def pareto_table(study: optuna.Study, spec: StudySpec) -> Table:
     shown_keys = {key for key, _, _ in SHOWN}
     for o in objectives:
         if o.metric not in shown_keys:
-            table.add_column(o.text, justify="right")
+            table.add_column(o.metric, justify="right")
     for _, label, _ in SHOWN:
         table.add_column(label, justify="right")
     table.add_column("SLO", justify="center")

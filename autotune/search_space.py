@@ -128,8 +128,12 @@ class SearchSpace(BaseModel):
 
     def check(self, config: Mapping[str, Any], hardware: Mapping[str, float]) -> list[str]:
         """Every rule the configuration breaks, as readable reasons."""
-        scope = {**hardware, **config}
-        return [f"violates {rule}" for rule in self.constraints if not _evaluate(_parse_rule(rule), scope)]
+        scope = {k: v for k, v in {**hardware, **config}.items() if v is not None}
+        return [
+            f"violates {rule}"
+            for rule in self.constraints
+            if _names(rule) <= set(scope) and not _evaluate(_parse_rule(rule), scope)
+        ]
 
 
 def _one_line(e: Exception) -> str:

@@ -43,12 +43,29 @@ class EngineOptions(BaseModel):
 
     name: str = "vllm"
     host: str = "127.0.0.1"
+    api_key_env: str | None = Field(
+        None, description="name of the environment variable holding the API key; the key itself is never stored"
+    )
     startup_timeout_s: float = Field(600.0, gt=0)
     extra_args: list[str] = []
     env: dict[str, str] = {}
     launch_template: list[str] | None = Field(
         None, description="wraps the engine argv; placeholders {argv} {port} {host} (list items only)"
     )
+
+
+class GoodputOptions(BaseModel):
+    """How a trial searches for its goodput: the highest load at which every SLO holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit: Literal["req/s", "concurrency"] = "req/s"
+    start: float = Field(1.0, gt=0, description="first load level tried")
+    max_levels: int = Field(5, ge=1, le=20, description="load levels measured per trial at most")
+    upper: float | None = Field(None, gt=0)
+    min_load: float | None = Field(None, gt=0)
+    resolution: float = Field(0.1, gt=0, lt=1)
+    conservative: bool = Field(False, description="attainment must hold at its Wilson lower bound")
 
 
 class StudySpec(BaseModel):
@@ -65,6 +82,7 @@ class StudySpec(BaseModel):
     slo: str = ""
     objectives: str = DEFAULT_OBJECTIVES
     space: dict[str, Any] = {}
+    goodput: GoodputOptions | None = None
     budget: Budget = Budget()
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
@@ -92,6 +110,11 @@ class StudySpec(BaseModel):
             raise ValueError(f"study name {self.name!r} may hold letters, digits, '.', '_' and '-' only")
         if self.study_dir is None:
             self.study_dir = Path("autotune-runs") / self.name
+        wants_goodput = any(o.metric == "goodput" for o in parse_objectives(self.objectives))
+        if wants_goodput and self.goodput is None:
+            self.goodput = GoodputOptions()
+        if self.goodput is not None and not self.slo.strip():
+            raise ValueError("goodput needs an SLO (--slo): it is the highest load at which the SLOs hold")
         return self
 
     @property

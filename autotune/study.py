@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,9 @@ def make_setup(spec: StudySpec) -> TrialSetup:
         extra_args=list(spec.engine.extra_args),
         extra_env=dict(spec.engine.env),
         launch_template=spec.engine.launch_template,
+        constraints=spec.constraints,
+        goodput=spec.goodput,
+        api_key=os.environ.get(spec.engine.api_key_env) if spec.engine.api_key_env else None,
     )
 
 
@@ -231,7 +235,7 @@ def _record(trial: Trial, outcome: TrialOutcome, trial_dir: Path) -> None:
         trial.set_user_attr("reason", outcome.reason)
     if outcome.figures:
         trial.set_user_attr("figures", _finite(outcome.figures))
-    for key in ("command", "config_file", "env", "log_path", "startup_s", "measure_s"):
+    for key in ("command", "config_file", "env", "log_path", "startup_s", "measure_s", "goodput"):
         value = getattr(outcome, key)
         if value is not None:
             trial.set_user_attr(key, value)

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from autotune.engines.base import EngineAdapter, LaunchPlan, ModelRef
+from autotune.spec import GoodputOptions
 from autotune.engines.launcher import EngineServer, free_port, reason_from_log
 from autotune.errors import EngineStartError, UserError
+from autotune.load.goodput import endpoint_measure, search_goodput
 from autotune.load.runner import run_load
 from autotune.load.stats import per_request_view, summarize
 from autotune.load.workload import Workload, build_requests, load_tokenizer
 from autotune.search_space import SearchSpace
+from autotune.slo import Constraint
 
 Status = Literal["ok", "failed", "infeasible"]
 
@@ -42,6 +45,9 @@ class TrialSetup:
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     launch_template: list[str] | None = None
+    constraints: list[Constraint] = field(default_factory=list)
+    goodput: GoodputOptions | None = None
+    api_key: str | None = None
 
 
 @dataclass
@@ -56,6 +62,7 @@ class TrialOutcome:
     log_path: str | None = None
     startup_s: float | None = None
     measure_s: float | None = None
+    goodput: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -119,7 +126,8 @@ def run_trial(
     launch = plan(setup, config, port)
     log_path = trial_dir / "engine.log"
     outcome = TrialOutcome(
-        "failed", command=launch.command_line(),
+        "failed",
+        command=launch.command_line(),
         config_file=launch.config_file,
         env={k: v for k, v in launch.env.items() if k != "HF_HUB_OFFLINE"},
         log_path=str(log_path),
@@ -129,24 +137,19 @@ def run_trial(
         say("starting engine")
         server.start()
         outcome.startup_s = server.wait_healthy(on_wait=lambda s: say(f"starting engine ({s:.0f}s)"))
-        say("measuring")
         t0 = time.monotonic()
-        result = _measure(setup, launch, progress)
+        measured = measure(setup, launch.base_url, trial_dir, status=say, progress=progress)
         outcome.measure_s = time.monotonic() - t0
         if launch.metrics_path:
             _save_metrics(launch.base_url + launch.metrics_path, trial_dir / "metrics.txt")
         if not server.alive():
             outcome.reason = f"engine died during measurement: {reason_from_log(log_path)}"
             return _finish(trial_dir, outcome)
-        figures = summarize(result)
-        outcome.per_request = per_request_view(result.records)
-        _write_requests(trial_dir / "requests.jsonl", [r.as_dict() for r in result.records])
-        if not figures.get("completed"):
-            first = next((r.error for r in result.records if r.error), "no error given")
-            outcome.reason = f"all {len(result.records)} requests failed: {first}"
-            outcome.figures = figures
+        outcome.figures, outcome.per_request, outcome.goodput = measured
+        if not outcome.figures.get("completed"):
+            outcome.reason = f"all requests failed: {outcome.figures.get('first_error', 'no error given')}"
             return _finish(trial_dir, outcome)
-        outcome.status, outcome.figures = "ok", figures
+        outcome.status = "ok"
         return _finish(trial_dir, outcome)
     except EngineStartError as e:
         outcome.reason = e.reason
@@ -156,18 +159,73 @@ def run_trial(
         server.stop()
 
 
-def _measure(setup: TrialSetup, launch: LaunchPlan, progress: Callable[[int, int], None] | None):  # type: ignore[no-untyped-def]
-    workload = setup.workload
+Measured = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]
+
+
+def measure(
+    setup: TrialSetup,
+    base_url: str,
+    out_dir: Path | None,
+    *,
+    status: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    seed_offset: int = 0,
+) -> Measured:
+    """Drives the workload at a running server: one fixed load, or a goodput search.
+
+    Returns the figures, the per-request view and, for a goodput search, the
+    levels tried. For goodput the figures are those of the best level that held.
+    """
+    say = status or (lambda _msg: None)
     tokenizer, vocab = _tokenizer(setup.model.tokenizer_dir or setup.model.source)
-    requests = build_requests(workload, tokenizer, vocab, count=workload.warmup_requests + workload.num_requests)
-    return run_load(
-        launch.base_url,
-        setup.model.served_name,
-        requests,
-        workload,
-        ignore_eos=setup.engine.capabilities.ignore_eos,
-        progress=progress,
+    workload = setup.workload
+    if setup.goodput is None:
+        say("measuring")
+        requests = build_requests(
+            workload, tokenizer, vocab, count=workload.warmup_requests + workload.num_requests,
+            seed_offset=seed_offset,
+        )
+        result = run_load(
+            base_url, setup.model.served_name, requests, workload,
+            ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
+        )
+        figures = dict(summarize(result))
+        if out_dir is not None:
+            _write_requests(out_dir / "requests.jsonl", [r.as_dict() for r in result.records])
+        _first_error(figures, [r.error for r in result.records])
+        return figures, per_request_view(result.records), None
+
+    g = setup.goodput
+    probe = endpoint_measure(
+        base_url, setup.model.served_name, tokenizer, vocab, workload, unit=g.unit,
+        ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
     )
+    tried = 0
+
+    def level(load: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        nonlocal tried
+        tried += 1
+        say(f"goodput level {tried}/{g.max_levels}: {load:g} {g.unit}")
+        return probe(load)
+
+    result_g = search_goodput(
+        level, setup.constraints, unit=g.unit, start=g.start, max_levels=g.max_levels, upper=g.upper,
+        min_load=g.min_load, resolution=g.resolution, conservative=g.conservative,
+    )
+    chosen = result_g.best or result_g.levels[0]
+    figures = dict(chosen.figures)
+    figures["goodput"] = result_g.goodput
+    summary = result_g.to_json()
+    if out_dir is not None:
+        (out_dir / "goodput.json").write_text(json.dumps(summary, indent=2))
+    _first_error(figures, [r.get("error") for r in chosen.per_request])
+    return figures, chosen.per_request, summary
+
+
+def _first_error(figures: dict[str, Any], errors: list[str | None]) -> None:
+    first = next((e for e in errors if e), None)
+    if first:
+        figures["first_error"] = first
 
 
 @lru_cache(maxsize=4)
