@@ -66,6 +66,9 @@ class GoodputOptions(BaseModel):
     min_load: float | None = Field(None, gt=0)
     resolution: float = Field(0.1, gt=0, lt=1)
     conservative: bool = Field(False, description="attainment must hold at its Wilson lower bound")
+    min_duration_s: float | None = Field(
+        20.0, gt=0, description="each rate level sends at least rate x this many requests, so overload shows"
+    )
 
 
 class StudySpec(BaseModel):

@@ -199,6 +199,7 @@ def measure(
     probe = endpoint_measure(
         base_url, setup.model.served_name, tokenizer, vocab, workload, unit=g.unit,
         ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
+        min_duration_s=g.min_duration_s,
     )
     tried = 0
 

@@ -179,6 +179,7 @@ def judge(
     *,
     confidence_z: float = 1.96,
     conservative: bool = False,
+    min_sustained: float = 0.9,
 ) -> tuple[bool, dict[str, dict[str, float]], dict[str, float]]:
     """Do all ``constraints`` hold at one measured level?
 
@@ -205,6 +206,11 @@ def judge(
         target = c.attainment
         attainment[c.text] = {"achieved": achieved, "lower": lower, "upper": upper, "n": n, "target": target}
         holds = holds and _attainment_holds(achieved, lower, upper, target, conservative)
+    sustained = figures.get("sustained_ratio")
+    if isinstance(sustained, (int, float)) and math.isfinite(sustained):
+        # An open-loop rate the server could not keep up with is no goodput, whatever the latency says.
+        violations["sustained"] = min_sustained - sustained
+        holds = holds and sustained >= min_sustained
     return holds, attainment, violations
 
 
@@ -351,6 +357,7 @@ def workload_at_level(
     load: float,
     *,
     inflight_horizon_s: float = DEFAULT_INFLIGHT_HORIZON_S,
+    min_duration_s: float | None = None,
 ) -> Workload:
     """The workload to offer at one level, re-validated.
 
@@ -374,6 +381,9 @@ def workload_at_level(
     if not load > 0:
         raise ValueError("load must be > 0")
     fields = workload.model_dump()
+    if min_duration_s and unit == "req/s":
+        # Long enough at this rate for a queue to build if the server cannot keep up.
+        fields["num_requests"] = max(workload.num_requests, math.ceil(load * min_duration_s))
     if unit == "concurrency":
         if int(load) < 1:
             raise ValueError("a concurrency level must be >= 1")
@@ -396,6 +406,7 @@ def endpoint_measure(
     api_key: str | None = None,
     inflight_horizon_s: float = DEFAULT_INFLIGHT_HORIZON_S,
     progress: Callable[[int, int], None] | None = None,
+    min_duration_s: float | None = None,
 ) -> Measure:
     """A ``measure`` for ``search_goodput`` that loads a live server.
 
@@ -415,7 +426,9 @@ def endpoint_measure(
     calls = itertools.count(1)
 
     def measure(load: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        level = workload_at_level(workload, unit, load, inflight_horizon_s=inflight_horizon_s)
+        level = workload_at_level(
+            workload, unit, load, inflight_horizon_s=inflight_horizon_s, min_duration_s=min_duration_s
+        )
         specs = build_requests(
             level,
             tokenizer,

@@ -62,7 +62,30 @@ def summarize(result: LoadResult) -> dict[str, float]:
     out["achieved_rate"] = result.achieved_rate
     if result.offered_rate is not None:
         out["offered_rate"] = result.offered_rate
+        out["sustained_ratio"] = _sustained_ratio(result.records, result.offered_rate)
     return out
+
+
+def _sustained_ratio(records: Sequence[RequestRecord], rate: float) -> float:
+    """Did the server keep up with an open-loop rate? Completions per second in the
+    steady window, over the offered rate (about 1.0 when it kept up).
+
+    A short run at an unsustainable rate can still show a good TTFT: every
+    request is admitted at once and the queue never has time to build. The
+    window runs from the first send plus the median end-to-end latency (the
+    first completions of steady state) to the last send, so neither ramp-up nor
+    drain biases it. NaN when that window is shorter than two seconds.
+    """
+    done = [r for r in records if r.ok and r.e2e_s is not None]
+    if not done or rate <= 0:
+        return math.nan
+    t0 = min(r.start for r in records)
+    last_send = max(r.start for r in records)
+    begin = t0 + float(np.median([r.e2e_s for r in done]))
+    if last_send - begin < 2.0:
+        return math.nan
+    finished = sum(1 for r in done if begin <= r.start + r.e2e_s <= last_send)
+    return finished / ((last_send - begin) * rate)
 
 
 def per_request_view(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
