@@ -159,9 +159,18 @@ def _print_results(study: Any, spec: Any, study_dir: Path, pareto_table: Any, fa
         console.print(f"  {rec.command}", highlight=False, soft_wrap=True)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # SIGTERM (a scheduler, `timeout`, `kill`) unwinds like Ctrl-C, so the engine's
+    # process group is torn down and the running trial is recorded as interrupted.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    import signal
+
     import optuna
 
+    signal.signal(signal.SIGTERM, _terminate)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         app(standalone_mode=True)

@@ -129,7 +129,8 @@ def measure_config(
             )
             report.repeats.append(figures)
             report.goodput.append(goodput)
-    (out_dir / "measure.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
+            # Written after every repeat: an interrupted run keeps what it measured.
+            (out_dir / "measure.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
     return report
 
 

@@ -22,6 +22,7 @@ LOGS = Path(__file__).parent / "data" / "engine_logs"
         ("vllm_cpu_kvbytes_tiny.log", "To serve at least one request with the model's max seq len (512)"),
         ("vllm_cpu_kvspace_frac.log", "invalid literal for int() with base 10: '0.25'"),
         ("vllm_cpu_mns_neg.log", "max_num_batched_tokens: Input should be greater than or equal to 1"),
+        ("vllm_h100_gpu_memory_busy.log", "Free memory on device cuda:0 (3.39/79.18 GiB) on startup is less"),
     ],
 )
 def test_reason_is_the_engines_own_error_line(log: str, expected: str) -> None:

@@ -54,7 +54,7 @@ def reason_from_log(path: Path) -> str:
     lines = tail(path, 200)
     for i in range(len(lines) - 1, -1, -1):
         line = lines[i]
-        if _ERROR_LINE.search(line) and not _NOISE.search(line):
+        if _ERROR_LINE.search(line) and not _NOISE.search(_strip_log_prefix(line)):
             reason = _strip_log_prefix(line)
             if "validation error" in line:
                 # pydantic puts the field and the complaint on the next lines
