@@ -164,3 +164,26 @@ def test_per_request_view(result: LoadResult) -> None:
     assert view[3] == {"ttft_s": None, "tpot_s": None, "e2e_s": None, "itl_s": None}
     view[0]["itl_s"].append(1.0)  # a copy: callers cannot corrupt the records
     assert result.records[0].itl_s == [0.01, 0.03]
+
+
+def _open_loop(n: int, gap: float, service: float, backlog_growth: float) -> list:
+    """Requests sent every `gap` seconds; each takes `service` plus a wait that grows with its index."""
+    from autotune.load.client import RequestRecord
+
+    records = []
+    for i in range(n):
+        e2e = service + backlog_growth * i
+        records.append(RequestRecord(ok=True, error=None, prompt_tokens=8, output_tokens=4, start=i * gap,
+                                     ttft_s=0.01, itl_s=[0.0] * 3, e2e_s=e2e, tpot_s=0.0))
+    return records
+
+
+def test_sustained_ratio_separates_keeping_up_from_falling_behind() -> None:
+    from autotune.load.stats import _sustained_ratio
+
+    kept_up = _open_loop(200, gap=0.1, service=1.0, backlog_growth=0.0)
+    assert _sustained_ratio(kept_up, rate=10.0) == pytest.approx(1.0, abs=0.02)
+    for growth in (0.05, 0.1, 0.5):
+        falling_behind = _open_loop(200, gap=0.1, service=1.0, backlog_growth=growth)
+        assert _sustained_ratio(falling_behind, rate=10.0) < 0.8
+    assert math.isnan(_sustained_ratio(kept_up[:5], rate=10.0))

@@ -30,7 +30,7 @@ _ERROR_LINE = re.compile(
 # Lines that mention an error but explain nothing: stack-frame noise and wrappers.
 _NOISE = re.compile(
     r"^\s*(File \"|Traceback|\^|~|raise |During handling|The above exception|\s*$)"
-    r"|See root cause above|EngineDeadError|output_handler failed|failed to automatically increase"
+    r"|See root cause above|See stack trace for root cause|EngineDeadError|output_handler failed|failed to automatically increase"
 )
 
 

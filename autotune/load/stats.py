@@ -67,26 +67,29 @@ def summarize(result: LoadResult) -> dict[str, float]:
 
 
 def _sustained_ratio(records: Sequence[RequestRecord], rate: float) -> float:
-    """Did the server keep up with an open-loop rate? Completions per second in the
-    steady window, over the offered rate (about 1.0 when it kept up).
+    """Did the server keep up with an open-loop rate? About 1.0 when it did.
 
     A short run at an unsustainable rate can still show a good TTFT: every
-    request is admitted at once and the queue never has time to build. The
-    window runs from the first send plus the median end-to-end latency (the
-    first completions of steady state) to the last send, so neither ramp-up nor
-    drain biases it. NaN when that window is shorter than two seconds.
+    request is admitted at once and the queue never has time to build. So count
+    the requests finished by the last send, against those sent at least one
+    early end-to-end latency before it (the ones a server that keeps up has
+    finished by then). The latency is the median over the first third of the
+    run, before any backlog could inflate it. Both counts come from the same
+    realised arrivals, so Poisson noise in the number sent does not move the
+    ratio. NaN when fewer than ten requests fall in the window.
     """
     done = [r for r in records if r.ok and r.e2e_s is not None]
     if not done or rate <= 0:
         return math.nan
-    t0 = min(r.start for r in records)
+    first_send = min(r.start for r in records)
     last_send = max(r.start for r in records)
-    begin = t0 + float(np.median([r.e2e_s for r in done]))
-    if last_send - begin < 2.0:
+    early = [r.e2e_s for r in done if r.start <= first_send + (last_send - first_send) / 3]
+    cutoff = last_send - float(np.median(early or [r.e2e_s for r in done]))
+    expected = sum(1 for r in records if r.start <= cutoff)
+    if expected < 10:
         return math.nan
-    finished = sum(1 for r in done if begin <= r.start + r.e2e_s <= last_send)
-    return finished / ((last_send - begin) * rate)
-
+    finished = sum(1 for r in done if r.start + r.e2e_s <= last_send)
+    return finished / expected
 
 def per_request_view(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
     """Per-request latencies in seconds, for SLO attainment.
