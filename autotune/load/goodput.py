@@ -179,7 +179,7 @@ def judge(
     *,
     confidence_z: float = 1.96,
     conservative: bool = False,
-    min_sustained: float = 0.9,
+    min_sustained: float = 0.85,
 ) -> tuple[bool, dict[str, dict[str, float]], dict[str, float]]:
     """Do all ``constraints`` hold at one measured level?
 

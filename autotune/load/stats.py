@@ -73,8 +73,8 @@ def _sustained_ratio(records: Sequence[RequestRecord], rate: float) -> float:
     request is admitted at once and the queue never has time to build. So count
     the requests finished by the last send, against those sent at least one
     early end-to-end latency before it (the ones a server that keeps up has
-    finished by then). The latency is the median over the first third of the
-    run, before any backlog could inflate it. Both counts come from the same
+    finished by then). That latency is the 10th percentile over the first third
+    of the run, before any backlog could inflate it. Both counts come from the same
     realised arrivals, so Poisson noise in the number sent does not move the
     ratio. NaN when fewer than ten requests fall in the window.
     """
@@ -84,7 +84,7 @@ def _sustained_ratio(records: Sequence[RequestRecord], rate: float) -> float:
     first_send = min(r.start for r in records)
     last_send = max(r.start for r in records)
     early = [r.e2e_s for r in done if r.start <= first_send + (last_send - first_send) / 3]
-    cutoff = last_send - float(np.median(early or [r.e2e_s for r in done]))
+    cutoff = last_send - float(np.percentile(early or [r.e2e_s for r in done], 10))
     expected = sum(1 for r in records if r.start <= cutoff)
     if expected < 10:
         return math.nan
