@@ -69,27 +69,40 @@ def summarize(result: LoadResult) -> dict[str, float]:
 def _sustained_ratio(records: Sequence[RequestRecord], rate: float) -> float:
     """Did the server keep up with an open-loop rate? About 1.0 when it did.
 
-    A short run at an unsustainable rate can still show a good TTFT: every
-    request is admitted at once and the queue never has time to build. So count
-    the requests finished by the last send, against those sent at least one
-    early end-to-end latency before it (the ones a server that keeps up has
-    finished by then). That latency is the 10th percentile over the first third
-    of the run, before any backlog could inflate it. Both counts come from the same
-    realised arrivals, so Poisson noise in the number sent does not move the
-    ratio. NaN when fewer than ten requests fall in the window.
+    A short run at an unsustainable rate can still show a good TTFT: an engine
+    that admits every request at once (vLLM with a large ``max_num_seqs``)
+    answers the first token quickly and pays for the overload in a batch that
+    keeps growing, so each request takes longer than the one before. A server
+    that keeps up reaches a steady state instead, once its batch has filled.
+    So compare the median end-to-end latency of the requests sent in the middle
+    third of the run with that of the last third: the ratio stays near 1.0 in a
+    steady state and falls as the backlog grows (about ``mu / lambda`` for a
+    backlog that grows linearly). The first third is left out because the batch
+    is still filling there, which on a GPU with multi-second requests made an
+    earlier, cumulative version of this check fail healthy runs. A failed
+    request counts as an infinitely slow one. NaN when either third has fewer
+    than five requests, or the rate is not positive.
     """
-    done = [r for r in records if r.ok and r.e2e_s is not None]
-    if not done or rate <= 0:
+    if not records or rate <= 0:
         return math.nan
     first_send = min(r.start for r in records)
-    last_send = max(r.start for r in records)
-    early = [r.e2e_s for r in done if r.start <= first_send + (last_send - first_send) / 3]
-    cutoff = last_send - float(np.percentile(early or [r.e2e_s for r in done], 10))
-    expected = sum(1 for r in records if r.start <= cutoff)
-    if expected < 10:
+    span = max(r.start for r in records) - first_send
+    middle: list[float] = []
+    last: list[float] = []
+    for r in records:
+        at = (r.start - first_send) / span if span > 0 else 0.0
+        e2e = r.e2e_s if r.ok and r.e2e_s is not None else math.inf
+        if 1 / 3 <= at < 2 / 3:
+            middle.append(e2e)
+        elif at >= 2 / 3:
+            last.append(e2e)
+    if len(middle) < 5 or len(last) < 5:
         return math.nan
-    finished = sum(1 for r in done if r.start + r.e2e_s <= last_send)
-    return finished / expected
+    mid, late = float(np.median(middle)), float(np.median(last))
+    if math.isinf(mid) or math.isinf(late):
+        return 0.0
+    return mid / late if late > 0 else math.nan
+
 
 def per_request_view(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
     """Per-request latencies in seconds, for SLO attainment.
