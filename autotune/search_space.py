@@ -35,7 +35,7 @@ class Knob(BaseModel):
     high: float | None = None
     step: float | None = None
     log: bool = False
-    choices: list[Scalar] | None = None
+    choices: list[Scalar | None] | None = None  # None: leave the setting to the engine
     fixed: Scalar | None = None
     arg: str | None = None
     env: str | None = None
@@ -43,6 +43,7 @@ class Knob(BaseModel):
     devices: list[Literal["cpu", "cuda"]] | None = None
     max_from: str | None = None  # drop choices above this hardware figure (e.g. gpu_count)
     by_device: dict[Literal["cpu", "cuda"], dict[str, Any]] | None = None  # per-device range or choices
+    quality: bool = False  # changes the model's answers (quantization, KV dtype): perplexity is re-measured
     help: str | None = None
 
     @model_validator(mode="after")
