@@ -134,14 +134,14 @@ def measure_config(
     return report
 
 
-def parse_assignments(items: list[str]) -> dict[str, Any]:
-    """``knob=value`` pairs from the command line, values read as YAML scalars."""
+def parse_assignments(items: list[str], what: str = "--set") -> dict[str, Any]:
+    """``name=value`` pairs from the command line, values read as YAML scalars."""
     import yaml
 
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"bad --set {item!r}: expected knob=value")
+            raise UserError(f"bad {what} {item!r}: expected name=value")
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out

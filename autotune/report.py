@@ -18,6 +18,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
+from autotune.cost import COST_KEY, cost_figures, format_cost
+from autotune.environment import missing
 from autotune.slo import parse_objectives
 from autotune.spec import StudySpec
 
@@ -40,8 +42,15 @@ class Recommendation:
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible, non-dominated trials, best first by the first objective."""
-    front = [t for t in study.best_trials if t.user_attrs.get("feasible", True)]
+    """Feasible, non-dominated trials, best first by the first objective.
+
+    A trial whose result has no environment record is left out: a figure
+    that cannot say where it was measured is not a recommendation.
+    """
+    front = [
+        t for t in study.best_trials
+        if t.user_attrs.get("feasible", True) and not missing(t.user_attrs.get("environment"))
+    ]
     first = study.directions[0]
     return sorted(front, key=lambda t: t.values[0], reverse=first == optuna.study.StudyDirection.MAXIMIZE)
 
@@ -70,9 +79,49 @@ def serve_command(spec: StudySpec, trial: FrozenTrial, config_path: Path) -> str
     return f"{prefix} {cmd}".strip()
 
 
-def pareto_table(study: optuna.Study, spec: StudySpec) -> Table:
+# --- results without an environment, cost and verification columns (begin) ---
+def unreported(study: optuna.Study) -> list[str]:
+    """Notes on measured trials left out of every report for want of an environment record."""
+    notes = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        lacking = missing(t.user_attrs.get("environment"))
+        if lacking:
+            notes.append(f"trial {t.number} is not reported: its result has no environment record ({', '.join(lacking)})")
+    return notes
+
+
+def trial_cost(trial: FrozenTrial, spec: StudySpec, price_per_gpu_hour: float | None = None) -> float | None:
+    """Cost per 1K tokens: as stored, or from the stored throughput and a price given now."""
+    figures = trial.user_attrs.get("figures", {})
+    price = price_per_gpu_hour if price_per_gpu_hour is not None else spec.hardware.price_per_gpu_hour
+    if price_per_gpu_hour is None and figures.get(COST_KEY) is not None:
+        return float(figures[COST_KEY])
+    device = (trial.user_attrs.get("environment") or {}).get("device", "cpu")
+    return cost_figures(
+        figures, trial.user_attrs.get("config", {}), gpu_count=spec.hardware.gpu_count, device=device,
+        price_per_gpu_hour=price,
+    ).get(COST_KEY)
+
+
+def _verify_cells(entry: dict[str, Any] | None) -> list[str]:
+    """verified, fresh starts, and the 95% interval of throughput, from the stored verification."""
+    if not entry:
+        return ["-", "-", "-"]
+    starts = entry.get("starts", [])
+    ok = sum(1 for s in starts if s.get("status") == "ok")
+    verdict = "yes" if entry.get("verified") else "no"
+    tps = (entry.get("summary") or {}).get("output_throughput")
+    ci = "-"
+    if tps and tps.get("ci95") and None not in tps["ci95"]:
+        ci = f"{tps['ci95'][0]:,.0f}..{tps['ci95'][1]:,.0f}"
+    return [verdict, f"{ok}/{len(starts)}", ci]
+# --- (end) ---
+
+
+def pareto_table(study: optuna.Study, spec: StudySpec, price_per_gpu_hour: float | None = None) -> Table:
     objectives = parse_objectives(spec.objectives)
     front = pareto_front(study)
+    verified = {k: v for k, v in study.user_attrs.items() if k.startswith("verify:")}
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
     title = (
@@ -90,7 +139,11 @@ def pareto_table(study: optuna.Study, spec: StudySpec) -> Table:
             table.add_column(o.metric, justify="right")
     for _, label, _ in SHOWN:
         table.add_column(label, justify="right")
+    table.add_column("$/1K tok", justify="right")
     table.add_column("SLO", justify="center")
+    table.add_column("verified", justify="center")
+    table.add_column("starts", justify="right")
+    table.add_column("out tok/s 95% CI", justify="right")
     for t in front:
         figures = t.user_attrs.get("figures", {})
         row = [str(t.number)] + [_fmt_param(t.params.get(k)) for k in knobs]
@@ -100,8 +153,10 @@ def pareto_table(study: optuna.Study, spec: StudySpec) -> Table:
         for key, _, fmt in SHOWN:
             value = figures.get(key)
             row.append(fmt.format(value) if isinstance(value, (int, float)) else "-")
+        row.append(format_cost(trial_cost(t, spec, price_per_gpu_hour)))
         slo = t.user_attrs.get("slo", {})
         row.append("met" if all(s["holds"] for s in slo.values()) else "missed") if slo else row.append("-")
+        row += _verify_cells(verified.get(f"verify:{t.number}"))
         table.add_row(*row)
     if not front:
         table.caption = "no trial met every SLO" if spec.slo else "no trial completed"
@@ -126,3 +181,44 @@ def _fmt_param(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return "-" if value is None else str(value)
+
+
+# --- rounds: decisions and importances (begin) ---
+def rounds_table(study: optuna.Study) -> Table | None:
+    """What changed in the search space between rounds, and why (see autotune.rounds)."""
+    from autotune.rounds import decisions_of
+
+    log = decisions_of(study)
+    if not log:
+        return None
+    table = Table(title="Round decisions", title_justify="left")
+    table.add_column("round", justify="right")
+    table.add_column("decision")
+    table.add_column("knob")
+    table.add_column("reason", overflow="fold")
+    for d in log:
+        table.add_row(str(d["round"]), d["decision"], d.get("knob") or "-", d["reason"])
+    return table
+
+
+def importance_table(study: optuna.Study) -> Table | None:
+    """fANOVA importance of each knob over every completed trial, beside the figures each round used."""
+    from autotune.rounds import importances_of, param_importances
+
+    now = param_importances(study)
+    rounds = importances_of(study)
+    if not now and not rounds:
+        return None
+    n = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    table = Table(title="Parameter importances (fANOVA, first objective)", title_justify="left")
+    table.add_column("knob")
+    table.add_column(f"all {n} trials", justify="right")
+    for r in rounds:
+        table.add_column(f"round {r['round']} ({r['trials']} trials)", justify="right")
+    knobs = sorted(set(now) | {k for r in rounds for k in r["importances"]}, key=lambda k: -now.get(k, 0.0))
+    for knob in knobs:
+        cells = [f"{now[knob]:.3f}" if knob in now else "-"]
+        cells += [f"{r['importances'][knob]:.3f}" if knob in r["importances"] else "frozen" for r in rounds]
+        table.add_row(knob, *cells)
+    return table
+# --- rounds (end) ---

@@ -28,7 +28,36 @@ class Hardware(BaseModel):
     gpu_type: str | None = None
     gpu_count: int = Field(1, ge=1)
     gpu_memory_gib: float | None = Field(None, gt=0)
-    price_per_gpu_hour: float = Field(0.0, ge=0)
+    price_per_gpu_hour: float | None = Field(
+        None, ge=0, description="price of one GPU-hour (of the machine-hour on CPU); gives cost per 1K tokens"
+    )
+    # --- the GPUs this study (or worker) may use, and binding the engine to them (begin) ---
+    gpu_ids: list[int] | None = Field(
+        None, description="GPU indices (NVML / PCI bus order) the engine is bound to via CUDA_VISIBLE_DEVICES"
+    )
+
+    @model_validator(mode="after")
+    def _gpu_ids_agree(self) -> "Hardware":
+        if self.gpu_ids is None:
+            return self
+        if not self.gpu_ids:
+            raise ValueError("gpu_ids: give at least one GPU index, or leave it out")
+        if any(i < 0 for i in self.gpu_ids) or len(set(self.gpu_ids)) != len(self.gpu_ids):
+            raise ValueError(f"gpu_ids {self.gpu_ids}: indices must be distinct and >= 0")
+        if "gpu_count" not in self.model_fields_set:
+            self.gpu_count = len(self.gpu_ids)
+        elif self.gpu_count != len(self.gpu_ids):
+            raise ValueError(f"gpu_count {self.gpu_count} but {len(self.gpu_ids)} gpu_ids {self.gpu_ids}")
+        return self
+
+    def engine_env(self) -> dict[str, str]:
+        """The environment that binds the engine to ``gpu_ids``. CUDA numbers devices
+        fastest-first unless told otherwise; PCI bus order makes the ids mean what NVML
+        (and nvidia-smi) call them."""
+        if not self.gpu_ids:
+            return {}
+        return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpu_ids)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    # --- gpu_ids (end) ---
 
 
 class Budget(BaseModel):
@@ -52,6 +81,84 @@ class EngineOptions(BaseModel):
     launch_template: list[str] | None = Field(
         None, description="wraps the engine argv; placeholders {argv} {port} {host} (list items only)"
     )
+    # --- settings of the adapter itself (begin) ---
+    options: dict[str, Any] = Field(
+        {}, description="keyword settings of the engine adapter (external: base_url, served_model, ignore_eos)"
+    )
+    # --- (end) ---
+
+    # --- launch template validation (begin) ---
+    @field_validator("launch_template")
+    @classmethod
+    def _template_wraps_argv(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and "{argv}" not in v:
+            raise ValueError("must contain the item '{argv}' (where the engine's own command goes)")
+        return v
+    # --- launch template validation (end) ---
+
+
+# --- storage and heartbeats: many workers on one study (begin) ---
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
+class Heartbeat(BaseModel):
+    """How a dead worker is noticed: its running trial stops beating and is retried elsewhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: int = Field(30, ge=1, description="a running trial's heartbeat period")
+    grace_s: int = Field(120, ge=2, description="silence after which a trial is failed and retried")
+    max_retry: int | None = Field(3, ge=0, description="retries of one configuration whose worker died")
+
+    @model_validator(mode="after")
+    def _grace_after_beat(self) -> "Heartbeat":
+        if self.grace_s <= self.interval_s:
+            raise ValueError(f"grace_s ({self.grace_s}) must be longer than interval_s ({self.interval_s})")
+        return self
+
+
+def check_storage_url(url: str) -> str:
+    """An Optuna RDB URL of a backend autotune supports; the reason otherwise."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a database URL: {redact_url(url)!r} (e.g. postgresql://user@host/db)") from None
+    backend = parsed.get_backend_name()
+    if backend not in STORAGE_SCHEMES:
+        raise ValueError(f"unsupported storage {backend!r} (use {', '.join(STORAGE_SCHEMES)})")
+    if backend != "sqlite" and not parsed.database:
+        raise ValueError(f"storage URL {redact_url(url)!r} names no database")
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password masked: fit for messages, logs and the stored spec."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+# --- storage and heartbeats (end) ---
+
+
+# --- optimisation in rounds (begin) ---
+class RoundsOptions(BaseModel):
+    """How the budget is cut into rounds, and what may change between them (see autotune.rounds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    size: int | None = Field(None, ge=1, description="trials per round (default: a third of the budget)")
+    extend: bool = Field(True, description="widen a range whose best value sits on its edge, within the hard limits")
+    freeze: bool = Field(True, description="pin knobs whose importance is negligible")
+    freeze_below: float = Field(0.05, ge=0, lt=1, description="importance share under which a knob is frozen")
+    min_trials_for_importance: int = Field(8, ge=3, description="completed trials needed before freezing")
+    neighbours: int = Field(3, ge=0, le=20, description="neighbours of the best trials enqueued per round")
+# --- optimisation in rounds (end) ---
 
 
 class GoodputOptions(BaseModel):
@@ -65,6 +172,7 @@ class GoodputOptions(BaseModel):
     upper: float | None = Field(None, gt=0)
     min_load: float | None = Field(None, gt=0)
     resolution: float = Field(0.1, gt=0, lt=1)
+    growth: float = Field(2.0, gt=1, le=4, description="bracketing factor: 2 doubles up from start; 1.25 suits a start near the answer")
     conservative: bool = Field(False, description="attainment must hold at its Wilson lower bound")
     min_duration_s: float | None = Field(
         20.0, gt=0, description="each rate level sends at least rate x this many requests, so overload shows"
@@ -87,10 +195,30 @@ class StudySpec(BaseModel):
     space: dict[str, Any] = {}
     goodput: GoodputOptions | None = None
     budget: Budget = Budget()
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="configurations a new study measures first (a known-good config, a colleague's pick); "
+        "knobs left out are sampled",
+    )
+    sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"  # default: see docs/benchmarks.md, Search efficiency
+    rounds: RoundsOptions = RoundsOptions()
     seed: int = 0
     storage: str | None = None
+    heartbeat: Heartbeat = Heartbeat()
     study_dir: Path | None = None
+    # --- scenario presets and repeats (begin) ---
+    scenario: str | None = Field(
+        None, description="the preset (objectives/<name>.yaml or a file) under this spec; its fields are defaults"
+    )
+    repeats: int = Field(1, ge=1, le=100, description="measurements of each trial on the same server (mean, std, CI)")
+    # --- scenario presets and repeats (end) ---
+
+    # --- storage and launch template validation (begin) ---
+    @field_validator("storage")
+    @classmethod
+    def _storage_parses(cls, v: str | None) -> str | None:
+        return check_storage_url(v) if v else v
+    # --- storage and launch template validation (end) ---
 
     @field_validator("slo")
     @classmethod
@@ -116,6 +244,11 @@ class StudySpec(BaseModel):
         wants_goodput = any(o.metric == "goodput" for o in parse_objectives(self.objectives))
         if wants_goodput and self.goodput is None:
             self.goodput = GoodputOptions()
+        # --- cost needs a price (begin) ---
+        if any(o.metric == "cost_per_1k_tokens" for o in parse_objectives(self.objectives)):
+            if not self.hardware.price_per_gpu_hour:
+                raise ValueError("objective min:cost needs a price: hardware.price_per_gpu_hour or --price-per-gpu-hour")
+        # --- cost (end) ---
         if self.goodput is not None and not self.slo.strip():
             raise ValueError("goodput needs an SLO (--slo): it is the highest load at which the SLOs hold")
         return self
@@ -154,6 +287,11 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
         if not isinstance(loaded, dict):
             raise UserError(f"spec {path} must be a mapping at the top level")
         data = loaded
+    # --- scenario presets: preset < spec file < flags (begin) ---
+    scenario = (overrides or {}).get("scenario") or data.get("scenario")
+    if scenario:
+        data = {**_deep_merge(load_scenario(str(scenario)), data), "scenario": str(scenario)}
+    # --- scenario presets (end) ---
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -186,3 +324,51 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             node[key] = child
         node = child
     node[keys[-1]] = value
+
+
+# --- scenario presets (begin) ---
+SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "objectives"
+
+
+def scenario_names() -> list[str]:
+    """The presets shipped under ``objectives/``."""
+    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.yaml"))
+
+
+def load_scenario(name: str) -> dict[str, Any]:
+    """A preset's fields: ``chat`` reads ``objectives/chat.yaml``; a path reads that file.
+
+    A preset is a partial spec (workload, SLO, objectives, goodput...); it is
+    validated together with whatever lies on top of it.
+    """
+    is_path = name.endswith((".yaml", ".yml")) or "/" in name
+    path = Path(name) if is_path else SCENARIOS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        if is_path:
+            raise UserError(f"scenario file not found: {name}")
+        raise UserError(f"unknown scenario {name!r} (known: {', '.join(scenario_names()) or 'none'})")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"scenario {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"scenario {path} must be a mapping at the top level")
+    if "scenario" in loaded:
+        raise UserError(f"scenario {path} may not name another scenario")
+    return loaded
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, mapping by mapping; any other value replaces whole.
+
+    A length distribution (a mapping with ``dist``) is one value: merging a
+    fixed length into a preset's lognormal would keep a ``std`` it refuses.
+    """
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and "dist" not in value and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+# --- scenario presets (end) ---

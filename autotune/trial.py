@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -20,6 +21,7 @@ from autotune.engines.base import EngineAdapter, LaunchPlan, ModelRef
 from autotune.spec import GoodputOptions
 from autotune.engines.launcher import EngineServer, free_port, reason_from_log
 from autotune.errors import EngineStartError, UserError
+from autotune.feasibility import Assessment, Capacity, assess, deployment_from_argv
 from autotune.load.goodput import endpoint_measure, search_goodput
 from autotune.load.runner import run_load
 from autotune.load.stats import per_request_view, summarize
@@ -48,6 +50,11 @@ class TrialSetup:
     constraints: list[Constraint] = field(default_factory=list)
     goodput: GoodputOptions | None = None
     api_key: str | None = None
+    # --- feasibility inputs: the hardware one trial may use, the model's config.json (begin) ---
+    capacity: Capacity | None = None
+    model_config: dict[str, Any] | None = None
+    # --- feasibility (end) ---
+    repeats: int = 1  # measurements on the same server; see measure_repeated
 
 
 @dataclass
@@ -63,6 +70,12 @@ class TrialOutcome:
     startup_s: float | None = None
     measure_s: float | None = None
     goodput: dict[str, Any] | None = None
+    # GPU (NVML) and engine-metrics figures of the measured window, plus "notes" (autotune.telemetry)
+    telemetry: dict[str, Any] | None = None
+    # the feasibility verdict and its figures (tp, pp, weights and KV per GPU), launched or not
+    feasibility: dict[str, Any] | None = None
+    # with repeats > 1: mean, std and 95% interval of every figure, and each run's figures
+    repeats: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -71,8 +84,17 @@ class TrialOutcome:
 
 
 def check(setup: TrialSetup, config: Mapping[str, Any]) -> list[str]:
-    """Reasons this configuration cannot run, found without starting anything."""
-    return setup.space.check(config, setup.hardware)
+    """Reasons this configuration cannot run, found without starting anything:
+    the search space's rules between knobs, then the model-and-hardware arithmetic."""
+    return setup.space.check(config, setup.hardware) + feasibility(setup, config).reasons
+
+
+def feasibility(setup: TrialSetup, config: Mapping[str, Any]) -> Assessment:
+    """Reads TP, PP, dtypes and lengths from the exact command that would be launched,
+    so knobs, extra arguments and templates are all counted."""
+    launch = plan(setup, config, port=0)
+    capacity = setup.capacity or Capacity(device=setup.device, gpu_count=int(setup.hardware.get("gpu_count", 1)))
+    return assess(setup.model_config, deployment_from_argv(launch.argv, launch.env), capacity)
 
 
 def plan(setup: TrialSetup, config: Mapping[str, Any], port: int) -> LaunchPlan:
@@ -118,9 +140,10 @@ def run_trial(
     say = status or (lambda _msg: None)
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True))
-    reasons = check(setup, config)
+    verdict = feasibility(setup, config)
+    reasons = setup.space.check(config, setup.hardware) + verdict.reasons
     if reasons:
-        return _finish(trial_dir, TrialOutcome("infeasible", "; ".join(reasons)))
+        return _finish(trial_dir, TrialOutcome("infeasible", "; ".join(reasons), feasibility=verdict.to_json()))
 
     port = free_port(setup.host)
     launch = plan(setup, config, port)
@@ -131,14 +154,23 @@ def run_trial(
         config_file=launch.config_file,
         env={k: v for k, v in launch.env.items() if k != "HF_HUB_OFFLINE"},
         log_path=str(log_path),
+        feasibility=verdict.to_json(),
     )
-    server = EngineServer(launch, log_path, startup_timeout_s=setup.startup_timeout_s)
+    # --- client-side knobs, and endpoints autotune does not start (begin) ---
+    setup = with_workload(setup, config)
+    if setup.engine.capabilities.launches:
+        server: EngineServer | _Endpoint = EngineServer(launch, log_path, startup_timeout_s=setup.startup_timeout_s)
+    else:
+        server = _Endpoint(launch, setup.api_key)
+    # --- (end) ---
     try:
         say("starting engine")
         server.start()
         outcome.startup_s = server.wait_healthy(on_wait=lambda s: say(f"starting engine ({s:.0f}s)"))
         t0 = time.monotonic()
-        measured = measure(setup, launch.base_url, trial_dir, status=say, progress=progress)
+        measured = measure_repeated(
+            setup, launch.base_url, trial_dir, status=say, progress=progress, gpu_limit=_gpus_used(config)
+        )
         outcome.measure_s = time.monotonic() - t0
         if launch.metrics_path:
             _save_metrics(launch.base_url + launch.metrics_path, trial_dir / "metrics.txt")
@@ -146,6 +178,8 @@ def run_trial(
             outcome.reason = f"engine died during measurement: {reason_from_log(log_path)}"
             return _finish(trial_dir, outcome)
         outcome.figures, outcome.per_request, outcome.goodput = measured
+        outcome.telemetry = outcome.figures.pop("telemetry", None)
+        outcome.repeats = outcome.figures.pop("repeats", None)
         if not outcome.figures.get("completed"):
             outcome.reason = f"all requests failed: {outcome.figures.get('first_error', 'no error given')}"
             return _finish(trial_dir, outcome)
@@ -159,6 +193,43 @@ def run_trial(
         server.stop()
 
 
+# --- client-side knobs, and endpoints autotune does not start (begin) ---
+def with_workload(setup: TrialSetup, config: Mapping[str, Any]) -> TrialSetup:
+    """The setup with the workload fields this configuration sets (the engine says which)."""
+    overrides = setup.engine.workload_overrides(config)
+    if not overrides:
+        return setup
+    workload = type(setup.workload).model_validate({**setup.workload.model_dump(), **overrides})
+    return replace(setup, workload=workload)
+
+
+class _Endpoint:
+    """Stands in for EngineServer where the server is already running: nothing to start
+    or stop; healthy once it lists its models."""
+
+    def __init__(self, launch: LaunchPlan, api_key: str | None) -> None:
+        self.url = launch.base_url + launch.health_path
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def start(self) -> None:
+        pass
+
+    def wait_healthy(self, on_wait: Callable[[float], None] | None = None) -> float:
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(self.url, headers=self.headers), timeout=10):
+                return time.monotonic() - t0
+        except OSError as e:  # URLError and HTTPError are OSErrors
+            raise EngineStartError(f"endpoint {self.url} did not answer: {e}", "") from None
+
+    def alive(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
+# --- (end) ---
+
+
 Measured = tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]
 
 
@@ -170,13 +241,17 @@ def measure(
     status: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     seed_offset: int = 0,
+    gpu_limit: int | None = None,
 ) -> Measured:
     """Drives the workload at a running server: one fixed load, or a goodput search.
 
     Returns the figures, the per-request view and, for a goodput search, the
     levels tried. For goodput the figures are those of the best level that held.
+    ``figures["telemetry"]`` holds the telemetry of that window (GPU and engine
+    metrics, see autotune.telemetry); ``gpu_limit`` is how many GPUs the engine uses.
     """
     say = status or (lambda _msg: None)
+    windows: list[dict[str, Any]] = []
     tokenizer, vocab = _tokenizer(setup.model.tokenizer_dir or setup.model.source)
     workload = setup.workload
     if setup.goodput is None:
@@ -185,11 +260,13 @@ def measure(
             workload, tokenizer, vocab, count=workload.warmup_requests + workload.num_requests,
             seed_offset=seed_offset,
         )
-        result = run_load(
-            base_url, setup.model.served_name, requests, workload,
-            ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
-        )
+        with _telemetry_window(setup, base_url, gpu_limit, say) as tel:
+            result = run_load(
+                base_url, setup.engine.request_model(setup.model), requests, workload,
+                ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
+            )
         figures = dict(summarize(result))
+        figures["telemetry"] = _telemetry_figures(tel, figures, windows, None, out_dir)
         if out_dir is not None:
             _write_requests(out_dir / "requests.jsonl", [r.as_dict() for r in result.records])
         _first_error(figures, [r.error for r in result.records])
@@ -197,9 +274,9 @@ def measure(
 
     g = setup.goodput
     probe = endpoint_measure(
-        base_url, setup.model.served_name, tokenizer, vocab, workload, unit=g.unit,
+        base_url, setup.engine.request_model(setup.model), tokenizer, vocab, workload, unit=g.unit,
         ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
-        min_duration_s=g.min_duration_s,
+        min_duration_s=g.min_duration_s, seed_offset=seed_offset,
     )
     tried = 0
 
@@ -207,11 +284,15 @@ def measure(
         nonlocal tried
         tried += 1
         say(f"goodput level {tried}/{g.max_levels}: {load:g} {g.unit}")
-        return probe(load)
+        with _telemetry_window(setup, base_url, gpu_limit, say) as tel:
+            level_figures, per_request = probe(load)
+        level_figures = dict(level_figures)
+        level_figures["telemetry"] = _telemetry_figures(tel, level_figures, windows, load, out_dir)
+        return level_figures, per_request
 
     result_g = search_goodput(
         level, setup.constraints, unit=g.unit, start=g.start, max_levels=g.max_levels, upper=g.upper,
-        min_load=g.min_load, resolution=g.resolution, conservative=g.conservative,
+        min_load=g.min_load, resolution=g.resolution, conservative=g.conservative, growth=g.growth,
     )
     chosen = result_g.best or result_g.levels[0]
     figures = dict(chosen.figures)
@@ -221,6 +302,138 @@ def measure(
         (out_dir / "goodput.json").write_text(json.dumps(summary, indent=2))
     _first_error(figures, [r.get("error") for r in chosen.per_request])
     return figures, chosen.per_request, summary
+
+
+# --- repeats: several measurements on one server (begin) ---
+def measure_repeated(
+    setup: TrialSetup,
+    base_url: str,
+    out_dir: Path | None,
+    *,
+    status: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> Measured:
+    """``measure`` ``setup.repeats`` times; the figures are the means across runs.
+
+    Each run draws fresh prompts (its own seed offset), so a prefix cache
+    cannot serve a later run from an earlier one, and keeps its artefacts in
+    ``out_dir/repeat-N``.  ``figures["repeats"]`` holds every numeric
+    figure's mean, sample std and Student-t 95% interval (``autotune.measure``),
+    and each run's figures.  ``loadgen_saturated`` is the worst run's, not the
+    mean: one distorted run taints the mean.  The per-request view pools all
+    runs, so attainment SLOs are judged on every request measured.
+    """
+    if setup.repeats <= 1:
+        return measure(setup, base_url, out_dir, status=status, **kwargs)
+    say = status or (lambda _msg: None)
+    runs: list[Measured] = []
+    for i in range(setup.repeats):
+        say(f"repeat {i + 1}/{setup.repeats}")
+        run_dir = None if out_dir is None else out_dir / f"repeat-{i + 1}"
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        runs.append(measure(setup, base_url, run_dir, status=status, seed_offset=1000 * (i + 1), **kwargs))
+    combined = combine_repeats(runs)
+    if combined[2] is not None and out_dir is not None:
+        (out_dir / "goodput.json").write_text(json.dumps(combined[2], indent=2))
+    return combined
+
+
+def combine_repeats(runs: list[Measured]) -> Measured:
+    """One trial's figures from several runs: see ``measure_repeated``."""
+    # measure.py builds on this module, so its statistics are imported when needed.
+    from autotune.measure import summarise
+
+    all_figures = [figures for figures, _, _ in runs]
+    numeric = [k for k in dict.fromkeys(k for f in all_figures for k in f) if _is_number(all_figures, k)]
+    figures: dict[str, Any] = {k: v for f in reversed(all_figures) for k, v in f.items() if k not in numeric}
+    stats: dict[str, Any] = {}
+    for key in numeric:
+        summary = summarise([float(f[key]) for f in all_figures if key in f])
+        figures[key] = summary.mean
+        stats[key] = {"mean": summary.mean, "std": summary.std, "ci95": list(summary.ci95), "n": summary.n}
+    if "loadgen_saturated" in numeric:
+        figures["loadgen_saturated"] = max(float(f.get("loadgen_saturated", 0)) for f in all_figures)
+    figures["repeats"] = {
+        "n": len(runs),
+        "summary": _json_safe(stats),
+        "runs": [_json_safe({k: f[k] for k in numeric if k in f}) for f in all_figures],
+    }
+    per_request = [row for _, rows, _ in runs for row in rows]
+    goodputs = [g for _, _, g in runs if g is not None]
+    goodput = None
+    if goodputs:
+        goodput = {
+            "goodput": figures.get("goodput"),
+            "unit": goodputs[0].get("unit"),
+            "repeats": [{"goodput": g.get("goodput"), "best": g.get("best")} for g in goodputs],
+            "levels": [{**level, "repeat": i + 1} for i, g in enumerate(goodputs) for level in g.get("levels", [])],
+        }
+    return figures, per_request, goodput
+
+
+def _is_number(runs: list[dict[str, Any]], key: str) -> bool:
+    return all(isinstance(f[key], (int, float)) and not isinstance(f[key], bool) for f in runs if key in f)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become None: trial attributes are stored as JSON."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+# --- repeats (end) ---
+
+
+# --- telemetry around each measured window (begin) ---
+def _gpus_used(config: Mapping[str, Any]) -> int | None:
+    """GPUs one engine instance occupies (TP x PP); None when the config does not say."""
+    tp, pp = config.get("tensor_parallel_size"), config.get("pipeline_parallel_size")
+    if tp is None and pp is None:
+        return None
+    try:
+        return int(tp or 1) * int(pp or 1)
+    except (TypeError, ValueError):
+        return None
+
+
+def _telemetry_window(setup: TrialSetup, base_url: str, gpu_limit: int | None, say: Callable[[str], None]) -> Any:
+    """A TelemetryWindow for one load run; a no-op context if even building it fails."""
+    try:
+        from autotune.telemetry import TelemetryWindow, visible_gpus
+
+        metrics_path = setup.engine.metrics_path if setup.engine.capabilities.metrics else None
+        return TelemetryWindow(
+            base_url + metrics_path if metrics_path else None,
+            metric_names=getattr(setup.engine, "metric_names", None),
+            use_gpu=setup.device == "cuda",
+            gpus=visible_gpus(setup.extra_env),
+            gpu_limit=gpu_limit,
+            headers={"Authorization": f"Bearer {setup.api_key}"} if setup.api_key else None,
+            say=say,
+        )
+    except Exception:
+        return nullcontext(None)
+
+
+def _telemetry_figures(
+    tel: Any, figures: Mapping[str, Any], windows: list[dict[str, Any]], load: float | None, out_dir: Path | None
+) -> dict[str, Any]:
+    """The window's figures; its time series go to telemetry.json. Never raises."""
+    if tel is None:
+        return {"notes": ["telemetry unavailable"]}
+    try:
+        reduced = tel.figures(figures.get("total_output_tokens"))
+        windows.append({"load": load, "figures": reduced, "series": tel.series()})
+        if out_dir is not None:
+            (out_dir / "telemetry.json").write_text(json.dumps({"windows": windows}, default=str))
+        return reduced
+    except Exception as e:
+        return {"notes": [f"telemetry failed: {type(e).__name__}: {e}"]}
+# --- telemetry (end) ---
 
 
 def _first_error(figures: dict[str, Any], errors: list[str | None]) -> None:

@@ -29,3 +29,115 @@ def cli_env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["COLUMNS"] = "200"
     return env
+
+
+# --- PostgreSQL for the multi-worker tests, and process checks (begin) ---
+def _pg_bindir() -> Path | None:
+    """Where initdb and pg_ctl live: PATH, else Debian's versioned folder."""
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).resolve().parent
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "pg_ctl").exists() and (candidate / "initdb").exists():
+            return candidate
+    return None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port, owned by the test session."""
+
+    def __init__(self, bindir: Path, datadir: Path, port: int, user: str | None) -> None:
+        self.bindir, self.datadir, self.port, self.user = bindir, datadir, port, user
+        self._count = 0
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        import subprocess
+
+        subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]], check=True, capture_output=True, timeout=timeout,
+            user=self.user, cwd=self.datadir.parent,
+        )
+
+    def pg_ctl(self, *args: str) -> None:
+        self._run("pg_ctl", "-D", str(self.datadir), "-w", *args)
+
+    def url(self, database: str) -> str:
+        return f"postgresql://autotune@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        import psycopg
+
+        self._count += 1
+        name = f"study_{os.getpid()}_{self._count}"
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def restart(self) -> None:
+        # -l: without a log file the new server would hold our pipes open, and run() would wait forever
+        self.pg_ctl("restart", "-m", "fast", "-l", str(self.datadir.parent / "server.log"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> "PostgresServer":
+    """Starts a cluster for the session; skips when PostgreSQL or its Python driver is absent."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg not installed (pip install 'psycopg[binary]')")
+    user = None
+    root = Path(tempfile.mkdtemp(prefix="autotune-pg-"))
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the postgres user
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        user = "postgres"
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+    from autotune.engines.launcher import free_port
+
+    server = PostgresServer(bindir, root / "data", free_port(), user)
+    server._run("initdb", "-D", str(server.datadir), "-U", "autotune", "--auth=trust", "-E", "UTF8", "--no-sync")
+    opts = f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    server.pg_ctl("-o", opts, "-l", str(root / "server.log"), "start")
+    yield server
+    try:
+        server.pg_ctl("stop", "-m", "immediate")
+    except subprocess.SubprocessError:
+        pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def pg_url(postgres: PostgresServer) -> str:
+    """A fresh, empty database on the session's cluster."""
+    return postgres.new_database()
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes whose environment holds NAME=value: an engine and all it started inherit it."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
+# --- PostgreSQL and process checks (end) ---

@@ -398,7 +398,7 @@ def test_on_level_and_to_json() -> None:
     assert doc["goodput"] == result.goodput and doc["unit"] == "req/s"
     assert [lv["load"] for lv in doc["levels"]] == queue.calls
     first = doc["levels"][0]
-    assert set(first) == {"load", "holds", "output_throughput", "request_throughput", "p99_ttft_ms", "attainment"}
+    assert set(first) == {"load", "holds", "output_throughput", "request_throughput", "p99_ttft_ms", "sustained_ratio", "violations", "attainment"}
     assert first["request_throughput"] == 4.0 and first["output_throughput"] == 256.0
     assert first["p99_ttft_ms"] == pytest.approx(50 / 0.8)
     assert first["attainment"]["ttft<300ms@95%"]["n"] == 100

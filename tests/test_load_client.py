@@ -28,6 +28,10 @@ from autotune.load.stats import summarize
 from autotune.load.workload import RequestSpec, Workload
 
 TOKEN_DELAY_S = 0.002
+# "hold" requests wait this long before their first token; "split" requests send
+# their first event in two writes this far apart.
+HOLD_S = 0.05
+SPLIT_GAP_S = 0.3
 # A safety net only: gated requests normally pass as soon as enough are in flight.
 GATE_TIMEOUT_S = 10.0
 
@@ -71,6 +75,8 @@ class FakeEngine:
         if mode == "gate":
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.gate.wait(), GATE_TIMEOUT_S)
+        if mode == "hold":
+            await asyncio.sleep(HOLD_S)
         if mode == "http500":
             await asyncio.sleep(TOKEN_DELAY_S)
             return web.Response(status=500, text='{"error": "internal boom"}')
@@ -83,6 +89,12 @@ class FakeEngine:
 
         per_chunk = 2 if mode == "pairs" else 1
         sent = 0
+        if mode == "split":  # the first token's event arrives in two pieces
+            first = f"data: {json.dumps(_chunk(' t0', None, None))}\n\n".encode()
+            await resp.write(first[:10])
+            await asyncio.sleep(SPLIT_GAP_S)
+            await resp.write(first[10:])
+            sent = 1
         while sent < n:
             await asyncio.sleep(TOKEN_DELAY_S)
             k = min(per_chunk, n - sent)

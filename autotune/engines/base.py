@@ -25,6 +25,9 @@ class Capabilities:
     metrics: bool = False
     dummy_weights: bool = False
     token_id_prompts: bool = False
+    # --- engines autotune does not start, or that serve under a name of their own (begin) ---
+    launches: bool = True  # False: an endpoint that is already running; nothing is started or stopped
+    # --- (end) ---
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,11 @@ class LaunchPlan:
     health_path: str
     metrics_path: str | None
     config_file: dict[str, Any] = field(default_factory=dict)
+    endpoint: str | None = None  # the server's root URL when autotune does not start it
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.endpoint.rstrip("/") if self.endpoint else f"http://{self.host}:{self.port}"
 
     def command_line(self) -> str:
         """The command a user can paste: the environment that matters, then the argv."""
@@ -77,6 +81,21 @@ class EngineAdapter(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     health_path: ClassVar[str] = "/health"
     metrics_path: ClassVar[str | None] = "/metrics"
+    # --- engine metrics and request naming (begin) ---
+    # The prefix of the engine's Prometheus names, and canonical signal -> its metric
+    # family names, first present wins, counters without "_total" (kv_cache_usage,
+    # running, waiting, preemptions, queue_time, ttft, itl, e2e, prefix_hit_rate ...).
+    metric_prefix: ClassVar[str | None] = None
+    metric_names: ClassVar[Mapping[str, tuple[str, ...]] | None] = None
+
+    def request_model(self, model: ModelRef) -> str:
+        """The model name requests must carry; engines that cannot rename a model override it."""
+        return model.served_name
+
+    def workload_overrides(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Workload fields a configuration sets (client-side knobs such as concurrency)."""
+        return {}
+    # --- (end) ---
 
     @abstractmethod
     def base_argv(self, model: ModelRef, host: str, port: int) -> list[str]:

@@ -13,13 +13,15 @@ import re
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
+from typing import IO, Callable
 
 from autotune.engines.base import LaunchPlan
 from autotune.errors import EngineStartError
@@ -42,11 +44,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def tail(path: Path, lines: int = 40) -> list[str]:
-    try:
-        with open(path, "r", errors="replace") as f:
-            return [line.rstrip("\n") for line in deque(f, maxlen=lines)]
-    except FileNotFoundError:
-        return []
+    """The last lines of a log, reaching into its rotated copy when the live one is short."""
+    out: deque[str] = deque(maxlen=lines)
+    for part in (_rotated(path), path):
+        try:
+            with open(part, "r", errors="replace") as f:
+                out.extend(line.rstrip("\n") for line in f)
+        except FileNotFoundError:
+            continue
+    return list(out)
 
 
 def reason_from_log(path: Path) -> str:
@@ -85,6 +91,7 @@ class EngineServer:
         *,
         startup_timeout_s: float = 600.0,
         poll_s: float = 0.5,
+        log_max_bytes: int | None = None,
     ) -> None:
         self.plan = plan
         self.log_path = log_path
@@ -92,21 +99,32 @@ class EngineServer:
         self.poll_s = poll_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self.log_max_bytes = log_max_bytes if log_max_bytes is not None else default_log_max_bytes()
+        self.teardown_problems: list[str] = []
+        self._log: CappedLog | None = None
+        self._pump: threading.Thread | None = None
+        self._gpu_baseline: dict[int, int] | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.plan.env}
-        with open(self.log_path, "ab") as log:
-            log.write(f"$ {self.plan.command_line()}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(  # argv list, never a shell string
-                self.plan.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
+        # --- capped log, parent-death signal, GPU baseline (begin) ---
+        self._gpu_baseline = gpu_memory_used(_visible_gpus(env))
+        self._log = CappedLog(self.log_path, self.log_max_bytes, secrets=_secret_values(env))
+        self._log.write(f"$ {self.plan.command_line()}\n".encode())
+        self.proc = subprocess.Popen(  # argv list, never a shell string
+            self.plan.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        assert self.proc.stdout is not None
+        self._pump = threading.Thread(target=self._log.pump, args=(self.proc.stdout,), daemon=True)
+        self._pump.start()
+        # --- capped log (end) ---
 
     def wait_healthy(self, on_wait: Callable[[float], None] | None = None) -> float:
         """Blocks until the health endpoint answers 200; returns seconds taken."""
@@ -117,6 +135,7 @@ class EngineServer:
             elapsed = time.monotonic() - t0
             code = self.proc.poll()
             if code is not None:
+                self._drain()
                 raise EngineStartError(
                     f"engine exited with status {code} before it was healthy: {reason_from_log(self.log_path)}",
                     "\n".join(tail(self.log_path)),
@@ -139,31 +158,49 @@ class EngineServer:
             time.sleep(self.poll_s)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is None or self.proc.poll() is not None:
+            self._drain()  # so that the log holds the engine's last words before anyone reads it
+            return False
+        return True
+
+    def _drain(self, timeout_s: float = 5.0) -> None:
+        if self._pump is not None:
+            self._pump.join(timeout_s)
 
     def stop(self, grace_s: float = 30.0) -> None:
-        """SIGTERM to the whole group, then SIGKILL after the grace period."""
+        """SIGTERM to the whole group, then SIGKILL after the grace period; then check it is all gone."""
         if self.proc is None:
             return
+        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id, even once it has exited
+        _signal_group(pgid, signal.SIGTERM)
         try:
-            pgid = os.getpgid(self.proc.pid)
-        except ProcessLookupError:
-            pgid = None
-        if pgid is not None:
-            _signal_group(pgid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(pgid, signal.SIGKILL)
-            # Children of the group may outlive the leader for a moment.
-            deadline = time.monotonic() + 10
-            while _group_alive(pgid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(pgid, signal.SIGKILL)
+        # Children of the group may outlive the leader for a moment.
+        deadline = time.monotonic() + 10
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        # Orphans that died are reaped by init a moment later; give it that moment.
+        deadline = time.monotonic() + 3
+        while _signalable(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # --- teardown checks (begin) ---
+        self._drain()
+        left = group_members(pgid)
+        if left:
+            self.teardown_problems.append(f"engine processes still alive after SIGKILL: {left}")
+        self.teardown_problems += wait_gpu_memory_baseline(self._gpu_baseline)
+        if self._log is not None:
+            for problem in self.teardown_problems:
+                self._log.write(f"autotune teardown: {problem}\n".encode())
+            self._log.close()
+        # --- teardown checks (end) ---
 
     def __enter__(self) -> "EngineServer":
         self.start()
@@ -186,8 +223,192 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    return bool(group_members(pgid))
+
+
+def _signalable(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+# --- process groups, parent death, GPU memory, capped logs (begin) ---
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group.
+
+    A zombie is already dead; where PID 1 does not reap (many containers) it
+    would otherwise look like a process left behind.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return sorted(members)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when autotune dies, even by SIGKILL.
+
+    Without this a worker killed with -9 leaves its engine holding the GPUs.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _visible_gpus(env: dict[str, str]) -> list[int] | None:
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None or not value.strip():
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:  # GPU UUIDs: watch every GPU
+        return None
+
+
+def gpu_memory_used(devices: list[int] | None = None) -> dict[int, int] | None:
+    """Bytes used on each NVIDIA GPU (those given, else all), or None without NVML."""
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver: a CPU machine
+        return None
+    try:
+        indices = devices if devices is not None else list(range(pynvml.nvmlDeviceGetCount()))
+        return {i: int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used) for i in indices}
+    except Exception:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+GPU_MEMORY_SLACK_BYTES = 256 * 2**20
+
+
+def wait_gpu_memory_baseline(baseline: dict[int, int] | None, timeout_s: float = 60.0) -> list[str]:
+    """Waits until the GPUs hold no more than before the launch; the problems left, if any.
+
+    The driver frees an exited process's memory a moment after it is gone, and a
+    next engine started too early fails with "not enough free memory".
+    """
+    if not baseline:
+        return []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = gpu_memory_used(list(baseline))
+        if now is None:
+            return []
+        over = {i: now[i] - baseline[i] for i in baseline if now[i] - baseline[i] > GPU_MEMORY_SLACK_BYTES}
+        if not over:
+            return []
+        if time.monotonic() > deadline:
+            return [
+                "GPU memory not back to its baseline after teardown: "
+                + ", ".join(f"GPU {i} +{b / 2**30:.1f} GiB" for i, b in over.items())
+            ]
+        time.sleep(0.5)
+
+
+DEFAULT_LOG_MAX_BYTES = 64 * 2**20
+
+
+def default_log_max_bytes() -> int:
+    """Per log file; ``AUTOTUNE_ENGINE_LOG_MAX_MIB`` overrides it."""
+    value = os.environ.get("AUTOTUNE_ENGINE_LOG_MAX_MIB")
+    try:
+        return max(4096, int(float(value) * 2**20)) if value else DEFAULT_LOG_MAX_BYTES
+    except ValueError:
+        return DEFAULT_LOG_MAX_BYTES
+
+
+_SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD)", re.IGNORECASE)
+
+
+def _secret_values(env: dict[str, str]) -> list[bytes]:
+    """Values of secret-looking variables, to be masked if an engine ever prints them."""
+    return sorted(
+        {v.encode() for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 8}, key=len, reverse=True
+    )
+
+
+def _rotated(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+class CappedLog:
+    """An engine's output on disk, never more than two files of ``max_bytes``.
+
+    A chatty or looping engine must not fill the study folder's disk: when the
+    live file reaches the cap it becomes ``<name>.1`` (replacing the older one)
+    and a new one starts, so the newest output, where the engine's last words
+    are, is always kept. A full disk stops the copy, never the engine: the pipe
+    is still drained. Secret values are masked line by line.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, *, secrets: list[bytes] | None = None) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.secrets = secrets or []
+        self.rotations = 0
+        self.broken: str | None = None
+        self._lock = threading.Lock()
+        self._file = open(path, "ab")
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        for secret in self.secrets:
+            data = data.replace(secret, b"***")
+        with self._lock:
+            if self.broken is not None or self._file.closed:
+                return
+            try:
+                if self._size + len(data) > self.max_bytes and self._size > 0:
+                    self._rotate()
+                data = data[: self.max_bytes]
+                self._file.write(data)
+                self._file.flush()
+                self._size += len(data)
+            except OSError as e:  # ENOSPC and friends
+                self.broken = f"{type(e).__name__}: {e}"
+
+    def _rotate(self) -> None:
+        self._file.close()
+        os.replace(self.path, _rotated(self.path))
+        self.rotations += 1
+        self._file = open(self.path, "wb")
+        note = f"autotune: log reached {self.max_bytes} bytes; earlier output in {_rotated(self.path).name}, older dropped\n"
+        self._file.write(note.encode())
+        self._size = len(note)
+
+    def pump(self, stream: "IO[bytes]") -> None:
+        """Copies the engine's output line by line until it closes its end."""
+        with stream:
+            for line in iter(lambda: stream.readline(1 << 16), b""):
+                self.write(line)
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+# --- process groups, parent death, GPU memory, capped logs (end) ---

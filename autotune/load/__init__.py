@@ -1,5 +1,9 @@
 """Load generator: build exact-length prompts, stream them at a server, summarise.
 
+Arrivals are a closed loop (fixed concurrency) or an open loop (Poisson or
+gamma gaps at a rate); lengths are fixed, uniform, normal or lognormal; every
+run reports the load generator's own CPU use and whether it kept its schedule.
+
 Typical use::
 
     tokenizer, vocab = load_tokenizer(model_dir)
@@ -10,18 +14,29 @@ Typical use::
 """
 
 from autotune.load.client import CompletionsClient, RequestRecord
-from autotune.load.runner import LoadResult, poisson_offsets, run_load, run_load_async
+from autotune.load.runner import LoadResult, arrival_offsets, poisson_offsets, run_load, run_load_async
 from autotune.load.stats import per_request_view, summarize
-from autotune.load.workload import PromptTokenizer, RequestSpec, Workload, build_requests, load_tokenizer
+from autotune.load.workload import (
+    Lengths,
+    PromptTokenizer,
+    RequestSpec,
+    Workload,
+    build_requests,
+    load_dataset,
+    load_tokenizer,
+)
 
 __all__ = [
     "CompletionsClient",
+    "Lengths",
     "LoadResult",
     "PromptTokenizer",
     "RequestRecord",
     "RequestSpec",
     "Workload",
+    "arrival_offsets",
     "build_requests",
+    "load_dataset",
     "load_tokenizer",
     "per_request_view",
     "poisson_offsets",

@@ -1,9 +1,10 @@
 """Streaming client for an OpenAI-compatible ``/v1/completions`` endpoint.
 
 Latency figures are only as good as the timestamps behind them, so each one is
-taken (``time.perf_counter``) the moment a network read hands us bytes, before
-any JSON parsing, and the body is consumed incrementally rather than awaited
-whole.  SSE events that arrive in the same network read share a timestamp
+taken (``time.perf_counter``, a monotonic clock) the moment a network read
+hands us bytes, before any JSON parsing, and the body is consumed
+incrementally rather than awaited whole.  An SSE event is timed by the read
+that brought its first byte, even when the rest of it came with a later one.  SSE events that arrive in the same network read share a timestamp
 (an inter-token gap of 0), as in ``vllm bench serve``; a high
 ``client_cpu_util`` in the summary says when that is the client's fault.
 One failing request must never abort a load run, so ``send`` turns
@@ -72,6 +73,10 @@ class _StreamState:
         self.text_chunks = 0
         self.usage_tokens: int | None = None
         self.done_at: float | None = None
+        # --- servers that end the stream without [DONE] (transformers serve) (begin) ---
+        self.finished_at: float | None = None  # a choice's finish_reason arrived
+        self.finish_ends_stream = False  # set by the client where the server picks the length
+        # --- (end) ---
 
     def feed(self, line: bytes, now: float) -> None:
         """Consume one SSE line; ``now`` is when the bytes holding it arrived."""
@@ -95,6 +100,8 @@ class _StreamState:
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             self.usage_tokens = usage["completion_tokens"]
         choices = chunk.get("choices")
+        if choices and isinstance(choices[0], dict) and choices[0].get("finish_reason"):
+            self.finished_at = now
         if choices and isinstance(choices[0], dict) and choices[0].get("text"):
             if self.last_text is None:
                 self.first_text = now
@@ -107,7 +114,11 @@ class _StreamState:
         ttft = None if self.first_text is None else self.first_text - self.start
         output_tokens = self.usage_tokens if self.usage_tokens is not None else self.text_chunks
         if error is None and self.done_at is None:
-            error = "stream ended before [DONE]"
+            if self.finished_at is not None and self.finish_ends_stream:
+                # The server said why the answer ended, then closed the stream: it is whole.
+                self.done_at = self.finished_at
+            else:
+                error = "stream ended before [DONE]"
         if error is not None:
             return RequestRecord(
                 ok=False,
@@ -206,6 +217,9 @@ class CompletionsClient:
             raise RuntimeError("CompletionsClient is not open; use 'async with'")
         body = self.payload(spec)
         state = _StreamState(time.perf_counter())
+        # Without ignore_eos the server decides where an answer ends and says so with a
+        # finish_reason; some such servers (transformers serve) then close without [DONE].
+        state.finish_ends_stream = not self.ignore_eos
         try:
             error = await asyncio.wait_for(self._exchange(body, state), self.timeout_s)
         except asyncio.TimeoutError:
@@ -230,14 +244,17 @@ class CompletionsClient:
             if resp.status != 200:
                 detail = await resp.content.read(_MAX_ERROR_BODY_BYTES)
                 return f"HTTP {resp.status}: {detail.decode('utf-8', 'replace').strip()}"
-            pending = b""
+            pending, pending_at = b"", 0.0  # an unfinished line, and when its first byte came
             async for data in resp.content.iter_any():
                 now = time.perf_counter()
-                *lines, pending = (pending + data).split(b"\n")
-                for line in lines:
-                    state.feed(line, now)
+                *lines, rest = (pending + data).split(b"\n")
+                for i, line in enumerate(lines):
+                    state.feed(line, pending_at if i == 0 and pending else now)
+                if lines or not pending:
+                    pending_at = now  # ``rest`` began in this read
+                pending = rest
             if pending:
-                state.feed(pending, time.perf_counter())
+                state.feed(pending, pending_at)
         return None
 
 

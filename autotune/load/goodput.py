@@ -85,6 +85,10 @@ _ATTAINMENT_EPS = 1e-12
 DEFAULT_INFLIGHT_HORIZON_S = 8.0
 # Figures copied into the compact JSON of each level and of the best level.
 _THROUGHPUT_KEYS: tuple[str, ...] = ("output_throughput", "request_throughput", "total_token_throughput")
+# The load generator's health at each level: a saturated level offered less than its load.
+_LOADGEN_KEYS: tuple[str, ...] = (
+    "loadgen_saturated", "loadgen_cpu_percent", "loadgen_cpu_wait_percent", "loadgen_send_lag_p90_ms",
+)
 
 
 # --------------------------------------------------------------------------- results
@@ -127,6 +131,9 @@ class GoodputResult:
                     "output_throughput": _num(level.figures.get("output_throughput")),
                     "request_throughput": _num(level.figures.get("request_throughput")),
                     "p99_ttft_ms": _num(level.figures.get("p99_ttft_ms")),
+                    "sustained_ratio": _num(level.figures.get("sustained_ratio")),
+                    "violations": {text: _num(v) for text, v in level.violations.items()},
+                    **{k: _num(level.figures.get(k)) for k in _LOADGEN_KEYS if k in level.figures},
                     "attainment": {
                         text: {k: _num(v) for k, v in info.items()} for text, info in level.attainment.items()
                     },
@@ -239,8 +246,13 @@ def search_goodput(
     on_level: Callable[[LevelResult], None] | None = None,
     conservative: bool = False,
     confidence_z: float = 1.96,
+    growth: float = 2.0,
 ) -> GoodputResult:
     """Find the highest load at which every SLO holds; see the module docstring.
+
+    ``growth`` is the bracketing factor (2 doubles and halves). A smaller one,
+    such as 1.25, suits a ``start`` near the expected goodput (a repeat of an
+    earlier measurement): the bracket closes in fewer levels.
 
     ``measure(load)`` runs the load once and returns ``(figures, per_request)``
     as ``summarize`` and ``per_request_view`` give them; it is called at most
@@ -257,6 +269,8 @@ def search_goodput(
         raise ValueError("max_levels must be >= 1")
     if not resolution > 0:
         raise ValueError("resolution must be > 0")
+    if not growth > 1:
+        raise ValueError("growth must be > 1")
     integer = unit == "concurrency"
     first, floor, ceiling = _limits(start, min_load, upper, integer)
 
@@ -278,11 +292,12 @@ def search_goodput(
     going_up = probe(load)
     while len(levels) < max_levels:
         if going_up:
-            nxt = load * 2 if ceiling is None else min(load * 2, ceiling)
+            up = max(load + 1, round(load * growth)) if integer else load * growth
+            nxt = up if ceiling is None else min(up, ceiling)
             if nxt <= load:
                 break  # held at the ceiling
         else:
-            nxt = load // 2 if integer else load / 2
+            nxt = min(load - 1, int(load / growth)) if integer else load / growth
             nxt = max(nxt, floor)
             if nxt >= load or nxt <= 0:
                 break  # failed at the floor
@@ -363,7 +378,8 @@ def workload_at_level(
 
     ``"concurrency"``: a closed loop with ``int(load)`` requests in flight.
 
-    ``"req/s"``: Poisson arrivals at ``rate=load``.  ``concurrency`` stays the
+    ``"req/s"``: Poisson arrivals at ``rate=load`` (gamma arrivals with the
+    workload's burstiness, if it has them).  ``concurrency`` stays the
     in-flight cap (so an overloaded server cannot make the client open
     unbounded connections) but is raised to at least
     ``ceil(rate * inflight_horizon_s)``.  The cap must not bind at a load the
@@ -390,7 +406,9 @@ def workload_at_level(
         fields.update(arrival="concurrency", concurrency=int(load))
     else:
         cap = max(workload.concurrency, math.ceil(load * inflight_horizon_s))
-        fields.update(arrival="poisson", rate=float(load), concurrency=cap)
+        # A gamma workload keeps its burstiness at every rate; anything else is Poisson.
+        arrival = "gamma" if workload.arrival == "gamma" else "poisson"
+        fields.update(arrival=arrival, rate=float(load), concurrency=cap)
     return Workload.model_validate(fields)
 
 
@@ -407,13 +425,15 @@ def endpoint_measure(
     inflight_horizon_s: float = DEFAULT_INFLIGHT_HORIZON_S,
     progress: Callable[[int, int], None] | None = None,
     min_duration_s: float | None = None,
+    seed_offset: int = 0,
 ) -> Measure:
     """A ``measure`` for ``search_goodput`` that loads a live server.
 
     Each call offers ``workload_at_level(workload, unit, load)`` (warm-up
     included) and returns ``(summarize(result), per_request_view(records))``.
-    Every call draws its prompts with its own ``seed_offset`` (1, 2, ... in
-    call order; 0 is what a plain trial run uses), so no level re-sends
+    Every call draws its prompts with its own ``seed_offset`` (``seed_offset``
+    + 1, + 2, ... in call order; 0 is what a plain trial run uses; a repeat
+    passes its own ``seed_offset``), so no level re-sends
     prompts an earlier level left in the prefix cache, which would flatter
     later levels.  Poisson arrival times depend only on ``workload.seed``, so
     every req/s level replays the same arrival pattern, scaled: differences
@@ -423,7 +443,7 @@ def endpoint_measure(
     """
     if unit not in _UNITS:
         raise ValueError(f"unit must be one of {', '.join(_UNITS)}, got {unit!r}")
-    calls = itertools.count(1)
+    calls = itertools.count(seed_offset + 1)
 
     def measure(load: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
         level = workload_at_level(

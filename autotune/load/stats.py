@@ -63,6 +63,9 @@ def summarize(result: LoadResult) -> dict[str, float]:
     if result.offered_rate is not None:
         out["offered_rate"] = result.offered_rate
         out["sustained_ratio"] = _sustained_ratio(result.records, result.offered_rate)
+    if result.burstiness is not None:
+        out["burstiness"] = result.burstiness
+    out.update(result.health())
     return out
 
 

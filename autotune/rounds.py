@@ -1,0 +1,472 @@
+"""Optimise in rounds: after each round, reshape the search space from what it taught.
+
+A study's budget is cut into rounds (``spec.rounds.size`` trials each, a third
+of the budget by default). When a round ends, ``RoundPlanner.advance`` looks
+at the trials so far and decides, for the next round:
+
+* **extend** a numeric range whose best value sits on its edge: the optimum
+  may lie beyond it. The range grows by half its width (in the knob's own
+  scale, so a log knob doubles) but never past the knob's hard limits, the
+  range ``search_spaces/<engine>.yaml`` gives for the device.
+* **freeze** a knob whose importance (fANOVA, over the completed trials) is
+  negligible: it is pinned to the best trial's value, so the sampler spends
+  the remaining trials on knobs that matter. Needs enough completed trials;
+  with fewer, nothing is frozen and the decision log says why.
+* **enqueue** neighbours of the best trials (one knob moved one step) with
+  ``Study.enqueue_trial``, as a warm start: the next round begins by probing
+  around what worked instead of waiting for the sampler to find it again.
+
+Every decision is stored with its reason in the study's user attributes
+(``rounds``), so ``autotune review`` can show it, and the current shape of
+the space (``rounds_space``) lives there too, so a resumed study, or another
+worker, continues from it.
+
+How the changes stay compatible with Optuna's samplers: Optuna lets an int
+or float parameter change its bounds between trials (not its kind or log
+scale), so a widened range is simply suggested with the new bounds. A
+categorical parameter's choices may never change within a study, so
+categorical knobs are never extended, only frozen or moved to a neighbouring
+choice. A frozen knob is no longer suggested at all (its value is in the
+trial's ``config`` attribute), which samplers treat as a parameter that left
+the search space. Multivariate TPE models jointly only the parameters whose
+distribution is the same in every trial, so after a range changes that knob
+is sampled on its own (univariate), still from all its past observations.
+Importances are computed on a copy of the trials where every knob has one
+distribution, the widest it had, because Optuna's evaluators refuse a
+space that changed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.search_space import Knob, SearchSpace
+from autotune.spec import RoundsOptions
+
+ROUNDS_ATTR = "rounds"  # the decision log: [{round, decision, knob, reason}, ...]
+SPACE_ATTR = "rounds_space"  # per knob: {"low": .., "high": ..} or {"fixed": value}
+PLANNED_ATTR = "rounds_planned"  # the highest round planned so far
+IMPORTANCE_ATTR = "rounds_importances"  # [{round, trials, importances}]
+ENQUEUED_ATTR = "enqueued_by_rounds"  # on an enqueued trial: why it was enqueued
+
+Kind = Literal["extend", "freeze", "enqueue", "keep", "skip"]
+
+
+@dataclass
+class Decision:
+    """One change to the space (or a reason for not changing it), as the log keeps it."""
+
+    round: int
+    decision: Kind
+    knob: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def round_size(options: RoundsOptions, budget: int) -> int:
+    return options.size or max(1, math.ceil(budget / 3))
+
+
+class RoundPlanner:
+    """Owns the shape of the search space across rounds, stored in the study itself.
+
+    ``base`` is the space the study began with (the engine's space with the
+    spec's ranges); ``hard`` the engine's space for this device before the
+    spec narrowed it: the limits an extension may reach. ``check`` returns the
+    rules a configuration breaks, so no neighbour that cannot run is enqueued.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        base: SearchSpace,
+        hard: SearchSpace,
+        options: RoundsOptions,
+        budget: int,
+        check: Callable[[Mapping[str, Any]], list[str]] | None = None,
+    ) -> None:
+        self.study = study
+        self.base = base
+        self.hard = hard
+        self.options = options
+        self.budget = budget
+        self.size = round_size(options, budget)
+        self.check = check or (lambda _config: [])
+
+    # ----------------------------------------------------------------- state
+
+    def space(self) -> SearchSpace:
+        """The space of the current round: the base space with every decision so far applied."""
+        return apply_overrides(self.base, self.study.user_attrs.get(SPACE_ATTR, {}))
+
+    def decisions(self) -> list[Decision]:
+        return [Decision(**d) for d in self.study.user_attrs.get(ROUNDS_ATTR, [])]
+
+    # ----------------------------------------------------------------- rounds
+
+    def advance(self, done: int) -> list[Decision]:
+        """Plans the next round once ``done`` counted trials have closed the current one.
+
+        Idempotent: a round is planned once, whoever (which worker, which
+        resumed run) gets there first; later calls return nothing.
+        """
+        finished = done // self.size
+        planned = int(self.study.user_attrs.get(PLANNED_ATTR, 1))
+        if finished < planned or done >= self.budget:
+            return []
+        next_round = finished + 1
+        decisions = self._plan(next_round)
+        self.study.set_user_attr(PLANNED_ATTR, next_round)
+        log = self.study.user_attrs.get(ROUNDS_ATTR, [])
+        self.study.set_user_attr(ROUNDS_ATTR, log + [d.to_json() for d in decisions])
+        return decisions
+
+    def _plan(self, rnd: int) -> list[Decision]:
+        space = self.space()
+        overrides: dict[str, dict[str, Any]] = dict(self.study.user_attrs.get(SPACE_ATTR, {}))
+        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if not complete:
+            return [Decision(rnd, "keep", None, f"no completed trial before round {rnd}: nothing to learn from yet")]
+        ranked = rank_trials(self.study, complete)
+        best = ranked[0]
+        decisions: list[Decision] = []
+        active = [name for name, knob in space.knobs.items() if knob.fixed is None]
+
+        if self.options.extend:
+            for name in active:
+                decision = self._extend(rnd, name, space.knobs[name], best, overrides)
+                if decision is not None:
+                    decisions.append(decision)
+        extended = {d.knob for d in decisions if d.decision == "extend"}
+
+        importances: dict[str, float] = {}
+        if self.options.freeze and len(active) > 1:
+            if len(complete) < self.options.min_trials_for_importance:
+                decisions.append(Decision(
+                    rnd, "skip", None,
+                    f"importances need {self.options.min_trials_for_importance} completed trials, "
+                    f"{len(complete)} so far: nothing frozen",
+                ))
+            else:
+                importances = param_importances(self.study, active)
+                if importances:
+                    self._record_importances(rnd, len(complete), importances)
+                    decisions += self._freeze(rnd, importances, best, extended, overrides)
+                else:
+                    decisions.append(Decision(rnd, "skip", None, "importances could not be computed: nothing frozen"))
+
+        self.study.set_user_attr(SPACE_ATTR, overrides)
+        if self.options.neighbours > 0:
+            decisions += self._enqueue_neighbours(rnd, ranked, importances)
+        if not decisions:
+            decisions.append(Decision(rnd, "keep", None, "no range edge reached, nothing to freeze"))
+        return decisions
+
+    # ----------------------------------------------------------------- extend
+
+    def _extend(
+        self, rnd: int, name: str, knob: Knob, best: FrozenTrial, overrides: dict[str, dict[str, Any]]
+    ) -> Decision | None:
+        if knob.type not in ("int", "float") or knob.low is None or knob.high is None:
+            return None
+        value = config_of(best).get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        hard = self.hard.knobs.get(name)
+        hard_low = hard.low if hard is not None and hard.low is not None else knob.low
+        hard_high = hard.high if hard is not None and hard.high is not None else knob.high
+        edge = _edge(knob, float(value))
+        if edge is None:
+            return None
+        shown = f"{name}={_fmt(value)}"
+        where = f"best trial #{best.number} has {shown} at the {edge} edge of [{_fmt(knob.low)}, {_fmt(knob.high)}]"
+        low, high = _widened(knob, edge)
+        low, high = max(low, hard_low), min(high, hard_high)
+        if knob.type == "int":
+            low, high = math.floor(low), math.ceil(high)
+        if (edge == "upper" and high <= knob.high) or (edge == "lower" and low >= knob.low):
+            limit = hard_high if edge == "upper" else hard_low
+            return Decision(rnd, "keep", name, f"{where}, which is the knob's hard limit ({_fmt(limit)})")
+        overrides[name] = {"low": low, "high": high}
+        return Decision(
+            rnd, "extend", name,
+            f"{where}; range widened to [{_fmt(low)}, {_fmt(high)}] (hard limits [{_fmt(hard_low)}, {_fmt(hard_high)}])",
+        )
+
+    # ----------------------------------------------------------------- freeze
+
+    def _freeze(
+        self,
+        rnd: int,
+        importances: Mapping[str, float],
+        best: FrozenTrial,
+        extended: set[str | None],
+        overrides: dict[str, dict[str, Any]],
+    ) -> list[Decision]:
+        decisions = []
+        ordered = sorted(importances.items(), key=lambda kv: kv[1], reverse=True)
+        keep_at_least = ordered[0][0]  # never freeze every knob
+        for name, share in ordered:
+            if share >= self.options.freeze_below or name == keep_at_least or name in extended:
+                continue
+            value = config_of(best).get(name)
+            if value is None:
+                continue
+            overrides[name] = {"fixed": value}
+            decisions.append(Decision(
+                rnd, "freeze", name,
+                f"importance {share:.3f} < {self.options.freeze_below:g} (fANOVA over "
+                f"{_n_trials(self.study)} completed trials); fixed at best trial #{best.number}'s value {_fmt(value)}",
+            ))
+        return decisions
+
+    def _record_importances(self, rnd: int, n: int, importances: Mapping[str, float]) -> None:
+        log = self.study.user_attrs.get(IMPORTANCE_ATTR, [])
+        entry = {"round": rnd, "trials": n, "importances": {k: round(float(v), 4) for k, v in importances.items()}}
+        self.study.set_user_attr(IMPORTANCE_ATTR, log + [entry])
+
+    # ----------------------------------------------------------------- enqueue
+
+    def _enqueue_neighbours(
+        self, rnd: int, ranked: Sequence[FrozenTrial], importances: Mapping[str, float]
+    ) -> list[Decision]:
+        space = self.space()
+        active = [name for name, knob in space.knobs.items() if knob.fixed is None]
+        # The knobs that matter most are moved first.
+        active.sort(key=lambda name: importances.get(name, 0.0), reverse=True)
+        fixed = {name: knob.fixed for name, knob in space.knobs.items() if knob.fixed is not None}
+        seen = {_key(config_of(t), active) for t in self.study.get_trials(deepcopy=False)}
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        seen |= {_key(t.system_attrs.get("fixed_params", {}), active) for t in waiting}
+        decisions: list[Decision] = []
+        sources = list(ranked[: max(1, self.options.neighbours)])
+        for source in sources:
+            config = config_of(source)
+            if any(k not in config for k in active):
+                continue
+            for name in active:
+                if len(decisions) >= self.options.neighbours:
+                    return decisions
+                for value in neighbours(space.knobs[name], config[name]):
+                    params = {k: config[k] for k in active}
+                    params[name] = value
+                    k = _key(params, active)
+                    if k in seen or self.check({**fixed, **params}):
+                        continue
+                    seen.add(k)
+                    reason = (
+                        f"neighbour of trial #{source.number}: {name} {_fmt(config[name])} -> {_fmt(value)}"
+                    )
+                    self.study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: reason})
+                    decisions.append(Decision(rnd, "enqueue", name, reason))
+                    break
+        return decisions
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def apply_overrides(base: SearchSpace, overrides: Mapping[str, Mapping[str, Any]]) -> SearchSpace:
+    """The base space with the rounds' ranges and pins laid over it (unknown knobs ignored)."""
+    knobs = dict(base.knobs)
+    for name, change in overrides.items():
+        if name in knobs:
+            knobs[name] = knobs[name].model_copy(update=dict(change))
+    return SearchSpace(engine=base.engine, knobs=knobs, constraints=base.constraints)
+
+
+def config_of(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's whole configuration as it ran (``config`` attr, pinned knobs included), else its params."""
+    return {**trial.params, **trial.user_attrs.get("config", {})}
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    if "feasible" in trial.user_attrs:
+        return bool(trial.user_attrs["feasible"])
+    constraints = trial.system_attrs.get("constraints")
+    return constraints is None or all(c <= 0 for c in constraints)
+
+
+def rank_trials(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Best first: feasible before infeasible, then by the first objective."""
+    sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
+    return sorted(trials, key=lambda t: (not feasible(t), sign * (t.values[0] if t.values else math.inf), t.number))
+
+
+def param_importances(study: optuna.Study, params: Sequence[str] | None = None, seed: int = 0) -> dict[str, float]:
+    """fANOVA importances of ``params`` (default: every knob seen), robust to a space that changed.
+
+    Each knob gets one distribution, the widest it had; a pinned knob's value
+    comes from the trial's ``config``. The target is the first objective, with
+    infeasible trials set to the worst value seen, so "matters" means
+    "matters for a feasible, good result". Empty when there is too little to go on.
+    """
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values]
+    dists = union_distributions(complete)
+    names = [p for p in (params if params is not None else sorted(dists)) if p in dists]
+    rows = []
+    for t in complete:
+        config = config_of(t)
+        if all(p in config and _contains(dists[p], config[p]) for p in names):
+            rows.append(({p: config[p] for p in names}, t))
+    if len(rows) < 2 or not names:
+        return {}
+    maximize = study.directions[0] == StudyDirection.MAXIMIZE
+    values = [t.values[0] for _, t in rows]
+    worst = min(values) if maximize else max(values)
+    copy = optuna.create_study(direction="maximize" if maximize else "minimize")
+    for params, t in rows:
+        value = t.values[0] if feasible(t) else worst
+        copy.add_trial(optuna.trial.create_trial(
+            params=params, distributions={p: dists[p] for p in names}, value=value,
+        ))
+    if len({round(v, 12) for v in (t.value for t in copy.trials)}) < 2:
+        return {p: 0.0 for p in names}  # a flat response: nothing matters
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    try:
+        return dict(optuna.importance.get_param_importances(copy, evaluator=evaluator))
+    except (ValueError, RuntimeError):
+        return {}
+
+
+def union_distributions(trials: Sequence[FrozenTrial]) -> dict[str, BaseDistribution]:
+    """Per parameter, one distribution covering every range it was suggested with."""
+    out: dict[str, BaseDistribution] = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            prev = out.get(name)
+            if prev is None:
+                out[name] = dist
+            elif isinstance(prev, IntDistribution) and isinstance(dist, IntDistribution):
+                out[name] = IntDistribution(min(prev.low, dist.low), max(prev.high, dist.high), log=prev.log, step=prev.step)
+            elif isinstance(prev, FloatDistribution) and isinstance(dist, FloatDistribution):
+                out[name] = FloatDistribution(min(prev.low, dist.low), max(prev.high, dist.high), log=prev.log, step=prev.step)
+    return out
+
+
+def neighbours(knob: Knob, value: Any) -> list[Any]:
+    """Values one step from ``value`` within the knob's current range, nearest first.
+
+    A numeric step is an eighth of the range in the knob's scale (log or
+    linear), at least the knob's own step; a categorical moves to the adjacent
+    choice; a boolean flips.
+    """
+    if knob.type == "bool":
+        return [not value]
+    if knob.type == "categorical":
+        choices = list(knob.choices or [])
+        if value not in choices:
+            return []
+        i = choices.index(value)
+        return [choices[j] for j in (i + 1, i - 1) if 0 <= j < len(choices)]
+    if knob.low is None or knob.high is None or not isinstance(value, (int, float)):
+        return []
+    low, high = float(knob.low), float(knob.high)
+    out: list[Any] = []
+    for direction in (1, -1):
+        if knob.log and value > 0:
+            moved = math.exp(math.log(value) + direction * (math.log(high) - math.log(low)) / 8)
+        else:
+            moved = value + direction * (high - low) / 8
+        if knob.type == "int":
+            step = int(knob.step or 1)
+            moved = int(round(moved / step) * step)
+            if moved == value:
+                moved = int(value + direction * step)
+        elif knob.step:
+            moved = round(moved / knob.step) * knob.step
+        moved = min(max(moved, low), high)
+        if knob.type == "int":
+            moved = int(moved)
+        if moved != value and moved not in out:
+            out.append(moved)
+    return out
+
+
+def _edge(knob: Knob, value: float) -> Literal["lower", "upper"] | None:
+    assert knob.low is not None and knob.high is not None
+    low, high = float(knob.low), float(knob.high)
+    if high <= low:
+        return None
+    if knob.type == "int":
+        return "upper" if value >= high else "lower" if value <= low else None
+    scale = (lambda x: math.log(x)) if knob.log else (lambda x: x)
+    span = scale(high) - scale(low)
+    if scale(high) - scale(value) <= 0.02 * span:
+        return "upper"
+    if scale(value) - scale(low) <= 0.02 * span:
+        return "lower"
+    return None
+
+
+def _widened(knob: Knob, edge: str) -> tuple[float, float]:
+    """Half the width again on the edge's side (a log knob: its ratio's square root again)."""
+    assert knob.low is not None and knob.high is not None
+    low, high = float(knob.low), float(knob.high)
+    if knob.log:
+        factor = max(math.sqrt(high / low), 2.0)
+        return (low, high * factor) if edge == "upper" else (low / factor, high)
+    width = max(high - low, float(knob.step or 1))
+    return (low, high + width / 2) if edge == "upper" else (low - width / 2, high)
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
+def _key(config: Mapping[str, Any], names: Sequence[str]) -> str:
+    return json.dumps([config.get(n) for n in names], default=str)
+
+
+def _n_trials(study: optuna.Study) -> int:
+    return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def decisions_of(study: optuna.Study) -> list[dict[str, Any]]:
+    return list(study.user_attrs.get(ROUNDS_ATTR, []))
+
+
+def importances_of(study: optuna.Study) -> list[dict[str, Any]]:
+    return list(study.user_attrs.get(IMPORTANCE_ATTR, []))
+
+
+
+def planner_for(
+    study: optuna.Study,
+    base: SearchSpace,
+    engine: str,
+    device: str,
+    hardware: Mapping[str, float],
+    options: RoundsOptions,
+    budget: int,
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None,
+) -> RoundPlanner | None:
+    """The planner a study runs with, or None when rounds are off or the budget is one round."""
+    if not options.enabled or round_size(options, budget) >= budget:
+        return None
+    hard = SearchSpace.load(engine).for_hardware(device, hardware)
+    return RoundPlanner(study, base, hard, options, budget, check)

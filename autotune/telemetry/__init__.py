@@ -1,0 +1,35 @@
+"""Telemetry alongside the load: GPU figures from NVML and the engine's own metrics.
+
+``TelemetryWindow`` wraps one measured load run; its ``figures()`` land in the
+trial outcome (``TrialOutcome.telemetry``) and the trial's user attributes,
+where ``locate`` reads them. The signals are listed in docs/telemetry.md.
+"""
+
+from autotune.telemetry.engine_metrics import (
+    ENGINE_METRICS,
+    EngineMetricsScraper,
+    Histogram,
+    Snapshot,
+    detect_engine,
+    parse_metrics,
+    reduce_window,
+    register_engine_metrics,
+)
+from autotune.telemetry.nvml import NvmlSampler, nvml_status, visible_gpus
+from autotune.telemetry.window import TelemetryWindow, announce_once
+
+__all__ = [
+    "ENGINE_METRICS",
+    "EngineMetricsScraper",
+    "Histogram",
+    "NvmlSampler",
+    "Snapshot",
+    "TelemetryWindow",
+    "announce_once",
+    "detect_engine",
+    "nvml_status",
+    "parse_metrics",
+    "reduce_window",
+    "register_engine_metrics",
+    "visible_gpus",
+]

@@ -1,0 +1,137 @@
+"""One worker of a study shared through a database: ``autotune worker``.
+
+A study outgrows one machine by running the same loop on every node against
+one Optuna RDB storage (PostgreSQL): each worker asks the storage for the next
+trial, runs it on its own GPUs and reports it back. The study's spec lives in
+the study itself (a user attribute), so a worker needs only ``--storage`` and
+``--study``; heartbeats let the others fail and retry the trial of a worker
+that died (see ``autotune.study.fail_stale``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autotune.errors import UserError
+from autotune.spec import StudySpec, check_storage_url, load_spec, redact_url
+
+
+def parse_gpus(text: str | None) -> list[int] | None:
+    """``--gpus 0,1`` as device indices; the engine sees only these."""
+    if text is None or not text.strip():
+        return None
+    try:
+        ids = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"bad --gpus {text!r}: expected GPU indices such as 0,1") from None
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise UserError(f"bad --gpus {text!r}: indices must be distinct and >= 0")
+    return ids
+
+
+def stored_spec(storage_url: str, study_name: str) -> dict[str, Any]:
+    """The spec the study was created with, read from the storage without writing to it."""
+    missing = UserError(
+        f"no study {study_name!r} in {redact_url(storage_url)}; create it with "
+        "`autotune worker --spec FILE` or `autotune optimize --storage URL`"
+    )
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage_url)
+    if url.get_backend_name() == "sqlite" and not (url.database and Path(url.database).exists()):
+        raise missing  # connecting would create the file
+    try:
+        storage = optuna.storages.RDBStorage(storage_url, skip_table_creation=True)
+    except Exception as e:  # unreachable server, bad credentials, missing driver, no tables yet
+        why = _one_line(e)
+        if "no such table" in why or "does not exist" in why:
+            raise missing from None
+        raise UserError(f"cannot open storage {redact_url(storage_url)}: {why}") from None
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+        attrs = storage.get_study_user_attrs(study_id)
+    except KeyError:
+        raise missing from None
+    except Exception as e:  # an empty database has no tables yet
+        raise UserError(f"no study {study_name!r} in {redact_url(storage_url)} ({_one_line(e)})") from None
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+    from autotune.study import SPEC_ATTR
+
+    data = attrs.get(SPEC_ATTR)
+    if not isinstance(data, dict):
+        raise UserError(f"study {study_name!r} was not created by autotune (it stores no spec)")
+    return data
+
+
+def worker_spec(
+    storage_url: str,
+    study_name: str,
+    *,
+    spec_file: Path | None = None,
+    study_dir: Path | None = None,
+    gpus: str | None = None,
+    api_key_env: str | None = None,
+) -> StudySpec:
+    """The spec this worker runs: the study's own, bound to this node's folder and GPUs.
+
+    With ``spec_file`` the study is created from it when it does not exist yet,
+    so every node can be started with one command line.
+    """
+    try:
+        check_storage_url(storage_url)
+    except ValueError as e:
+        raise UserError(f"bad --storage: {e}") from None
+    gpu_ids = parse_gpus(gpus)
+    overrides: dict[str, Any] = {
+        "storage": storage_url,
+        "name": study_name,
+        "study_dir": str(study_dir or Path("autotune-runs") / study_name),
+        "engine.api_key_env": api_key_env,
+    }
+    if spec_file is not None:
+        data: dict[str, Any] = {}
+        base = spec_file
+    else:
+        data = stored_spec(storage_url, study_name)
+        base = None
+    for key in ("storage", "study_dir"):
+        data.pop(key, None)  # the creator's; this node has its own
+    spec = load_spec(base, overrides) if base is not None else _validate(data, overrides)
+    if gpu_ids is not None:
+        spec = _bind_gpus(spec, gpu_ids)
+    return spec
+
+
+def _validate(data: dict[str, Any], overrides: dict[str, Any]) -> StudySpec:
+    from autotune.spec import _set_dotted
+
+    for dotted, value in overrides.items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    try:
+        return StudySpec.model_validate(data)
+    except Exception as e:
+        raise UserError(f"the study's stored spec does not validate here: {_one_line(e)}") from None
+
+
+def _bind_gpus(spec: StudySpec, gpu_ids: list[int]) -> StudySpec:
+    """The engine sees only this worker's GPUs (CUDA_VISIBLE_DEVICES) and sizes TP/PP to them."""
+    engine = spec.engine.model_copy(
+        update={"env": {**spec.engine.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}}
+    )
+    hw_update: dict[str, Any] = {"gpu_count": len(gpu_ids)}
+    if "gpu_ids" in type(spec.hardware).model_fields:
+        hw_update["gpu_ids"] = gpu_ids
+    hardware = spec.hardware.model_copy(update=hw_update)
+    return spec.model_copy(update={"engine": engine, "hardware": hardware})
+
+
+def _one_line(e: BaseException) -> str:
+    from autotune.study import _first_line
+
+    return _first_line(e)

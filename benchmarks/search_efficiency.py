@@ -1,0 +1,429 @@
+"""How much engine time does a search need to find a near-best configuration?
+
+Replays a response surface recorded on the real engine (``record_surface.py``:
+every point of a grid, its goodput under the SLO and the engine-seconds it
+cost) as a lookup objective, and runs several searches over it, each over
+many seeds:
+
+* ``grid``: every point in vLLM auto_tune's order (``benchmarks/auto_tune``
+  loops over max_num_seqs, then max_num_batched_tokens; further knobs nest
+  inside, in the surface's ``order``); deterministic, one run.
+* ``random``, ``tpe``, ``nsga2``, ``gp``: Optuna's samplers, configured as
+  ``autotune optimize`` configures them (``autotune.study.make_sampler``).
+* ``rounds+tpe``, ``rounds+gp``: the same samplers with autotune's rounds
+  (``autotune.rounds``): freeze knobs that do not matter, enqueue
+  neighbours of the best trials.
+
+The figure of merit: the trials, and the engine-minutes, spent until the best
+feasible goodput found reaches ``--target`` (95%) of the grid's best. A grid
+search only knows its best once it has measured every point, so its cost is
+the whole grid; the table gives every method's cost as a fraction of it.
+
+    .venv/bin/python benchmarks/search_efficiency.py [--surface FILE] [--seeds 20]
+
+A numeric knob is suggested as an integer range (log-scaled when the grid is
+geometric) and snapped to the nearest recorded value, as a real study would
+suggest any value in the range; categorical and boolean knobs are suggested
+as they are. Integer ranges cannot grow beyond the grid (there is nothing
+recorded there), so the rounds' range extension never fires in a replay. A
+point the engine failed on is a failed trial; a point where the SLO never
+held is infeasible (an Optuna constraint), as in a real study. Every trial
+costs its recorded engine-seconds, repeats included: a real study pays again
+for a configuration it measures twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import optuna  # noqa: E402
+from optuna.trial import Trial  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from autotune.rounds import RoundPlanner  # noqa: E402
+from autotune.search_space import Knob, SearchSpace  # noqa: E402
+from autotune.spec import RoundsOptions, StudySpec  # noqa: E402
+from autotune.study import make_sampler, suggest  # noqa: E402
+
+FORMAT = "autotune-surface/1"
+DEFAULT_SURFACE = REPO / "benchmarks" / "data" / "surface_cpu.json"
+SAMPLERS = ("random", "tpe", "nsga2", "gp")
+METHODS = ("grid", "random", "tpe", "nsga2", "gp", "rounds+tpe", "rounds+gp")
+
+
+class ReplayFailed(Exception):
+    """The engine failed on this point when the surface was recorded."""
+
+
+# --------------------------------------------------------------------------- the surface
+
+
+@dataclass
+class Surface:
+    """A recorded grid: the points, the space they span, and the order a grid search walks."""
+
+    path: Path
+    data: dict[str, Any]
+    order: list[str]
+    values: dict[str, list[Any]]
+    types: dict[str, str]
+    points: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> "Surface":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise SystemExit(f"error: no surface file {path}") from None
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"error: {path} is not JSON: {e}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise SystemExit(f"error: {path} is not a recorded grid ({FORMAT}); see benchmarks/data/README.md")
+        space = data["space"]
+        order = list(data.get("order") or space)
+        surface = cls(
+            path=Path(path),
+            data=data,
+            order=order,
+            values={k: list(space[k]["values"]) for k in order},
+            types={k: space[k]["type"] for k in order},
+        )
+        for point in data["points"]:
+            surface.points[surface.key(point["config"])] = point
+        missing = [c for c in surface.grid_order() if surface.key(c) not in surface.points]
+        if missing:
+            raise SystemExit(
+                f"error: {path} is not a complete grid: {len(missing)} of {surface.size} points missing "
+                f"(first: {missing[0]}); record them with benchmarks/record_surface.py"
+            )
+        return surface
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for v in self.values.values())
+
+    def key(self, config: dict[str, Any]) -> str:
+        return json.dumps([config[k] for k in self.order])
+
+    def grid_order(self) -> list[dict[str, Any]]:
+        """vLLM auto_tune's order: the first knob outermost, each list in its recorded order."""
+        configs: list[dict[str, Any]] = [{}]
+        for name in self.order:
+            configs = [{**c, name: v} for c in configs for v in self.values[name]]
+        return configs
+
+    def goodput(self, config: dict[str, Any]) -> float:
+        point = self.points[self.key(config)]
+        return float(point["goodput"]) if point.get("feasible", point["goodput"] > 0) else 0.0
+
+    def cost_s(self, config: dict[str, Any]) -> float:
+        point = self.points[self.key(config)]
+        return float(point.get("engine_s") or (point.get("startup_s", 0) + point.get("measure_s", 0)))
+
+    @property
+    def best(self) -> float:
+        return max(self.goodput(c) for c in self.grid_order())
+
+    def space(self) -> SearchSpace:
+        """The replay's search space: what a study spec would give for these values."""
+        knobs: dict[str, Knob] = {}
+        for name in self.order:
+            values, kind = self.values[name], self.types[name]
+            if kind == "bool":
+                knobs[name] = Knob(type="bool")
+            elif kind == "int" and len(values) > 1:
+                lo, hi = min(values), max(values)
+                knobs[name] = Knob(type="int", low=lo, high=hi, log=_geometric(values))
+            else:
+                knobs[name] = Knob(type="categorical", choices=values)
+        return SearchSpace(engine=self.data.get("engine", "vllm"), knobs=knobs)
+
+    def snap(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The recorded point nearest to a suggested configuration."""
+        out = {}
+        for name in self.order:
+            value, values = config[name], self.values[name]
+            if self.types[name] == "int" and value not in values:
+                scale = math.log if _geometric(values) else (lambda x: x)
+                value = min(values, key=lambda v: (abs(scale(v) - scale(value)), v))
+            out[name] = value
+        return out
+
+
+def _geometric(values: Sequence[Any]) -> bool:
+    nums = sorted(v for v in values if isinstance(v, (int, float)))
+    return len(nums) > 2 and nums[0] > 0 and nums[-1] / nums[0] >= 8
+
+
+# --------------------------------------------------------------------------- one search
+
+
+@dataclass
+class Run:
+    """One search over the surface: the goodput and cost of each trial, in order."""
+
+    method: str
+    seed: int
+    goodputs: list[float]
+    costs_s: list[float]
+
+    def reached(self, threshold: float) -> int | None:
+        """Trials until the best feasible goodput so far reaches the threshold (1-based), or None."""
+        for i, g in enumerate(self.goodputs, start=1):
+            if g >= threshold:
+                return i
+        return None
+
+    def cost_until(self, trials: int) -> float:
+        return sum(self.costs_s[:trials])
+
+
+def replay_objective(surface: Surface, record: Run) -> Callable[[Trial, SearchSpace], float]:
+    """The Optuna objective: look the configuration up, record what it cost, report as a study would."""
+
+    def objective(trial: Trial, space: SearchSpace) -> float:
+        config = surface.snap(suggest(trial, space))
+        trial.set_user_attr("config", config)
+        point = surface.points[surface.key(config)]
+        record.costs_s.append(surface.cost_s(config))
+        if point.get("status", "ok") != "ok":
+            record.goodputs.append(0.0)
+            trial.set_user_attr("status", "failed")
+            raise ReplayFailed(point.get("reason") or "engine failed")
+        goodput = surface.goodput(config)
+        feasible = goodput > 0
+        trial.set_constraint("slo", -1.0 if feasible else 1.0)
+        trial.set_user_attr("feasible", feasible)
+        record.goodputs.append(goodput if feasible else 0.0)
+        return goodput
+
+    return objective
+
+
+def run_grid(surface: Surface) -> Run:
+    run = Run("grid", 0, [], [])
+    for config in surface.grid_order():
+        run.goodputs.append(surface.goodput(config))
+        run.costs_s.append(surface.cost_s(config))
+    return run
+
+
+def run_sampler(
+    surface: Surface,
+    method: str,
+    seed: int,
+    budget: int,
+    study_trials: int,
+    stop_at: float | None = None,
+) -> Run:
+    """One seeded search of up to ``budget`` trials; stops early once ``stop_at`` is reached."""
+    sampler_name = method.split("+")[-1]
+    spec = StudySpec.model_validate({"sampler": sampler_name, "seed": seed, "budget": {"trials": study_trials}})
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, 0))
+    run = Run(method, seed, [], [])
+    objective = replay_objective(surface, run)
+    base = surface.space()
+    planner = (
+        RoundPlanner(study, base, base, RoundsOptions(), study_trials) if method.startswith("rounds+") else None
+    )
+    best = 0.0
+    for i in range(budget):
+        space = base
+        if planner is not None:
+            planner.advance(i)
+            space = planner.space()
+        study.optimize(lambda t: objective(t, space), n_trials=1, catch=(ReplayFailed,))
+        best = max(best, run.goodputs[-1])
+        if stop_at is not None and best >= stop_at:
+            break
+    return run
+
+
+def gp_available() -> str | None:
+    """Why the GP sampler cannot run here, or None when it can."""
+    try:
+        import scipy  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        return f"GPSampler needs {e.name}"
+    return None
+
+
+# --------------------------------------------------------------------------- summary
+
+
+@dataclass
+class Summary:
+    method: str
+    runs: int
+    reached: int
+    trials: list[float]
+    minutes: list[float]
+
+
+def summarize(runs: Sequence[Run], threshold: float, budget: int) -> Summary:
+    """Trials and engine-minutes to the threshold; a run that never got there counts its whole budget."""
+    trials, minutes, reached = [], [], 0
+    for run in runs:
+        n = run.reached(threshold)
+        if n is not None:
+            reached += 1
+        n = n or min(budget, len(run.goodputs))
+        trials.append(float(n))
+        minutes.append(run.cost_until(n) / 60)
+    return Summary(runs[0].method, len(runs), reached, trials, minutes)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def build_table(surface: Surface, summaries: Sequence[Summary], grid: Run, threshold: float, seeds: int) -> Table:
+    full_trials = surface.size
+    full_minutes = grid.cost_until(full_trials) / 60
+    env = surface.data.get("environment", {})
+    title = (
+        f"Search efficiency on {surface.path.name}: {full_trials} points, best goodput {surface.best:g} "
+        f"{surface.data.get('goodput_unit') or ''} under {surface.data.get('slo')}; target {threshold:g} "
+        f"({100 * threshold / surface.best:.0f}%); {seeds} seeds; "
+        f"{env.get('engine', '')} {env.get('engine_version', '')}, recorded {surface.data.get('date', '?')}"
+    )
+    table = Table(title=title, title_justify="left")
+    for col in ("method", "reached", "trials to target", "engine-min to target", "trials / grid", "engine-min / grid"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for s in summaries:
+        t_mean, t_std = mean_std(s.trials)
+        m_mean, m_std = mean_std(s.minutes)
+        table.add_row(
+            s.method,
+            f"{s.reached}/{s.runs}",
+            f"{t_mean:.1f} ± {t_std:.1f}",
+            f"{m_mean:.1f} ± {m_std:.1f}",
+            f"{t_mean / full_trials:.0%}",
+            f"{m_mean / full_minutes:.0%}",
+        )
+    table.caption = (
+        f"grid = all {full_trials} points in vLLM auto_tune's order ({full_minutes:.1f} engine-min); "
+        "ratios against the whole grid, which a grid search must finish to know its best"
+    )
+    return table
+
+
+def markdown(surface: Surface, summaries: Sequence[Summary], grid: Run, threshold: float, seeds: int) -> str:
+    """The same table as Markdown, with the environment it was measured in, for docs/benchmarks.md."""
+    full_trials = surface.size
+    full_minutes = grid.cost_until(full_trials) / 60
+    env = surface.data.get("environment", {})
+    lines = [
+        f"Surface `{surface.path.name}`: {full_trials} points recorded {surface.data.get('date', '?')} on "
+        f"{env.get('engine', '?')} {env.get('engine_version', '?')}, {env.get('device', '?')}"
+        f" ({env.get('gpu') or str(env.get('cpu_count', '?')) + ' CPU cores'}, host {env.get('host', '?')}); "
+        f"SLO `{surface.data.get('slo')}`; best goodput {surface.best:g} {surface.data.get('goodput_unit') or ''}; "
+        f"target {threshold:g} ({100 * threshold / surface.best:.0f}% of the best); {seeds} seeds; "
+        f"the whole grid costs {full_trials} trials, {full_minutes:.1f} engine-minutes.",
+        "",
+        "| method | reached | trials to target (mean ± std) | engine-min to target (mean ± std) | trials / grid | engine-min / grid |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        t_mean, t_std = mean_std(s.trials)
+        m_mean, m_std = mean_std(s.minutes)
+        lines.append(
+            f"| {s.method} | {s.reached}/{s.runs} | {t_mean:.1f} ± {t_std:.1f} | {m_mean:.1f} ± {m_std:.1f} "
+            f"| {t_mean / full_trials:.0%} | {m_mean / full_minutes:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--surface", type=Path, default=DEFAULT_SURFACE, help="a recorded grid (JSON)")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--target", type=float, default=0.95, help="fraction of the grid's best goodput to reach")
+    parser.add_argument("--study-trials", type=int, default=12,
+                        help="the budget the samplers and rounds are configured for, as `optimize --trials`")
+    parser.add_argument("--json", type=Path, default=None, help="also write the per-run results here")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
+    args = parser.parse_args(argv)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        print(f"error: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})", file=sys.stderr)
+        return 2
+    if args.seeds < 1 or not 0 < args.target <= 1:
+        print("error: --seeds must be >= 1 and --target in (0, 1]", file=sys.stderr)
+        return 2
+    surface = Surface.load(args.surface)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    threshold = args.target * surface.best
+    budget = surface.size
+    grid = run_grid(surface)
+    notes = []
+    if any(m.endswith("gp") for m in methods) and (why := gp_available()):
+        methods = [m for m in methods if not m.endswith("gp")]
+        notes.append(f"gp skipped: {why}")
+    notes.append(
+        "AutoSampler (OptunaHub) not compared: it is fetched from the hub's repository at run time, "
+        "not installed from PyPI, and this benchmark runs without network"
+    )
+
+    t0 = time.monotonic()
+    all_runs: dict[str, list[Run]] = {}
+    for method in methods:
+        if method == "grid":
+            all_runs[method] = [grid]
+            continue
+        all_runs[method] = [
+            run_sampler(surface, method, seed, budget, args.study_trials, stop_at=threshold)
+            for seed in range(args.seeds)
+        ]
+    summaries = [summarize(runs, threshold, budget) for runs in all_runs.values()]
+    console.print(build_table(surface, summaries, grid, threshold, args.seeds))
+    for note in notes:
+        console.print(f"note: {note}")
+    console.print(f"replay time: {time.monotonic() - t0:.0f} s")
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(surface, summaries, grid, threshold, args.seeds))
+    if args.json is not None:
+        out = {
+            "surface": str(surface.path),
+            "best_goodput": surface.best,
+            "threshold": threshold,
+            "grid_points": surface.size,
+            "grid_engine_min": grid.cost_until(surface.size) / 60,
+            "seeds": args.seeds,
+            "study_trials": args.study_trials,
+            "notes": notes,
+            "methods": {
+                s.method: {
+                    "reached": s.reached, "runs": s.runs,
+                    "trials": mean_std(s.trials), "engine_min": mean_std(s.minutes),
+                    "per_seed_trials": s.trials,
+                }
+                for s in summaries
+            },
+        }
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
