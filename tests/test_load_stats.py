@@ -187,3 +187,29 @@ def test_sustained_ratio_separates_keeping_up_from_falling_behind() -> None:
         falling_behind = _open_loop(200, gap=0.1, service=1.0, backlog_growth=growth)
         assert _sustained_ratio(falling_behind, rate=10.0) < 0.8
     assert math.isnan(_sustained_ratio(kept_up[:5], rate=10.0))
+
+
+def _ramping(n: int, gap: float, start_e2e: float, steady_e2e: float, ramp_s: float) -> list:
+    """A healthy GPU run: latency rises while the batch fills, then stays flat."""
+    from autotune.load.client import RequestRecord
+
+    records = []
+    for i in range(n):
+        t = i * gap
+        e2e = start_e2e + (steady_e2e - start_e2e) * min(t / ramp_s, 1.0)
+        records.append(RequestRecord(ok=True, error=None, prompt_tokens=8, output_tokens=4, start=t,
+                                     ttft_s=0.05, itl_s=[0.0] * 3, e2e_s=e2e, tpot_s=0.0))
+    return records
+
+
+def test_sustained_ratio_does_not_fail_a_filling_batch() -> None:
+    """Seen on an H100: 12 s levels of 4-5 s requests were judged overloaded while the batch filled."""
+    from autotune.load.stats import _sustained_ratio
+
+    short = _ramping(192, gap=1 / 16, start_e2e=2.0, steady_e2e=4.5, ramp_s=4.0)
+    ratio = _sustained_ratio(short, rate=16.0)
+    assert math.isnan(ratio) or ratio >= 0.95  # too short to judge, never a false failure
+    long = _ramping(480, gap=1 / 16, start_e2e=2.0, steady_e2e=4.5, ramp_s=4.0)
+    assert _sustained_ratio(long, rate=16.0) == pytest.approx(1.0, abs=0.02)
+    growing = _open_loop(480, gap=1 / 16, service=2.0, backlog_growth=0.02)  # latency keeps climbing
+    assert _sustained_ratio(growing, rate=16.0) < 0.85

@@ -76,35 +76,58 @@ def _sustained_ratio(records: Sequence[RequestRecord], rate: float) -> float:
     that admits every request at once (vLLM with a large ``max_num_seqs``)
     answers the first token quickly and pays for the overload in a batch that
     keeps growing, so each request takes longer than the one before. A server
-    that keeps up reaches a steady state instead, once its batch has filled.
-    So compare the median end-to-end latency of the requests sent in the middle
-    third of the run with that of the last third: the ratio stays near 1.0 in a
-    steady state and falls as the backlog grows (about ``mu / lambda`` for a
-    backlog that grows linearly). The first third is left out because the batch
-    is still filling there, which on a GPU with multi-second requests made an
-    earlier, cumulative version of this check fail healthy runs. A failed
-    request counts as an infinitely slow one. NaN when either third has fewer
-    than five requests, or the rate is not positive.
+    that keeps up reaches a steady state instead, once its batch has filled,
+    which takes about one end-to-end latency ``L``. So the check looks only at
+    requests sent after the ramp-up (from ``max(span / 3, 1.5 L)``, with ``L``
+    the median latency of the last third) and compares the median end-to-end
+    latency of the first half of that window with that of the second half: the
+    ratio stays near 1.0 in a steady state and falls as the backlog grows
+    (about ``mu / lambda`` for a backlog that grows linearly).
+
+    NaN (not judged) when the window after the ramp-up is shorter than ``2 L``
+    or either half has fewer than five requests (unless the latency tripled
+    from the first third to the last, which only a backlog does): a run that
+    short cannot tell a filling batch from a growing backlog, and judging it anyway failed healthy
+    multi-second GPU runs (H100, 12 s levels, 4-5 s requests). Such a level is
+    left to the latency SLOs, which an overload breaks once the run is long
+    enough; ``GoodputOptions.min_duration_s`` sets that length. A failed request
+    counts as an infinitely slow one.
     """
     if not records or rate <= 0:
         return math.nan
     first_send = min(r.start for r in records)
-    span = max(r.start for r in records) - first_send
-    middle: list[float] = []
-    last: list[float] = []
-    for r in records:
-        at = (r.start - first_send) / span if span > 0 else 0.0
-        e2e = r.e2e_s if r.ok and r.e2e_s is not None else math.inf
-        if 1 / 3 <= at < 2 / 3:
-            middle.append(e2e)
-        elif at >= 2 / 3:
-            last.append(e2e)
-    if len(middle) < 5 or len(last) < 5:
+    last_send = max(r.start for r in records)
+    span = last_send - first_send
+    if span <= 0:
         return math.nan
-    mid, late = float(np.median(middle)), float(np.median(last))
-    if math.isinf(mid) or math.isinf(late):
+
+    def e2e(r: RequestRecord) -> float:
+        return r.e2e_s if r.ok and r.e2e_s is not None else math.inf
+
+    tail = [e2e(r) for r in records if r.start >= first_send + 2 * span / 3]
+    if len(tail) < 5:
+        return math.nan
+    latency = float(np.median(tail))
+    if math.isinf(latency):
         return 0.0
-    return mid / late if late > 0 else math.nan
+    begin = first_send + max(span / 3, 1.5 * latency)
+    if last_send - begin < 2 * latency:
+        # Too short to judge a steady state, unless latency tripled over the run:
+        # a filling batch does not do that, a backlog does.
+        head = [e2e(r) for r in records if r.start < first_send + span / 3]
+        start_latency = float(np.median(head)) if len(head) >= 5 else math.nan
+        if math.isfinite(start_latency) and latency >= 3 * start_latency:
+            return start_latency / latency
+        return math.nan
+    split = begin + (last_send - begin) / 2
+    early = [e2e(r) for r in records if begin <= r.start < split]
+    late = [e2e(r) for r in records if r.start >= split]
+    if len(early) < 5 or len(late) < 5:
+        return math.nan
+    mid, end = float(np.median(early)), float(np.median(late))
+    if math.isinf(mid) or math.isinf(end):
+        return 0.0
+    return mid / end if end > 0 else math.nan
 
 
 def per_request_view(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
