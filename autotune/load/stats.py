@@ -79,13 +79,13 @@ def _sustained_ratio(records: Sequence[RequestRecord], rate: float) -> float:
     that keeps up reaches a steady state instead, once its batch has filled,
     which takes about one end-to-end latency ``L``. So the check looks only at
     requests sent after the ramp-up (from ``max(span / 3, 1.5 L)``, with ``L``
-    the median latency of the last third) and compares the median end-to-end
+    the median latency of the middle third) and compares the median end-to-end
     latency of the first half of that window with that of the second half: the
     ratio stays near 1.0 in a steady state and falls as the backlog grows
     (about ``mu / lambda`` for a backlog that grows linearly).
 
     NaN (not judged) when the window after the ramp-up is shorter than ``2 L``
-    or either half has fewer than five requests (unless the latency tripled
+    or either half has fewer than five requests (unless the latency grew 2.5x
     from the first third to the last, which only a backlog does): a run that
     short cannot tell a filling batch from a growing backlog, and judging it anyway failed healthy
     multi-second GPU runs (H100, 12 s levels, 4-5 s requests). Such a level is
@@ -104,21 +104,24 @@ def _sustained_ratio(records: Sequence[RequestRecord], rate: float) -> float:
     def e2e(r: RequestRecord) -> float:
         return r.e2e_s if r.ok and r.e2e_s is not None else math.inf
 
-    tail = [e2e(r) for r in records if r.start >= first_send + 2 * span / 3]
-    if len(tail) < 5:
+    middle = [e2e(r) for r in records if first_send + span / 3 <= r.start < first_send + 2 * span / 3]
+    if len(middle) < 5:
         return math.nan
-    latency = float(np.median(tail))
+    latency = float(np.median(middle))
     if math.isinf(latency):
         return 0.0
     begin = first_send + max(span / 3, 1.5 * latency)
     if last_send - begin < 2 * latency:
-        # Too short to judge a steady state, unless latency tripled over the run:
+        # Too short to judge a steady state, unless latency grew 2.5x over the run:
         # a filling batch does not do that, a backlog does.
         head = [e2e(r) for r in records if r.start < first_send + span / 3]
-        start_latency = float(np.median(head)) if len(head) >= 5 else math.nan
-        if math.isfinite(start_latency) and latency >= 3 * start_latency:
-            return start_latency / latency
-        return math.nan
+        tail = [e2e(r) for r in records if r.start >= first_send + 2 * span / 3]
+        if len(head) < 5 or len(tail) < 5:
+            return math.nan
+        first, last = float(np.median(head)), float(np.median(tail))
+        if math.isinf(last):
+            return 0.0
+        return first / last if math.isfinite(first) and last >= 2.5 * first else math.nan
     split = begin + (last_send - begin) / 2
     early = [e2e(r) for r in records if begin <= r.start < split]
     late = [e2e(r) for r in records if r.start >= split]
