@@ -263,6 +263,9 @@ class Deployment:
     max_model_len: int | None = None
     cpu_kv_cache_gib: float | None = None
     allow_long_max_model_len: bool = False
+    # The engine refuses to start unless one max-length sequence fits its KV cache:
+    # vLLM always (its default length is the config's), any engine given a length.
+    whole_sequence: bool = True
 
     @property
     def gpus(self) -> int:
@@ -278,7 +281,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "kv_cache_dtype": ("--kv-cache-dtype",),
     "dtype": ("--dtype",),
     "quantization": ("--quantization", "-q", "--quantize"),
-    "max_model_len": ("--max-model-len", "--context-length"),
+    "max_model_len": ("--max-model-len", "--context-length", "--max-total-tokens"),
 }
 _INT_FIELDS = {"tp", "pp", "dp", "max_model_len"}
 
@@ -317,6 +320,10 @@ def deployment_from_argv(argv: Iterable[str], env: Mapping[str, str] | None = No
     found["allow_long_max_model_len"] = env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "").lower() in ("1", "true")
     if found.get("max_model_len") == -1:  # vLLM: fit the length to the memory
         found.pop("max_model_len")
+        found["whole_sequence"] = False
+    else:
+        vllm = any("vllm" in a.lower() for a in args) or any(k.startswith("VLLM_") for k in env)
+        found["whole_sequence"] = "max_model_len" in found or vllm
     return Deployment(**found)
 
 
@@ -503,17 +510,20 @@ def _memory(shape: ModelShape, d: Deployment, capacity: Capacity, out: Assessmen
         per_stage.append(b)
     out.weights_per_gpu_gib = max(per_stage) / GIB
     out.kv_bytes_per_token = shape.kv_bytes_per_token(kv_bytes)
-    max_len = d.max_model_len or shape.max_len
+    max_len = (d.max_model_len or shape.max_len) if d.whole_sequence else None
     out.max_model_len = max_len
     kv_per_gpu_token = shape.kv_bytes_per_token(kv_bytes, tp=d.tp, layers=max(stages))
     kv_seq = kv_per_gpu_token * max_len / GIB if max_len else 0.0
     out.kv_one_sequence_gib = kv_seq
-    if max_len is None:
+    if not d.whole_sequence:
+        out.notes.append("the engine is given no context length to hold: its KV cache is not counted")
+    elif max_len is None:
         out.notes.append("no max-model-len known: the KV cache of one sequence is not counted")
 
     split = f"TP{d.tp}" if d.pp == 1 else f"(TP{d.tp} x PP{d.pp}, heaviest stage)"
     weights_text = f"weights {out.weights_gib:.1f} GiB / {split} = {out.weights_per_gpu_gib:.1f} GiB"
     kv_text = f"KV for 1x{max_len} tokens {kv_seq:.1f} GiB"
+    kv_term = f" + {kv_text}" if max_len else ""
 
     if capacity.device == "cuda":
         out.reserve_gib = GPU_RESERVE_GIB
@@ -526,7 +536,7 @@ def _memory(shape: ModelShape, d: Deployment, capacity: Capacity, out: Assessmen
         out.needed_gib, out.budget_gib = need, budget
         if need > budget:
             out.reasons.append(
-                f"{weights_text} + reserve {GPU_RESERVE_GIB:.1f} GiB + {kv_text} = {need:.1f} GiB "
+                f"{weights_text} + reserve {GPU_RESERVE_GIB:.1f} GiB{kv_term} = {need:.1f} GiB "
                 f"> {budget:.1f} GiB ({util:.2f} x {capacity.gpu_memory_gib:g} GiB) per GPU"
             )
         return
@@ -534,7 +544,7 @@ def _memory(shape: ModelShape, d: Deployment, capacity: Capacity, out: Assessmen
     # The CPU build: its KV cache is a fixed space, and everything lives in host memory.
     out.reserve_gib = CPU_RESERVE_GIB
     space = d.cpu_kv_cache_gib
-    if space is not None and kv_seq > space:
+    if max_len and space is not None and kv_seq > space:
         out.reasons.append(f"{kv_text} > the CPU KV-cache space {space:g} GiB")
     host = capacity.host_memory_gib
     if host is None:

@@ -45,13 +45,17 @@ QUEUE_SHARE_HIGH = 0.50  # queue time as a share of the engine's time to first t
 QUEUE_SHARE_SOME = 0.20
 ITL_SPIKE = 5.0  # p99 / median inter-token latency
 TTFT_SPIKE = 3.0  # p99 / median time to first token
+BATCH_FULL = 0.9  # sequences per step, as a share of max_num_seqs, counted as full
 STEP_SPREAD = 4.0  # p99 / mean tokens per engine step: a few large prefill steps among decode steps
 MEM_BW_HIGH = 60.0  # NVML memory utilisation (% of time the DRAM was busy)
 SM_HIGH = 85.0  # NVML GPU utilisation (% of time a kernel ran)
 MEM_BW_LOW = 50.0
 PCIE_BUSY_GBPS = 10.0  # per GPU, both directions: a large share of a x16 link
 CLIENT_CPU_BUSY = 0.90  # load-generator CPU seconds per wall second (one core)
+CLIENT_STARVED_S = 0.5  # a sampler thread waking this late: the client process did not get a core
 RATE_SHORTFALL = 0.90  # achieved / offered request rate
+FRONTEND_GAP_MS = 50.0  # client TTFT minus the engine's own TTFT
+FRONTEND_SHARE = 0.5
 FIRE = 0.4  # a rule reports when its score reaches this
 
 
@@ -75,7 +79,7 @@ class Advice:
 
 @dataclass
 class Diagnosis:
-    bottleneck: str  # kv_cache, queueing, prefill_interference, memory_bandwidth, compute, communication, load_generator, headroom
+    bottleneck: str  # kv_cache, queueing, prefill_interference, memory_bandwidth, compute, communication, load_generator, frontend, headroom
     title: str
     confidence: float  # 0..1: how much of the rule's evidence is present
     evidence: list[Evidence] = field(default_factory=list)
@@ -188,6 +192,15 @@ def rule_kv_cache(s: Signals) -> Diagnosis | None:
         score += 0.3
         ev.append(Evidence("kv_cache_usage_peak", kv, f"KV-cache usage peaked at {_pct(kv)}"))
     slots_free = waiting is not None and running is not None and mns is not None and waiting > 0 and running < mns
+    batch, share = s.get("batch_mean"), s.get("queue_share_of_ttft")
+    if not slots_free and batch is not None and mns is not None and share is not None and (pre or (kv or 0) >= KV_BUSY):
+        if batch < 0.5 * mns and share >= QUEUE_SHARE_HIGH:
+            score += 0.2
+            ev.append(Evidence(
+                "batch_mean", batch,
+                f"engine steps ran {batch:.1f} of {_n(mns)} sequence slots on average while queueing took "
+                f"{_pct(share)} of the time to first token",
+            ))
     if slots_free and kv is not None and kv >= KV_BUSY:
         assert waiting is not None and running is not None and mns is not None
         score += 0.4
@@ -219,18 +232,32 @@ def rule_queueing(s: Signals) -> Diagnosis | None:
     share, waiting, running, mns = s.get("queue_share_of_ttft"), s.get("waiting_peak"), s.get("running_peak"), s.max_num_seqs
     kv, queue_ms = s.get("kv_cache_usage_peak"), s.get("queue_time_mean_ms")
     score, ev, advice = 0.0, [], []
-    slots_full = waiting is not None and running is not None and mns is not None and waiting > 0 and running >= mns
+    batch = s.get("batch_mean")
+    seen_full = waiting is not None and running is not None and mns is not None and waiting > 0 and running >= mns
+    # The polls may miss the moment; the counters do not: steps that always ran every slot, with a queue.
+    steps_full = (
+        batch is not None and mns is not None and batch >= BATCH_FULL * mns
+        and share is not None and share >= QUEUE_SHARE_SOME
+    )
+    slots_full = seen_full or steps_full
     kv_blocked = (
         waiting is not None and running is not None and mns is not None and waiting > 0 and running < mns
         and kv is not None and kv >= KV_BUSY
     )
-    if slots_full:
+    if seen_full:
         assert waiting is not None and mns is not None
-        score += 0.5
         ev.append(Evidence(
             "waiting_peak", waiting,
             f"all {_n(mns)} sequence slot(s) busy (max_num_seqs) with up to {_n(waiting)} request(s) waiting",
         ))
+    if steps_full:
+        assert batch is not None and mns is not None
+        ev.append(Evidence(
+            "batch_mean", batch,
+            f"engine steps ran {batch:.1f} sequences on average: max_num_seqs={_n(mns)} was full throughout",
+        ))
+    if slots_full:
+        score += 0.5
         advice.append(Advice("max_num_seqs", "increase", "let more requests run in one batch"))
     if share is not None and not kv_blocked:
         if share >= QUEUE_SHARE_HIGH:
@@ -376,6 +403,13 @@ def rule_load_generator(s: Signals) -> Diagnosis | None:
         if cpu is not None and cpu >= CLIENT_CPU_BUSY:
             score += 0.5
             ev.append(Evidence("client_cpu_util", cpu, f"the client used {_pct(cpu)} of a core during the run"))
+    lag = s.get("sampler_lag_max_s")
+    if lag is not None and lag >= CLIENT_STARVED_S:
+        score += 0.4
+        ev.append(Evidence(
+            "sampler_lag_max_s", lag,
+            f"the measuring process was starved of CPU: its sampler thread woke up to {lag:.1f} s late",
+        ))
     offered, achieved = s.get("offered_rate"), s.get("achieved_rate")
     waiting, running, mns = s.get("waiting_peak"), s.get("running_peak"), s.max_num_seqs
     server_idle = waiting == 0 and (running is None or mns is None or running < mns)
@@ -394,6 +428,30 @@ def rule_load_generator(s: Signals) -> Diagnosis | None:
     return Diagnosis("load_generator", "The load generator itself", min(1.0, score), ev, advice)
 
 
+def rule_frontend(s: Signals) -> Diagnosis | None:
+    """Requests waiting in the engine's HTTP front end, before its scheduler even saw them."""
+    client, engine = s.get("mean_ttft_ms"), s.get("engine_ttft_mean_ms")
+    if client is None or engine is None or client <= 0:
+        return None
+    gap = client - engine
+    if gap < FRONTEND_GAP_MS or gap / client < FRONTEND_SHARE:
+        return None
+    cpu = s.get("loadgen_cpu_percent")
+    cpu = cpu / 100 if cpu is not None else s.get("client_cpu_util")
+    if cpu is not None and cpu >= CLIENT_CPU_BUSY:
+        return None  # the client's own delay: the load-generator rule speaks
+    ev = [Evidence(
+        "mean_ttft_ms", client,
+        f"clients waited {_n(client)} ms for the first token, the engine counts {_n(engine)} ms: "
+        f"{_pct(gap / client)} of it passed before the scheduler saw the request",
+    )]
+    advice = [
+        Advice(None, None, "the API server process is saturated: more API server processes (vLLM --api-server-count) or CPU cores for it"),
+    ]
+    # Indirect evidence (a difference of two latencies): it ranks below a rule that saw the engine's state.
+    return Diagnosis("frontend", "The engine's HTTP front end", min(0.75, 0.4 + 0.4 * gap / client), ev, advice)
+
+
 RULES: list[Rule] = [
     rule_load_generator,
     rule_kv_cache,
@@ -402,6 +460,7 @@ RULES: list[Rule] = [
     rule_memory_bandwidth,
     rule_compute,
     rule_communication,
+    rule_frontend,
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from autotune.cost import format_cost
 from autotune.spec import StudySpec
 from autotune.trial import TrialOutcome
 
@@ -72,7 +73,9 @@ class RichReporter:
             f = outcome.figures
             verdict = "" if feasible is None else (" [green]SLO met[/]" if feasible else " [red]SLO missed[/]")
             self.console.print(
-                f"  {f.get('output_throughput', 0):,.0f} out tok/s, p99 TTFT {f.get('p99_ttft_ms', 0):,.0f} ms, "
+                f"  {f.get('output_throughput', 0):,.0f} out tok/s"
+                + (f" ({format_cost(f['cost_per_1k_tokens'])}/1K tok)" if f.get("cost_per_1k_tokens") else "")  # cost
+                + f", p99 TTFT {f.get('p99_ttft_ms', 0):,.0f} ms, "
                 f"TPOT {f.get('mean_tpot_ms', 0):.1f} ms, engine up in {outcome.startup_s or 0:.0f}s{verdict}"
             )
         if self._trials is not None:

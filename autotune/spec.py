@@ -79,7 +79,7 @@ class EngineOptions(BaseModel):
     extra_args: list[str] = []
     env: dict[str, str] = {}
     launch_template: list[str] | None = Field(
-        None, description="wraps the engine argv; placeholders {argv} {port} {host} (list items only)"
+        None, description="wraps the engine argv; placeholders {argv} {args} {port} {host} (list items only)"
     )
     # --- settings of the adapter itself (begin) ---
     options: dict[str, Any] = Field(
@@ -91,8 +91,8 @@ class EngineOptions(BaseModel):
     @field_validator("launch_template")
     @classmethod
     def _template_wraps_argv(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and "{argv}" not in v:
-            raise ValueError("must contain the item '{argv}' (where the engine's own command goes)")
+        if v is not None and "{argv}" not in v and "{args}" not in v:
+            raise ValueError("must contain the item '{argv}' or '{args}' (where the engine's own command goes)")
         return v
     # --- launch template validation (end) ---
 

@@ -105,7 +105,6 @@ def make_setup(spec: StudySpec) -> TrialSetup:
     )
 
 
-# --- feasibility: the hardware a trial may use (begin) ---
 # --- API key from the environment, never from the spec (begin) ---
 def _api_key(spec: StudySpec) -> str | None:
     name = spec.engine.api_key_env
@@ -118,6 +117,7 @@ def _api_key(spec: StudySpec) -> str | None:
 # --- API key (end) ---
 
 
+# --- feasibility: the hardware a trial may use (begin) ---
 def hardware_capacity(spec: StudySpec, device: str) -> tuple[Capacity, dict[str, str]]:
     """GPU count and memory per GPU (the spec's, else NVML's for the GPUs given), and
     the environment that binds the engine to ``hardware.gpu_ids``."""

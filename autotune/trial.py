@@ -117,16 +117,28 @@ def plan(setup: TrialSetup, config: Mapping[str, Any], port: int) -> LaunchPlan:
 
 
 def apply_template(template: list[str], argv: list[str], host: str, port: int) -> list[str]:
-    """Wraps argv (``docker run ... {argv}``); placeholders fill list items, never a shell string."""
+    """Wraps argv (``docker run ... {argv}``); placeholders fill list items, never a shell string.
+
+    ``{argv}`` is the whole command; ``{args}`` is its options without the program
+    (this machine's interpreter and module mean nothing inside a container image,
+    whose own entry point or command then comes first: ``IMAGE {args}``).
+    """
     out: list[str] = []
     for item in template:
         if item == "{argv}":
             out += argv
+        elif item == "{args}":
+            out += argv[_program_length(argv):]
         else:
             out.append(item.replace("{port}", str(port)).replace("{host}", host))
-    if "{argv}" not in template:
-        raise UserError("launch_template must contain the item '{argv}'")
+    if "{argv}" not in template and "{args}" not in template:
+        raise UserError("launch_template must contain the item '{argv}' or '{args}'")
     return out
+
+
+def _program_length(argv: list[str]) -> int:
+    """How many leading items name the program: ``python -m module`` is three, a binary one."""
+    return 3 if len(argv) >= 3 and argv[1] == "-m" else 1
 
 
 def run_trial(
@@ -354,6 +366,13 @@ def combine_repeats(runs: list[Measured]) -> Measured:
         stats[key] = {"mean": summary.mean, "std": summary.std, "ci95": list(summary.ci95), "n": summary.n}
     if "loadgen_saturated" in numeric:
         figures["loadgen_saturated"] = max(float(f.get("loadgen_saturated", 0)) for f in all_figures)
+    # --- telemetry of the repeats as one (begin) ---
+    windows = [f["telemetry"] for f in all_figures if isinstance(f.get("telemetry"), dict)]
+    if windows:
+        from autotune.telemetry import combine_windows
+
+        figures["telemetry"] = combine_windows(windows)
+    # --- telemetry (end) ---
     figures["repeats"] = {
         "n": len(runs),
         "summary": _json_safe(stats),
@@ -403,15 +422,20 @@ def _gpus_used(config: Mapping[str, Any]) -> int | None:
 def _telemetry_window(setup: TrialSetup, base_url: str, gpu_limit: int | None, say: Callable[[str], None]) -> Any:
     """A TelemetryWindow for one load run; a no-op context if even building it fails."""
     try:
-        from autotune.telemetry import TelemetryWindow, visible_gpus
+        from autotune.telemetry import ENGINE_METRICS, TelemetryWindow, visible_gpus
 
         metrics_path = setup.engine.metrics_path if setup.engine.capabilities.metrics else None
+        names = getattr(setup.engine, "metric_names", None)
+        prefix = getattr(setup.engine, "metric_prefix", None)
+        if names is not None and prefix:
+            names = {**ENGINE_METRICS.get(prefix, {}), **names}  # the adapter's names win
         return TelemetryWindow(
             base_url + metrics_path if metrics_path else None,
-            metric_names=getattr(setup.engine, "metric_names", None),
+            metric_names=names,
             use_gpu=setup.device == "cuda",
             gpus=visible_gpus(setup.extra_env),
             gpu_limit=gpu_limit,
+            scrape_hz=4.0 if setup.device == "cuda" else 2.0,  # each scrape costs a CPU engine's server time
             headers={"Authorization": f"Bearer {setup.api_key}"} if setup.api_key else None,
             say=say,
         )

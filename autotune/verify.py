@@ -25,7 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -535,5 +535,3 @@ def _same_place(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-StatusFn = Callable[[str], None]

@@ -101,6 +101,8 @@ def worker_spec(
         base = None
     for key in ("storage", "study_dir"):
         data.pop(key, None)  # the creator's; this node has its own
+    if isinstance(data.get("hardware"), dict):
+        data["hardware"].pop("gpu_ids", None)  # the creator's GPUs, not necessarily this node's
     spec = load_spec(base, overrides) if base is not None else _validate(data, overrides)
     if gpu_ids is not None:
         spec = _bind_gpus(spec, gpu_ids)
@@ -120,15 +122,14 @@ def _validate(data: dict[str, Any], overrides: dict[str, Any]) -> StudySpec:
 
 
 def _bind_gpus(spec: StudySpec, gpu_ids: list[int]) -> StudySpec:
-    """The engine sees only this worker's GPUs (CUDA_VISIBLE_DEVICES) and sizes TP/PP to them."""
-    engine = spec.engine.model_copy(
-        update={"env": {**spec.engine.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}}
-    )
-    hw_update: dict[str, Any] = {"gpu_count": len(gpu_ids)}
-    if "gpu_ids" in type(spec.hardware).model_fields:
-        hw_update["gpu_ids"] = gpu_ids
-    hardware = spec.hardware.model_copy(update=hw_update)
-    return spec.model_copy(update={"engine": engine, "hardware": hardware})
+    """The engine sees only this worker's GPUs (``hardware.gpu_ids`` becomes CUDA_VISIBLE_DEVICES)
+    and TP x PP is sized to them."""
+    data = spec.model_dump(mode="json")
+    data["hardware"].update(gpu_ids=gpu_ids, gpu_count=len(gpu_ids))
+    try:
+        return StudySpec.model_validate(data)
+    except Exception as e:
+        raise UserError(f"bad --gpus: {_one_line(e)}") from None
 
 
 def _one_line(e: BaseException) -> str:

@@ -138,6 +138,10 @@ class Surface:
     def best(self) -> float:
         return max(self.goodput(c) for c in self.grid_order())
 
+    def at_least(self, threshold: float) -> int:
+        """How many points reach the threshold: the fewer, the harder the search."""
+        return sum(self.goodput(c) >= threshold for c in self.grid_order())
+
     def space(self) -> SearchSpace:
         """The replay's search space: what a study spec would give for these values."""
         knobs: dict[str, Knob] = {}
@@ -299,7 +303,7 @@ def build_table(surface: Surface, summaries: Sequence[Summary], grid: Run, thres
     title = (
         f"Search efficiency on {surface.path.name}: {full_trials} points, best goodput {surface.best:g} "
         f"{surface.data.get('goodput_unit') or ''} under {surface.data.get('slo')}; target {threshold:g} "
-        f"({100 * threshold / surface.best:.0f}%); {seeds} seeds; "
+        f"({100 * threshold / surface.best:.0f}%), met by {surface.at_least(threshold)} point(s); {seeds} seeds; "
         f"{env.get('engine', '')} {env.get('engine_version', '')}, recorded {surface.data.get('date', '?')}"
     )
     table = Table(title=title, title_justify="left")
@@ -333,7 +337,8 @@ def markdown(surface: Surface, summaries: Sequence[Summary], grid: Run, threshol
         f"{env.get('engine', '?')} {env.get('engine_version', '?')}, {env.get('device', '?')}"
         f" ({env.get('gpu') or str(env.get('cpu_count', '?')) + ' CPU cores'}, host {env.get('host', '?')}); "
         f"SLO `{surface.data.get('slo')}`; best goodput {surface.best:g} {surface.data.get('goodput_unit') or ''}; "
-        f"target {threshold:g} ({100 * threshold / surface.best:.0f}% of the best); {seeds} seeds; "
+        f"target {threshold:g} ({100 * threshold / surface.best:.0f}% of the best), met by "
+        f"{surface.at_least(threshold)} point(s); {seeds} seeds; "
         f"the whole grid costs {full_trials} trials, {full_minutes:.1f} engine-minutes.",
         "",
         "| method | reached | trials to target (mean ± std) | engine-min to target (mean ± std) | trials / grid | engine-min / grid |",
@@ -407,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             "surface": str(surface.path),
             "best_goodput": surface.best,
             "threshold": threshold,
+            "points_at_target": surface.at_least(threshold),
             "grid_points": surface.size,
             "grid_engine_min": grid.cost_until(surface.size) / 60,
             "seeds": args.seeds,

@@ -246,6 +246,24 @@ def test_teardown_leaves_no_group_member(tmp_path: Path) -> None:
     assert server.teardown_problems == []
 
 
+def test_a_killed_engine_says_so_in_its_log(tmp_path: Path) -> None:
+    """Killed by a signal, an engine writes nothing; the launcher's note gives the reason a cause."""
+    from autotune.engines.base import LaunchPlan
+    from autotune.engines.launcher import EngineServer, free_port, reason_from_log
+
+    code = "import time; print('serving', flush=True); time.sleep(600)"
+    plan = LaunchPlan([sys.executable, "-c", code], {}, "127.0.0.1", free_port(), "/health", None)
+    server = EngineServer(plan, tmp_path / "engine.log")
+    server.start()
+    assert server.proc is not None
+    time.sleep(0.5)
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    assert not server.alive()
+    assert "exited with signal 9 (SIGKILL)" in reason_from_log(tmp_path / "engine.log")
+    server.stop()
+
+
 # --- the real engine: out of memory at start, death mid-measurement ---------------------------
 
 REAL_SPEC: dict[str, Any] = {
@@ -296,19 +314,19 @@ def real_faults(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> d
                       # what the container really grants, unknown to the feasibility check
                       "launch_template": ["env", "VLLM_CPU_KVCACHE_SPACE=4096", "{argv}"]}
     data["budget"] = {"trials": 1}
-    first = run_study(load_spec(None, data))
+    first = run_study(load_spec(None, data)).study.trials  # a snapshot: the study object stays live
     left_after_oom = processes_with_env(MARKER, marker)
     data["engine"] = {**REAL_SPEC["engine"], "env": {MARKER: marker}}
     data["budget"] = {"trials": 3}
     killer = KillEngineDuring(1, marker)
     second = run_study(load_spec(None, data), killer)
-    return {"first": first.study, "study": second.study, "killed": killer.killed,
+    return {"first": first, "study": second.study, "killed": killer.killed,
             "left_after_oom": left_after_oom, "left": processes_with_env(MARKER, marker)}
 
 
 @pytest.mark.engine
 def test_engine_out_of_memory_at_start(real_faults: dict[str, Any]) -> None:
-    (t0,) = [t for t in real_faults["first"].trials if t.state.is_finished()]
+    (t0,) = [t for t in real_faults["first"] if t.state.is_finished()]
     assert t0.state == FAIL and t0.user_attrs["status"] == "failed"
     reason = t0.user_attrs["reason"]
     assert "before it was healthy" in reason and "memory" in reason.lower(), reason
@@ -325,6 +343,44 @@ def test_engine_dies_mid_measurement(real_faults: dict[str, Any]) -> None:
     t1, t2 = finished[1], finished[2]
     assert t1.state == FAIL and t1.user_attrs["status"] == "failed"
     assert "engine died during measurement" in t1.user_attrs["reason"]
+    assert "signal 9 (SIGKILL)" in t1.user_attrs["reason"], t1.user_attrs["reason"]
     assert t2.state == COMPLETE and t2.user_attrs["figures"]["completed"] == 12
     assert sum(counted(t) for t in study.trials) == 3
     assert real_faults["left"] == []
+
+
+# --- GPU memory back to its baseline after teardown (NVIDIA machines only) --------------------
+
+_HOLD_GPU_MEMORY = """
+import ctypes, sys, time
+cuda = ctypes.CDLL("libcuda.so.1")
+ctx, ptr = ctypes.c_void_p(), ctypes.c_uint64()
+assert cuda.cuInit(0) == 0 and cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, 0) == 0
+assert cuda.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(2 << 30)) == 0
+print("memory " + "held", flush=True)  # not the literal: the log starts with the command line
+time.sleep(600)
+"""
+
+
+def test_gpu_memory_back_to_baseline_after_teardown(tmp_path: Path) -> None:
+    """An engine holding 2 GiB of GPU memory is stopped; stop() returns once NVML sees it freed."""
+    from autotune.engines.base import LaunchPlan
+    from autotune.engines.launcher import EngineServer, free_port, gpu_memory_used
+
+    before = gpu_memory_used([0])
+    if not before:
+        pytest.skip("no NVIDIA GPU visible through NVML")
+    plan = LaunchPlan([sys.executable, "-c", _HOLD_GPU_MEMORY], {"CUDA_VISIBLE_DEVICES": "0"}, "127.0.0.1",
+                      free_port(), "/health", None)
+    server = EngineServer(plan, tmp_path / "engine.log")
+    server.start()
+    deadline = time.monotonic() + 60
+    while "memory held" not in (tmp_path / "engine.log").read_text():
+        assert server.alive() and time.monotonic() < deadline, (tmp_path / "engine.log").read_text()
+        time.sleep(0.2)
+    held = gpu_memory_used([0])
+    assert held is not None and held[0] - before[0] >= 2 << 30
+    server.stop(grace_s=5)
+    after = gpu_memory_used([0])
+    assert after is not None and after[0] - before[0] < 256 << 20
+    assert server.teardown_problems == []

@@ -226,6 +226,21 @@ def test_argv_is_read_as_the_engine_reads_it() -> None:
     assert deployment_from_argv(["--max-model-len", "-1"]).max_model_len is None  # vLLM fits it to memory
 
 
+def test_kv_of_one_sequence_only_where_the_engine_reserves_it(configs: dict) -> None:
+    """vLLM refuses to start without room for one sequence of the config's length; an engine
+    given no length (transformers serve, TGI without --max-total-tokens) reserves none up front."""
+    llama, card = configs["llama-3.1-8b"], gpus(1, 24)
+    vllm = deployment_from_argv(["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "m"])
+    (reason,) = assess(llama, vllm, card).reasons
+    assert "KV for 1x131072 tokens 16.0 GiB" in reason
+    plain = deployment_from_argv(["transformers", "serve", "m", "--continuous-batching"])
+    verdict = assess(llama, plain, card)
+    assert verdict.feasible and verdict.kv_one_sequence_gib == 0.0
+    assert "its KV cache is not counted" in verdict.notes[0]
+    tgi = deployment_from_argv(["text-generation-launcher", "--model-id", "m", "--max-total-tokens", "131072"])
+    assert "KV for 1x131072 tokens 16.0 GiB" in assess(llama, tgi, card).reasons[0]
+
+
 def test_unknown_model_checks_only_the_gpu_count() -> None:
     verdict = assess(None, Deployment(tp=2), gpus(1))
     assert verdict.reasons == ["TP2 x PP1 = 2 GPUs > 1 given"]
@@ -255,6 +270,7 @@ LOGS = Path(__file__).parent / "data" / "engine_logs"
 
 def _h100_run(name: str) -> dict[str, Any]:
     """What vLLM 0.25.1 said when started on an H100 80GB HBM3 (79.18 GiB) with a model shape."""
+    import ast
     import re
 
     text = (LOGS / f"vllm_h100_fit_{name}.log").read_text(errors="replace")
@@ -264,7 +280,7 @@ def _h100_run(name: str) -> dict[str, Any]:
         "weights": r"Model loading took ([\d.]+) GiB", "kv": r"Available KV cache memory: ([\d.]+) GiB",
         "needed": r"\(([\d.]+) GiB KV cache is needed"}.items()}
     return {
-        "args": eval(args.group(1), {}),  # a printed dict of plain literals
+        "args": ast.literal_eval(args.group(1)),
         "started": "Engine core initialization failed" not in text,
         **{k: float(m.group(1)) for k, m in found.items() if m},
     }
@@ -282,7 +298,8 @@ def test_verdicts_match_real_vllm_starts_on_an_h100(configs: dict, name: str, sh
     from autotune.feasibility import GPU_RESERVE_GIB
 
     run = _h100_run(name)
-    argv = [f"--{k.replace('_', '-')}={v}" for k, v in run["args"].items()]
+    argv = ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in run["args"].items()]
     verdict = assess(configs[shape], deployment_from_argv(argv), gpus(1, 79.18))
     assert verdict.feasible == run["started"], verdict.reasons
     if "weights" in run:

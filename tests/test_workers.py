@@ -152,12 +152,13 @@ def test_worker_needs_only_storage_and_study(tmp_path: Path, pg_url: str, cli_en
 
 def test_gpus_bind_the_engine(tmp_path: Path) -> None:
     """--gpus reaches the engine as CUDA_VISIBLE_DEVICES and sizes the hardware to it."""
-    from autotune.worker import _bind_gpus, parse_gpus
     from autotune.spec import load_spec
     from autotune.study import make_setup
     from autotune.trial import plan
+    from autotune.worker import _bind_gpus, parse_gpus
 
-    spec = _bind_gpus(load_spec(None, {"hardware.device": "cpu"}), parse_gpus("2,3") or [])
-    assert spec.hardware.gpu_count == 2
+    base = load_spec(None, {"hardware": {"device": "cuda", "gpu_count": 8, "gpu_memory_gib": 80}})
+    spec = _bind_gpus(base, parse_gpus("2,3") or [])
+    assert spec.hardware.gpu_count == 2 and spec.hardware.gpu_ids == [2, 3]
     launch = plan(make_setup(spec), {}, 12345)
     assert launch.env["CUDA_VISIBLE_DEVICES"] == "2,3"

@@ -104,6 +104,7 @@ class EngineServer:
         self._log: CappedLog | None = None
         self._pump: threading.Thread | None = None
         self._gpu_baseline: dict[int, int] | None = None
+        self._death_noted = False
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +161,20 @@ class EngineServer:
     def alive(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
             self._drain()  # so that the log holds the engine's last words before anyone reads it
+            self._note_signal_death()
             return False
         return True
+
+    def _note_signal_death(self) -> None:
+        # A process killed by a signal (the OOM killer, kill -9) writes nothing; say it in its log.
+        code = self.proc.returncode if self.proc is not None else None
+        if code is not None and code < 0 and self._log is not None and not self._death_noted:
+            self._death_noted = True
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = "unknown"
+            self._log.write(f"autotune: engine exited with signal {-code} ({name}), no error of its own\n".encode())
 
     def _drain(self, timeout_s: float = 5.0) -> None:
         if self._pump is not None:

@@ -64,9 +64,9 @@ class LoadResult:
     ``loop_cpu_s`` that of the event loop's thread alone; ``loop_cpu_wait_s``
     is how long that thread was ready to run but waited for a core (Linux
     only; NaN elsewhere), the mark of an engine that starves its own load
-    generator on a shared machine.  ``send_lag_s``
-    holds, for an open loop, how late each send left against its schedule
-    (waits for the in-flight cap excluded; ``capped_sends`` counts those).
+    generator on a shared machine.  ``send_lag_s`` holds, for an open loop,
+    how late each send left against its schedule (waits for the in-flight cap
+    excluded; ``capped_sends`` counts those).
     """
 
     records: list[RequestRecord]
@@ -124,7 +124,7 @@ def arrival_offsets(count: int, rate: float, seed: int, burstiness: float = 1.0)
         return []
     rng = np.random.default_rng([seed, _ARRIVAL_STREAM])
     if burstiness == 1.0:
-        gaps = rng.exponential(1.0 / rate, size=count - 1)  # the same draws as before gamma existed
+        gaps = rng.exponential(1.0 / rate, size=count - 1)  # exponential draws keep seeded Poisson schedules stable
     else:
         gaps = rng.gamma(burstiness, 1.0 / (rate * burstiness), size=count - 1)
     return [0.0, *np.cumsum(gaps).tolist()]

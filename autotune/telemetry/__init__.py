@@ -16,7 +16,7 @@ from autotune.telemetry.engine_metrics import (
     register_engine_metrics,
 )
 from autotune.telemetry.nvml import NvmlSampler, nvml_status, visible_gpus
-from autotune.telemetry.window import TelemetryWindow, announce_once
+from autotune.telemetry.window import TelemetryWindow, announce_once, combine_windows
 
 __all__ = [
     "ENGINE_METRICS",
@@ -26,6 +26,7 @@ __all__ = [
     "Snapshot",
     "TelemetryWindow",
     "announce_once",
+    "combine_windows",
     "detect_engine",
     "nvml_status",
     "parse_metrics",

@@ -265,6 +265,9 @@ def reduce_window(
         out["iteration_tokens_mean"] = it.mean()
         out["iteration_tokens_p99"] = it.quantile(0.99)
         out["iterations"] = it.count
+    if out.get("generation_tokens") and out.get("iterations"):
+        # Sequences per engine step, from counters alone: exact however slowly /metrics answers.
+        out["batch_mean"] = out["generation_tokens"] / out["iterations"]
     qt, ttft = window.get("queue_time"), window.get("ttft")
     if qt is not None and ttft is not None and ttft.sum > 0 and qt.count > 0 and ttft.count > 0:
         out["queue_share_of_ttft"] = min(1.0, qt.mean() / ttft.mean())
@@ -285,7 +288,7 @@ class EngineMetricsScraper:
         *,
         names: Mapping[str, tuple[str, ...]] | None = None,
         hz: float = 4.0,
-        timeout_s: float = 2.0,
+        timeout_s: float = 5.0,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
@@ -299,6 +302,7 @@ class EngineMetricsScraper:
         self.errors = 0
         self.last_error: str | None = None
         self.last_text: str | None = None
+        self.lag_s: list[float] = []  # how late each poll woke: a starved measuring process shows here
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -330,7 +334,11 @@ class EngineMetricsScraper:
         self.after = self.scrape()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        while True:
+            t0 = time.monotonic()
+            if self._stop.wait(self.period):
+                break
+            self.lag_s.append(max(0.0, time.monotonic() - t0 - self.period))
             snap = self.scrape()
             if snap is not None:
                 self.polls.append(snap)
@@ -338,6 +346,8 @@ class EngineMetricsScraper:
     def reduce(self) -> dict[str, float]:
         out = reduce_window(self.before, self.after, list(self.polls))
         out["metrics_polls"] = len(self.polls) + (self.before is not None) + (self.after is not None)
+        if self.lag_s:
+            out["metrics_lag_max_s"] = max(self.lag_s)
         return out
 
     def notes(self) -> list[str]:

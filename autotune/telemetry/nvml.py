@@ -137,6 +137,7 @@ class NvmlSampler:
         self.t_start: float | None = None
         self.t_end: float | None = None
         self._nv: Any = None
+        self.lag_s: list[float] = []  # how late each tick woke
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -217,7 +218,10 @@ class NvmlSampler:
             if delay < 0:  # fell behind (slow PCIe reads): do not try to catch up
                 next_t = time.monotonic()
                 delay = 0
-            self._stop.wait(delay)
+            before = time.monotonic()
+            if self._stop.wait(delay):
+                break
+            self.lag_s.append(max(0.0, time.monotonic() - before - delay))
 
     def _sample(self, gpu: _Gpu, *, pcie: bool) -> None:
         nv = self._nv
@@ -268,7 +272,10 @@ class NvmlSampler:
 
         ``tokens``: tokens generated in the window, for energy per token.
         """
-        return reduce_gpus(self.gpus, self.t_start, self.t_end, tokens)
+        out = reduce_gpus(self.gpus, self.t_start, self.t_end, tokens)
+        if self.lag_s:
+            out["nvml_lag_max_s"] = max(self.lag_s)
+        return out
 
 
 def reduce_gpus(

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from autotune.telemetry.engine_metrics import EngineMetricsScraper
 from autotune.telemetry.nvml import NvmlSampler
 
-__all__ = ["TelemetryWindow", "announce_once"]
+__all__ = ["TelemetryWindow", "announce_once", "combine_windows"]
 
 log = logging.getLogger("autotune.telemetry")
 _ANNOUNCED: set[str] = set()
@@ -130,6 +130,10 @@ class TelemetryWindow:
             except Exception as e:
                 self.notes.append(f"GPU telemetry could not be reduced: {type(e).__name__}: {e}")
             self.notes.extend(n for n in self.nvml.notes if n not in self.notes)
+        lags = [out[k] for k in ("metrics_lag_max_s", "nvml_lag_max_s") if isinstance(out.get(k), float)]
+        if lags:
+            # A sampler thread that woke seconds late means this process (the load generator) was starved.
+            out["sampler_lag_max_s"] = max(lags)
         out = {k: _clean(v) for k, v in out.items()}
         out["notes"] = list(dict.fromkeys(self.notes))
         return out
@@ -164,6 +168,20 @@ class TelemetryWindow:
         except Exception as e:
             out["error"] = f"{type(e).__name__}: {e}"
         return out
+
+
+def combine_windows(windows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several windows' figures as one (repeats on one server): peaks are the highest, the rest their mean."""
+    out: dict[str, Any] = {}
+    keys = dict.fromkeys(k for w in windows for k in w if k != "notes")
+    for key in keys:
+        values = [w[key] for w in windows if isinstance(w.get(key), (int, float)) and not isinstance(w.get(key), bool)]
+        if not values:
+            continue
+        out[key] = max(values) if key.endswith("_peak") else sum(values) / len(values)
+    out["windows"] = len(windows)
+    out["notes"] = list(dict.fromkeys(n for w in windows for n in (w.get("notes") or [])))
+    return out
 
 
 def _clean(value: Any) -> Any:

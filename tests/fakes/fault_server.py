@@ -126,7 +126,7 @@ def main() -> None:
         sys.stdout.flush()
         args.mode = "ok"
         print("chatty start finished", flush=True)
-    web.run_app(make_app(args), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(make_app(args), host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=1.0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""report.html and pareto.png from a real study, opened in headless Chromium with the network off.
+
+The study is a real SQLite Optuna study rebuilt from trials recorded on the real
+engine (vLLM-CPU, tiny model, with a verification of two configurations):
+``tests/data/studies/tiny-vllm-cpu.json``. Set AUTOTUNE_UPDATE_DOCS=1 to refresh
+the screenshot in docs/img/report.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import json_to_distribution
+from optuna.trial import TrialState, create_trial
+
+from autotune.study import load_study
+from tests.conftest import REPO, autotune_cmd
+
+RECORDED = REPO / "tests" / "data" / "studies" / "tiny-vllm-cpu.json"
+OFFLINE_FLAGS = [
+    "--host-resolver-rules=MAP * ~NOTFOUND", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def build_recorded_study(study_dir: Path, *, drop_environment_of: int | None = None) -> Path:
+    """A real SQLite study in ``study_dir`` holding the recorded trials and study attributes."""
+    data = json.loads(RECORDED.read_text())
+    study_dir.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    study = optuna.create_study(study_name=data["study_name"], storage=storage, directions=data["directions"])
+    for key, value in data["user_attrs"].items():
+        if key == "autotune_spec":
+            value = {**value, "study_dir": str(study_dir)}
+        study.set_user_attr(key, value)
+    for i, t in enumerate(data["trials"]):
+        attrs = dict(t["user_attrs"])
+        if drop_environment_of == i:
+            attrs.pop("environment", None)
+        state = TrialState[t["state"]]
+        study.add_trial(create_trial(
+            state=state, params=t["params"], values=t["values"] if state == TrialState.COMPLETE else None,
+            distributions={k: json_to_distribution(d) for k, d in t["distributions"].items()},
+            user_attrs=attrs, system_attrs=t["system_attrs"],
+        ))
+    return study_dir
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    study_dir = build_recorded_study(tmp_path_factory.mktemp("report") / "run")
+    out = subprocess.run(autotune_cmd("report", str(study_dir)), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "report.html" in out.stdout
+    return study_dir
+
+
+def test_report_is_self_contained(report_dir: Path) -> None:
+    page = (report_dir / "report.html").read_text()
+    study, _ = load_study(report_dir)
+    # plotly.js is inline; outside the scripts' code, the markup links to nothing remote.
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", page, flags=re.S)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", markup)
+    assert "Plotly.newPlot" in page and 'id="pareto-plot"' in page
+    front = [t for t in study.best_trials if t.user_attrs.get("feasible", True)]
+    assert front
+    for t in front:  # each recommendation's command line is in the page
+        assert f"configs/trial-{t.number}.yaml" in page
+    assert "Verification" in page and "fresh starts measured" in page
+    env = front[0].user_attrs["environment"]
+    assert env["engine_version"] in page and env["host"] in page
+
+
+def test_pareto_png_is_a_png_with_the_front(report_dir: Path) -> None:
+    png = (report_dir / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width >= 600 and height >= 400
+    # The front is drawn in its own colour (#1a73e8): some pixels of it must be there.
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(report_dir / "pareto.png")
+    blue = ((abs(pixels[..., 0] - 0x1A / 255) < 0.03) & (abs(pixels[..., 1] - 0x73 / 255) < 0.03)
+            & (abs(pixels[..., 2] - 0xE8 / 255) < 0.03)).sum()
+    assert blue > 50
+
+
+def test_a_result_without_environment_is_not_reported(tmp_path: Path) -> None:
+    data = json.loads(RECORDED.read_text())
+    first = next(i for i, t in enumerate(data["trials"]) if t["state"] == "COMPLETE" and t["user_attrs"].get("feasible"))
+    study_dir = build_recorded_study(tmp_path / "run", drop_environment_of=first)
+    out = subprocess.run(autotune_cmd("review", str(study_dir)), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    number = load_study(study_dir)[0].trials[first].number
+    assert f"trial {number} is not reported: its result has no environment record" in out.stderr
+    assert f"configs/trial-{number}.yaml" not in out.stdout
+
+
+def test_review_shows_cost_and_verification(report_dir: Path) -> None:
+    env = {**os.environ, "COLUMNS": "260"}
+    plain = subprocess.run(autotune_cmd("review", str(report_dir)), capture_output=True, text=True, timeout=300, env=env)
+    assert plain.returncode == 0, plain.stderr
+    for column in ("$/1K tok", "verified", "starts"):
+        assert column in plain.stdout
+    assert "$0" not in plain.stdout  # CPU without a price: "-", never a free 0
+    priced = subprocess.run(autotune_cmd("review", str(report_dir), "--price-per-gpu-hour", "2.5"),
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert priced.returncode == 0, priced.stderr
+    assert "$0.0" in priced.stdout
+
+
+def test_report_opens_offline_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    fetched: list[str] = []
+    with sync_playwright() as pw:
+        # Playwright gives the browser a fresh temporary profile of its own (its --user-data-dir).
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=OFFLINE_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: fetched.append(r.url))
+            page.goto((report_dir / "report.html").as_uri(), wait_until="load")
+            points = page.locator("#pareto-plot .scatterlayer .point")
+            points.first.wait_for(state="attached", timeout=30_000)
+            assert points.count() >= 2  # every measured trial is a point
+            box = page.locator("#pareto-plot .scatterlayer .trace").first.locator(".point").first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            hover = page.locator("#pareto-plot .hoverlayer .hovertext").first.text_content(timeout=10_000) or ""
+            assert "max_num_seqs" in hover and "trial" in hover  # the hover shows the configuration
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        finally:
+            browser.close()
+    assert errors == [], errors
+    assert all(u.startswith(("file:", "data:", "about:", "blob:")) for u in fetched), fetched
+    png = (tmp_path / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("AUTOTUNE_UPDATE_DOCS"):
+        (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "report.png", REPO / "docs" / "img" / "report.png")

@@ -1,0 +1,111 @@
+"""How a verification is judged from its starts: confidence bounds, pooled attainment, failed starts.
+
+No engine: the starts are written out as a verification stores them, and the
+judgement is the code that runs after every real start.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from autotune.cost import cost_per_1k_tokens, format_cost, gpus_used
+from autotune.load.goodput import wilson_interval
+from autotune.measure import t95
+from autotune.slo import parse_slos
+from autotune.verify import Start, Verification, figure_rows, judge, save, stored
+
+
+def _verification(ttfts: list[float], *, met: int = 0, n: int = 0, repeats: int | None = None,
+                  failed: int = 0) -> Verification:
+    v = Verification(trial=3, config={"max_num_seqs": 8}, command="vllm serve m", repeats_wanted=repeats or len(ttfts) + failed,
+                     environment={"engine": "vllm"})
+    per = (met // max(1, len(ttfts)), n // max(1, len(ttfts)))
+    for i, t in enumerate(ttfts):
+        v.starts.append(Start("ok", figures={"p99_ttft_ms": t, "output_throughput": 1000.0 + i},
+                              attainment={"ttft<400ms@95%": [per[0], per[1]]}))
+    for _ in range(failed):
+        v.starts.append(Start("failed", "engine did not become healthy within 600 s"))
+    return v
+
+
+def test_aggregate_slo_is_judged_on_the_upper_bound_not_the_mean() -> None:
+    # Mean 370 ms is under 400 ms, but with this spread the upper 95% bound is not.
+    ttfts = [300.0, 440.0, 310.0, 430.0, 370.0]
+    v = _verification(ttfts)
+    judge(v, parse_slos("p99(ttft)<400ms"))
+    mean = sum(ttfts) / 5
+    sd = math.sqrt(sum((x - mean) ** 2 for x in ttfts) / 4)
+    upper = mean + t95(4) * sd / math.sqrt(5)
+    assert not v.verified
+    [check] = v.checks
+    assert check.value == pytest.approx(upper)
+    assert "upper 95% bound" in v.reasons[0] and "over the limit" in v.reasons[0]
+    assert f"by {upper - 400:.1f} ms" in v.reasons[0]
+
+
+def test_tight_starts_under_the_limit_verify() -> None:
+    v = _verification([100.0, 102.0, 98.0, 101.0, 99.0])
+    judge(v, parse_slos("p99(ttft)<400ms"))
+    assert v.verified, v.reasons
+    assert v.checks[0].holds and v.checks[0].value < 400
+
+
+def test_throughput_bound_uses_the_lower_bound() -> None:
+    v = _verification([100.0, 100.0, 100.0])  # throughput 1000, 1001, 1002
+    judge(v, parse_slos("output_tps>1000"))
+    assert not v.verified  # the lower bound (about 998.5) is under 1000 though every start is >= 1000
+    assert "lower 95% bound" in v.reasons[0] and "under the limit" in v.reasons[0]
+
+
+def test_attainment_pools_requests_and_needs_the_wilson_lower_bound() -> None:
+    # 10 starts x 20 requests, every one met: 200/200; the Wilson lower bound is about 98.1%.
+    v = _verification([100.0] * 10, met=200, n=200)
+    judge(v, parse_slos("ttft<400ms@95%"))
+    lo, _ = wilson_interval(200, 200)
+    assert v.verified and v.checks[0].value == pytest.approx(lo)
+    # Two starts x 20: 40/40 is too few to show 95% with confidence.
+    small = _verification([100.0] * 2, met=40, n=40)
+    judge(small, parse_slos("ttft<400ms@95%"))
+    assert not small.verified
+    assert "too few" in small.reasons[0] and "40 of 40" in small.reasons[0]
+
+
+def test_a_failed_start_is_recorded_and_blocks_verification() -> None:
+    v = _verification([100.0, 101.0, 99.0], failed=1)
+    judge(v, parse_slos("p99(ttft)<400ms"))
+    assert not v.verified
+    assert any("1 of 4 fresh starts failed" in r and "healthy" in r for r in v.reasons)
+    assert v.checks and v.checks[0].holds  # the SLO itself held on the starts that ran
+
+
+def test_single_start_gives_no_interval_and_few_repeats_are_noted() -> None:
+    v = _verification([100.0])
+    judge(v, parse_slos("p99(ttft)<400ms"))
+    assert not v.verified and "no confidence interval" in v.reasons[0]
+    assert any("at least 10" in n for n in v.notes)
+
+
+def test_stored_in_the_study_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    v = _verification([100.0, 102.0, 98.0], met=60, n=60)
+    judge(v, parse_slos("p99(ttft)<400ms"))
+    save(study, v)
+    again = stored(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}"))
+    back = again[3]
+    assert back.verified == v.verified and len(back.starts) == 3
+    assert back.summary()["p99_ttft_ms"].mean == pytest.approx(100.0)
+    labels = [r[0] for r in figure_rows(back)]
+    assert "p99 TTFT ms" in labels and "$ / 1K tokens" in labels  # no price: shown as "-"
+    assert dict((r[0], r[1]) for r in figure_rows(back))["$ / 1K tokens"] == "-"
+
+
+def test_cost_per_1k_tokens() -> None:
+    # 2 GPUs at $3/h, 1000 tok/s = 3.6M tok/h: $6 / 3600 per 1K tokens.
+    assert cost_per_1k_tokens(1000.0, 2, 3.0) == pytest.approx(6 / 3600)
+    assert cost_per_1k_tokens(1000.0, 1, None) is None and cost_per_1k_tokens(0.0, 1, 3.0) is None
+    assert gpus_used({"tensor_parallel_size": 2, "pipeline_parallel_size": 2}, 8, "cuda") == 4
+    assert gpus_used({}, 8, "cuda") == 8 and gpus_used({"tensor_parallel_size": 4}, 8, "cpu") == 1
+    assert format_cost(None) == "-" and format_cost(0.00166) == "$0.00166"
