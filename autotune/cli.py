@@ -341,6 +341,13 @@ def _print_results(study: Any, spec: Any, study_dir: Path, pareto_table: Any, fa
     bad = failures_table(study)
     if bad is not None:
         console.print(bad)
+    # --- quality: perplexity and pass-key accuracy per trial (begin) ---
+    from autotune.report import quality_table
+
+    quality = quality_table(study)
+    if quality is not None:
+        console.print(quality)
+    # --- quality (end) ---
     console.print(pareto_table(study, spec))
     for rec in write_configs(study, spec, study_dir):
         console.print(f"trial {rec.trial.number}: {rec.config_path}")
@@ -395,6 +402,61 @@ def worker(
     state = budget_state(run.study)
     console.print(f"study {spec.name}: {state.done} of {spec.budget.trials} trials done, {state.running} running")
 # --- worker (end) ---
+
+
+# --- compare: one workload on several engines (begin) ---
+@app.command()
+def compare(
+    engines: str = typer.Option(..., "--engines", help="engines to compare, e.g. vllm,transformers"),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="spec YAML for model and workload"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    assignments: list[str] = typer.Option([], "--set", help="engine:knob=value (repeatable), e.g. vllm:max_num_seqs=8"),
+    from_study: list[str] = typer.Option([], "--from-study", help="engine=DIR: take the best point of that study"),
+    engine_options: list[str] = typer.Option([], "--engine-option", help="engine:name=value adapter settings (external: base_url ...)"),
+    repeats: int = typer.Option(3, "--repeats", "-r", min=1, help="measurements per engine on one server start"),
+    out: Path = typer.Option(Path("autotune-runs/compare"), "--out", help="folder for compare.json and engine logs"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency"),
+    rate: Optional[float] = typer.Option(None, "--rate"),
+    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens"),
+    output_tokens: Optional[int] = typer.Option(None, "--output-tokens"),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Measure one workload on each engine (given knobs, a study's best, or defaults) and print one table."""
+    from autotune.compare import best_config, compare as run_compare, environment_lines, load_base_spec
+    from autotune.compare import parse_engine_items, table
+
+    names = [e.strip() for e in engines.split(",") if e.strip()]
+    overrides: dict[str, Any] = {
+        "model": model, "workload.concurrency": concurrency, "workload.rate": rate,
+        "workload.arrival": "poisson" if rate else None, "workload.prompt_tokens": prompt_tokens,
+        "workload.output_tokens": output_tokens, "workload.num_requests": num_requests,
+        "max_model_len": max_model_len, "hardware.device": device,
+    }
+    spec = load_base_spec(spec_file, overrides)
+    configs = parse_engine_items(assignments, "--set")
+    sources: dict[str, str] = {}
+    for item in from_study:
+        engine, sep, folder = item.partition("=")
+        if not sep:
+            raise UserError(f"bad --from-study {item!r}: expected engine=DIR")
+        configs[engine] = {**best_config(Path(folder), engine), **configs.get(engine, {})}
+        sources[engine] = f"best of {folder}"
+    strays = sorted(set(configs) - set(names))
+    if strays:
+        raise UserError(f"--set/--from-study name engine(s) not in --engines: {', '.join(strays)}")
+    console.print(f"comparing {', '.join(names)} on {spec.model}, {repeats} run(s) each")
+    result = run_compare(
+        spec, names, out, configs=configs, sources=sources,
+        options=parse_engine_items(engine_options, "--engine-option"), repeats=repeats,
+        status=lambda m: console.print(f"  {m}"),
+    )
+    console.print(table(result))
+    for line in environment_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"written: {out / 'compare.json'}")
+# --- compare (end) ---
 
 
 def _one_line(text: str) -> str:

@@ -222,3 +222,47 @@ def importance_table(study: optuna.Study) -> Table | None:
         table.add_row(knob, *cells)
     return table
 # --- rounds (end) ---
+
+
+# --- quality: perplexity and pass-key accuracy of every measured trial (begin) ---
+def quality_table(study: optuna.Study) -> Table | None:
+    """Each measured trial's quality setting, perplexity, change against the baseline and
+    pass-key accuracy per length, with whether the quality bounds held. Trials that
+    broke a bound are listed too: they are off the front, and this says why."""
+    rows = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("quality")
+    ]
+    if not rows:
+        return None
+    lengths = sorted({
+        int(k.removeprefix("passkey_acc_")) for t in rows for k in (t.user_attrs.get("figures") or {})
+        if k.startswith("passkey_acc_")
+    })
+    table = Table(title="Quality (perplexity on the held-out corpus, pass-key retrieval)", title_justify="left")
+    for name in ("trial", "setting", "ppl", "vs baseline"):
+        table.add_column(name, justify="right" if name != "setting" else "left")
+    for length in lengths:
+        table.add_column(f"passkey@{length}", justify="right")
+    for name in ("source", "measured", "quality SLO"):
+        table.add_column(name, justify="center")
+    for t in rows:
+        q = t.user_attrs["quality"]
+        figures = t.user_attrs.get("figures") or {}
+        setting = ", ".join(f"{k}={_fmt_param(v)}" for k, v in (q.get("setting") or {}).items()) or "-"
+        ppl, rel = figures.get("ppl"), figures.get("ppl_rel_change")
+        cells = [
+            str(t.number), setting,
+            f"{ppl:.3f}" if isinstance(ppl, (int, float)) else "-",
+            f"{rel:+.2%}" if isinstance(rel, (int, float)) else "-",
+        ]
+        for length in lengths:
+            acc = figures.get(f"passkey_acc_{length}")
+            cells.append(f"{acc:.2f}" if isinstance(acc, (int, float)) else "-")
+        source = (q.get("perplexity") or {}).get("source", "-")
+        measured = "here" if q.get("measured_here") else f"trial {q.get('measured_in_trial')}"
+        slo = {k: v for k, v in (t.user_attrs.get("slo") or {}).items() if k.startswith(("ppl", "passkey"))}
+        verdict = "-" if not slo else ("met" if all(v["holds"] for v in slo.values()) else "missed")
+        table.add_row(*cells, source, measured, verdict)
+    return table
+# --- quality (end) ---

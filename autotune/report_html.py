@@ -169,16 +169,19 @@ def importance_figure(study: optuna.Study, objectives: list[Objective]) -> tuple
     try:
         import warnings
 
-        from optuna.importance import FanovaImportanceEvaluator
         from optuna.visualization import plot_param_importances
 
+        # Optuna's default evaluator ranks what leads to *low* target values: negate a maximised one.
+        sign = -1.0 if objectives[0].direction == "maximize" else 1.0
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna warns on few trials; the note under the plot says so
+            warnings.simplefilter("ignore")  # Optuna warns on few trials; the caption says how many
             fig = plot_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=0), target=lambda t: t.values[0],
-                target_name=objectives[0].metric,
+                study, target=lambda t: sign * t.values[0], target_name=objectives[0].metric,
             )
-        fig.update_layout(height=360, template="plotly_white")
+        if not any(len(getattr(trace, "x", None) or ()) for trace in fig.data):
+            return None, "no parameter varied enough across the measured trials to rank"
+        fig.update_layout(height=360, template="plotly_white",
+                          title=f"Parameter importances for {objectives[0].text} ({len(done)} measured trials)")
         return fig, None
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         return None, f"not computable yet: {' '.join(str(e).split())}"

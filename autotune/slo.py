@@ -16,6 +16,7 @@ Grammar (whitespace allowed between any two tokens, names and units case-insensi
     constraint  := quality | performance            # picked by the leading name
     performance := target op NUMBER unit? ('@' NUMBER '%')?
     quality     := 'ppl' op ('+'? NUMBER '%' | NUMBER)
+    passkey     := 'passkey' ('@' NUMBER 'k'?)? op NUMBER '%'?   # accuracy, 0..1 or a percentage
     target      := NAME | STAT '(' NAME ')'
     op          := '<' | '<=' | '>' | '>='
     unit        := 'ms' | 's' | 'us'                # required for time metrics only
@@ -93,9 +94,9 @@ _DIRECTIONS: dict[str, str] = {
     "minimize": "minimize",
 }
 
-_KNOWN_SLO_METRICS = "ttft, tpot, itl, e2e, e2el, output_tps, total_tps, request_throughput, rps, goodput, ppl"
+_KNOWN_SLO_METRICS = "ttft, tpot, itl, e2e, e2el, output_tps, total_tps, request_throughput, rps, goodput, ppl, passkey"
 _KNOWN_OBJECTIVE_METRICS = (
-    "goodput, output_tps, total_tps, request_throughput, rps, cost, ppl, or stat(ttft|tpot|itl|e2e)"
+    "goodput, output_tps, total_tps, request_throughput, rps, cost, ppl, passkey, or stat(ttft|tpot|itl|e2e)"
 )
 _OP_HINT = "use <, <=, >, >="
 _UNIT_HINT = "use ms, s or us"
@@ -323,6 +324,10 @@ class Constraint:
             return f"{self.stat}_{_TIME_FIGURE_NAME[self.metric]}_ms"
         if self.kind == "throughput":
             return _THROUGHPUT_FIGURE[self.metric]
+        # --- pass-key accuracy: one figure per prompt length, or over all lengths (begin) ---
+        if self.kind == "passkey":
+            return "passkey_acc" if self.stat is None else f"passkey_acc_{self.stat}"
+        # --- pass-key (end) ---
         return "ppl_rel_change" if self.relative else "ppl"
 
     def violation(
@@ -528,10 +533,60 @@ def _parse_quality(p: _Parser) -> Constraint:
     )
 
 
+# --- pass-key accuracy: passkey@32k>=0.9 (begin) ---
+_PASSKEY_HINT = "write e.g. passkey@32k>=0.9, passkey@4096>=90% or passkey>=0.9 (all lengths)"
+
+
+def _parse_passkey(p: _Parser) -> Constraint:
+    """``passkey@32k>=0.9``: retrieval accuracy at one prompt length (``k`` = 1024 tokens),
+    or over every length measured when no length is given. Stored with the length in
+    tokens as ``stat``, so the figure is ``passkey_acc_<tokens>``."""
+    start = p.pos
+    name = p.next()
+    if p.peek().is_punct("("):
+        raise p.fail(f"'{name.text}' takes no statistic", p.peek().col, _PASSKEY_HINT)
+    length: int | None = None
+    at = p.accept_punct("@")
+    if at is not None:
+        number = _parse_number(p, "@", "a prompt length")
+        value = float(number.text)
+        unit = p.peek()
+        if unit.kind == "name" and unit.text.lower() == "k":
+            p.next()
+            value *= 1024
+        elif unit.kind == "name" and not unit.is_name("and"):
+            raise p.fail(f"unknown length unit '{unit.text}'", unit.col, "use k (1024 tokens) or a token count")
+        if not value.is_integer() or value < 1:
+            raise p.fail(f"prompt length '{p.text_since(start + 2)}' is not a whole number of tokens", number.col)
+        length = int(value)
+    target_text = p.text_since(start)
+    op = _parse_op(p, target_text)
+    number = _parse_number(p, op, "an accuracy")
+    value = float(number.text)
+    if p.accept_punct("%") is not None:
+        value /= 100
+    else:
+        _reject_unit(p, number, name.text)
+    if not 0 <= value <= 1:
+        raise p.fail(f"accuracy '{number.text}' out of range", number.col, "between 0 and 1, or 0% and 100%")
+    _reject_attainment(p, f"'{name.text}' is one figure per run, not a per-request metric")
+    return Constraint(
+        text=p.text_since(start),
+        metric="passkey",
+        stat=None if length is None else str(length),
+        op=op,
+        threshold=value,
+        attainment=None,
+        kind="passkey",
+    )
+# --- pass-key (end) ---
+
+
 # Constraint forms that are not ``target op value``, keyed by their leading name.
-# A new form (e.g. 'passkey' for passkey@32k>=0.9) is one function and one entry here.
+# A new form is one function and one entry here.
 _CONSTRAINT_RULES: dict[str, Callable[[_Parser], Constraint]] = {
     "ppl": _parse_quality,
+    "passkey": _parse_passkey,
 }
 
 
@@ -593,7 +648,7 @@ def _parse_objective(p: _Parser) -> tuple[Objective, int]:
     if target.stat is not None:
         if name in _TIME_METRICS:
             metric = f"{target.stat}_{_TIME_FIGURE_NAME[_TIME_METRICS[name]]}_ms"
-        elif name in _THROUGHPUT_METRICS or name in _OBJECTIVE_ONLY or name == "ppl":
+        elif name in _THROUGHPUT_METRICS or name in _OBJECTIVE_ONLY or name in ("ppl", "passkey"):
             assert target.stat_tok is not None
             raise p.fail(
                 f"statistic '{target.stat_tok.text}' does not apply to '{target.name_tok.text}'", target.stat_tok.col
@@ -606,6 +661,8 @@ def _parse_objective(p: _Parser) -> tuple[Objective, int]:
         metric = _OBJECTIVE_ONLY[name]
     elif name == "ppl":
         metric = "ppl"
+    elif name == "passkey":  # accuracy over every pass-key length measured
+        metric = "passkey_acc"
     elif name in _TIME_METRICS:
         raise p.fail(
             f"metric '{target.name_tok.text}' needs a statistic",

@@ -535,7 +535,8 @@ def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter) -> list[flo
     reporter.trial_started(trial.number, config)
     try:
         outcome = run_trial(
-            run.setup, config, trial_dir, status=reporter.trial_status, progress=reporter.requests_progress
+            run.setup, config, trial_dir, status=reporter.trial_status, progress=reporter.requests_progress,
+            quality=quality_hook(run, trial.number, config, trial_dir, reporter.trial_status),
         )
     except KeyboardInterrupt:
         trial.set_user_attr("status", "interrupted")
@@ -577,6 +578,105 @@ def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter) -> list[flo
     return values
 
 
+# --- quality: measured once per quality-relevant setting, reused from the storage (begin) ---
+#: Study attribute prefix of a stored quality measurement; the rest is the setting's key.
+QUALITY_ATTR = "quality:"
+
+
+def quality_hook(
+    run: StudyRun, number: int, config: dict[str, Any], trial_dir: Path, say: Any
+) -> Any:
+    """What ``run_trial`` calls on the running server for the quality figures, or None
+    when no SLO or objective reads one.
+
+    Perplexity and pass-key accuracy depend only on the quality knobs (quantization,
+    KV-cache dtype ...), so each setting is measured once and kept in the study's
+    storage (study attribute ``quality:<setting>``), where every later trial, on any
+    worker, finds it. The baseline (every quality knob at its neutral value: no
+    quantization, the KV cache in the model's dtype) is measured once per study: by
+    the trial that runs it, or, when a trial of another setting comes first, on a start
+    of its own before that trial.
+    """
+    from autotune import quality as q
+    from autotune.trial import run_quality_only
+
+    plan = q.plan_for(run.constraints, run.objectives)
+    if not plan.needed:
+        return None
+    full = SearchSpace.load(run.setup.engine.name).for_hardware(run.setup.device, run.setup.hardware)
+    knobs = [k for k in q.quality_knobs(full) if k in run.setup.space.knobs]
+    key = q.setting_key(config, knobs)
+    base_config = q.baseline_config(config, full)
+    base_key = q.setting_key(base_config, knobs)
+
+    def measure(url: str) -> dict[str, Any]:
+        return _measure_quality(run, plan, config, url).to_json()
+
+    launches = run.setup.engine.capabilities.launches  # an endpoint autotune does not start has no baseline start
+    if plan.perplexity and launches and key != base_key and _stored_quality(run.study, base_key) is None:
+        try:
+            result = run_quality_only(
+                run.setup, base_config, trial_dir / "quality-baseline",
+                lambda url: _measure_quality(run, plan, base_config, url).to_json(), status=say,
+            )
+            _store_quality(run.study, base_key, dict(result), number)
+        except Exception as e:  # the trial goes on; its relative perplexity is then unknown
+            say(f"quality baseline not measured: {e}")
+
+    def hook(url: str) -> dict[str, Any]:
+        stored = _stored_quality(run.study, key)
+        measured_here = stored is None
+        if stored is None:
+            stored = _store_quality(run.study, key, measure(url), number)
+        figures = dict(stored["figures"])
+        if plan.perplexity:
+            base = stored if key == base_key else _stored_quality(run.study, base_key)
+            rel = q.relative_to_baseline(figures, base["figures"]) if base else {}
+            figures.update(rel or {"ppl_rel_change": math.nan})  # unknown: breaks a relative bound
+        return {
+            "figures": figures,
+            "setting": json.loads(key),
+            "baseline": json.loads(base_key),
+            "measured_here": measured_here,
+            "measured_in_trial": stored.get("trial"),
+            **stored.get("info", {}),
+        }
+
+    return hook
+
+
+def _measure_quality(run: StudyRun, plan: Any, config: dict[str, Any], url: str) -> Any:
+    from autotune import quality as q
+
+    setup = run.setup
+    model_dir = setup.model.tokenizer_dir or setup.model.source
+    if not Path(model_dir).is_dir():
+        raise q.QualityError(f"quality needs the model's files on this machine ({model_dir} is not a folder)")
+    max_len = setup.model.max_model_len or int((setup.model_config or {}).get("max_position_embeddings") or 2048)
+    caps = setup.engine.capabilities
+    result = q.measure_quality(
+        url, setup.engine.request_model(setup.model), model_dir, plan, max_model_len=max_len,
+        prompt_logprobs=caps.prompt_logprobs, token_ids=caps.token_id_prompts,
+        dtype=config.get("dtype"), api_key=setup.api_key,
+    )
+    return result
+
+
+def _stored_quality(study: optuna.Study, key: str) -> dict[str, Any] | None:
+    stored = study.user_attrs.get(QUALITY_ATTR + key)  # read from the storage: other workers' too
+    if stored is None:
+        return None
+    figures = {k: (math.nan if v is None else v) for k, v in stored.get("figures", {}).items()}
+    return {**stored, "figures": figures}
+
+
+def _store_quality(study: optuna.Study, key: str, result: dict[str, Any], number: int) -> dict[str, Any]:
+    stored = {**result, "figures": _finite(result["figures"]), "trial": number, "measured_at": time.time()}
+    study.set_user_attr(QUALITY_ATTR + key, stored)
+    return {**stored, "figures": dict(result["figures"])}
+# --- quality (end) ---
+
+
 def _record(trial: Trial, outcome: TrialOutcome, trial_dir: Path) -> None:
     trial.set_user_attr("status", outcome.status)
     trial.set_user_attr("trial_dir", str(trial_dir.resolve()))
@@ -584,7 +684,8 @@ def _record(trial: Trial, outcome: TrialOutcome, trial_dir: Path) -> None:
         trial.set_user_attr("reason", outcome.reason)
     if outcome.figures:
         trial.set_user_attr("figures", _finite(outcome.figures))
-    for key in ("command", "config_file", "env", "log_path", "startup_s", "measure_s", "goodput", "feasibility", "repeats"):
+    for key in ("command", "config_file", "env", "log_path", "startup_s", "measure_s", "goodput", "feasibility", "repeats",
+                "quality"):
         value = getattr(outcome, key)
         if value is not None:
             trial.set_user_attr(key, value)

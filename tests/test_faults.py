@@ -31,7 +31,7 @@ import yaml
 from autotune.engines.launcher import CappedLog, group_members
 from autotune.spec import load_spec
 from autotune.study import counted, load_study, run_study
-from tests.conftest import autotune_cmd, processes_with_env
+from tests.conftest import REPO, autotune_cmd, processes_with_env
 from tests.fakes import MARKER, fault_engine_spec
 
 FAIL, COMPLETE = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
@@ -262,6 +262,31 @@ def test_a_killed_engine_says_so_in_its_log(tmp_path: Path) -> None:
     assert not server.alive()
     assert "exited with signal 9 (SIGKILL)" in reason_from_log(tmp_path / "engine.log")
     server.stop()
+
+
+def test_engine_goes_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
+    """A worker killed with -9 cannot tear anything down; the kernel's parent-death signal does."""
+    marker = uuid.uuid4().hex
+    parent = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from autotune.engines.base import LaunchPlan\n"
+        "from autotune.engines.launcher import EngineServer, free_port\n"
+        "code = 'import time; time.sleep(600)'\n"  # writes nothing: no pipe to break
+        f"plan = LaunchPlan([sys.executable, '-c', code], {{'{MARKER}': '{marker}'}}, '127.0.0.1', free_port(), '/h', None)\n"
+        f"EngineServer(plan, Path({str(tmp_path / 'engine.log')!r})).start()\n"
+        "print('started', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+    assert len(processes_with_env(MARKER, marker)) == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while processes_with_env(MARKER, marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with_env(MARKER, marker) == []
 
 
 # --- the real engine: out of memory at start, death mid-measurement ---------------------------

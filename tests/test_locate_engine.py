@@ -77,7 +77,7 @@ def test_telemetry_lands_in_the_trial_user_attributes(study_dir: Path) -> None:
         assert tel["generation_tokens"] >= 24 * 256  # the measured requests (warm-up adds its own)
         assert 0 < tel["batch_mean"] <= t.user_attrs["config"]["max_num_seqs"]
         assert {"kv_cache_usage_peak", "waiting_peak", "running_peak", "queue_time_mean_ms", "preemptions"} <= set(tel)
-        assert any("NVML" in n for n in tel["notes"])  # no GPU here: said, and measured on
+        assert "gpu_count" not in tel and isinstance(tel["notes"], list)  # a CPU engine: no GPU sampled
         assert (Path(t.user_attrs["trial_dir"]) / "telemetry.json").exists()
 
 

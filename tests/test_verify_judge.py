@@ -109,3 +109,15 @@ def test_cost_per_1k_tokens() -> None:
     assert gpus_used({"tensor_parallel_size": 2, "pipeline_parallel_size": 2}, 8, "cuda") == 4
     assert gpus_used({}, 8, "cuda") == 8 and gpus_used({"tensor_parallel_size": 4}, 8, "cpu") == 1
     assert format_cost(None) == "-" and format_cost(0.00166) == "$0.00166"
+
+
+def test_min_cost_objective_needs_a_price() -> None:
+    from autotune.errors import UserError
+    from autotune.spec import load_spec
+
+    with pytest.raises(UserError, match="min:cost needs a price"):
+        load_spec(None, {"objectives": "max:output_tps,min:cost"})
+    spec = load_spec(None, {"objectives": "max:output_tps,min:cost", "hardware.price_per_gpu_hour": 2.0})
+    [_, cost] = spec.objective_list
+    assert cost.metric == "cost_per_1k_tokens" and cost.direction == "minimize"
+    assert cost.value({"cost_per_1k_tokens": 0.5}) == 0.5

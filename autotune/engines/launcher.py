@@ -120,7 +120,7 @@ class EngineServer:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_die_with_parent_hook(),
         )
         assert self.proc.stdout is not None
         self._pump = threading.Thread(target=self._log.pump, args=(self.proc.stdout,), daemon=True)
@@ -275,17 +275,27 @@ def group_members(pgid: int) -> list[int]:
     return sorted(members)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when autotune dies, even by SIGKILL.
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook that has the child SIGTERMed when autotune dies, even by SIGKILL.
 
-    Without this a worker killed with -9 leaves its engine holding the GPUs.
+    Without it a worker killed with -9 leaves its engine holding the GPUs.
+    libc is loaded here, in the parent: the child runs the hook between fork
+    and exec, where importing or loading anything could deadlock on a lock
+    another thread held at fork time.
     """
+    if sys.platform != "linux":
+        return None
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+    def hook() -> None:
+        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 def _visible_gpus(env: dict[str, str]) -> list[int] | None:

@@ -1,7 +1,8 @@
 """Turns the user's ``--model`` into something an engine can load.
 
 ``tiny`` is the embedded default: a small Llama-architecture model built on
-this machine (nothing downloaded). ``shape:<name>`` is a published
+this machine (nothing downloaded). ``trained`` is the same architecture trained
+here for a few minutes, for studies that bound quality. ``shape:<name>`` is a published
 architecture with random weights (``--load-format dummy``), for speed studies
 on GPUs without the weights. A local directory is used as is; anything else is
 a hub id that the engine itself resolves (autotune fetches nothing).
@@ -26,6 +27,14 @@ def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
 
         path = ensure_tiny_model()
         return ModelRef(str(path), "tiny", str(path), max_model_len=max_model_len or 512)
+    # --- a tiny model trained here, for quality figures that mean something (begin) ---
+    if name == "trained":
+        from autotune.models.trained import MODEL_SHAPE, ensure_trained_model
+
+        path = ensure_trained_model()
+        length = max_model_len or MODEL_SHAPE["max_position_embeddings"]
+        return ModelRef(str(path), "trained", str(path), max_model_len=length)
+    # --- trained (end) ---
     if name.startswith("shape:"):
         from autotune.models.shapes import SHAPES, build_shape_model
 
@@ -40,5 +49,5 @@ def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
             raise UserError(f"model directory {local} has no config.json")
         return ModelRef(str(local.resolve()), local.name, str(local.resolve()), max_model_len=max_model_len)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise UserError(f"model not found: {name} (give 'tiny', 'shape:<name>', a local directory or a hub id)")
+        raise UserError(f"model not found: {name} (give 'tiny', 'trained', 'shape:<name>', a local directory or a hub id)")
     return ModelRef(name, name, None, max_model_len=max_model_len)

@@ -1,0 +1,1 @@
+"""Data that ships with autotune: the held-out text perplexity is measured on."""

