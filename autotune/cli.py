@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -176,12 +177,31 @@ def dashboard(
         raise UserError("optuna-dashboard is not installed (pip install 'autotune[report]')") from None
     console.print(f"optuna-dashboard for {spec.name} on http://127.0.0.1:{port}/ (Ctrl-C stops it)", highlight=False)
     url = spec.storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    # The server runs in a daemon thread: a signal delivered while it handles a
+    # request would otherwise be swallowed by wsgiref's catch-all error handler.
+    import threading
+
+    stopped = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            run_server(url, host="127.0.0.1", port=port)
+        except BaseException as e:  # noqa: BLE001 - reported below, in the main thread
+            failure.append(e)
+        finally:
+            stopped.set()
+
+    threading.Thread(target=serve, name="optuna-dashboard", daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stopped.set())
     try:
-        run_server(url, host="127.0.0.1", port=port)
-    except OSError as e:
-        raise UserError(f"cannot serve on 127.0.0.1:{port}: {e.strerror or e}") from None
+        while not stopped.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
+    if failure and isinstance(failure[0], OSError):
+        err = failure[0]
+        raise UserError(f"cannot serve on 127.0.0.1:{port}: {getattr(err, 'strerror', None) or err}")
     console.print("dashboard stopped")
 
 

@@ -160,10 +160,9 @@ def table(comparison: Comparison) -> Table:
     n = max((len(r.report.repeats) for r in comparison.results), default=0)
     w = comparison.workload
     load = f"rate {w['rate']}/s" if w.get("arrival") == "poisson" else f"concurrency {w['concurrency']}"
-    stop = "fixed output lengths (ignore_eos)" if comparison.fixed_lengths else "output lengths as generated (no ignore_eos)"
     t = Table(
         title=(f"{w['num_requests']} requests, {w['prompt_tokens']} prompt / {w['output_tokens']} max output tokens, "
-               f"{load}; {stop}; mean ± std of {n} run(s)"),
+               f"{load}; mean ± std of {n} run(s)"),
         title_justify="left",
     )
     t.add_column("figure")
@@ -191,7 +190,10 @@ def _config_text(result: EngineResult) -> str:
 
 
 def environment_lines(comparison: Comparison) -> list[str]:
-    return [describe(r.environment) + f", measured {r.environment.get('recorded_at')}" for r in comparison.results]
+    """The stopping rule every engine ran under, then each engine's environment."""
+    rule = ("stopping rule: fixed output lengths (ignore_eos) on every engine" if comparison.fixed_lengths else
+            "stopping rule: output lengths as generated (no ignore_eos) on every engine, tokens counted as received")
+    return [rule] + [describe(r.environment) + f", measured {r.environment.get('recorded_at')}" for r in comparison.results]
 
 
 def parse_engine_items(items: list[str], what: str) -> dict[str, dict[str, Any]]:

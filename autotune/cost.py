@@ -42,6 +42,10 @@ def cost_figures(
 
 
 def format_cost(value: float | None) -> str:
+    """Dollars with three significant digits, never in e-notation ($0.0000139, $0.00166, $1.25)."""
     if value is None or not math.isfinite(value):
         return "-"
-    return f"${value:.3g}" if value < 1 else f"${value:,.2f}"
+    if value >= 1 or value <= 0:
+        return f"${value:,.2f}"
+    decimals = max(2, -math.floor(math.log10(value)) + 2)
+    return f"${value:.{decimals}f}"

@@ -218,8 +218,10 @@ def rule_kv_cache(s: Signals) -> Diagnosis | None:
         if not s.on_gpu
         else Advice("gpu_memory_utilization", "increase", "leave more GPU memory to the KV cache"),
     ]
-    if s.on_gpu:
+    dtype = s.knob("kv_cache_dtype")
+    if (s.on_gpu or dtype is not None) and not str(dtype or "").startswith("fp8"):
         advice.append(Advice("kv_cache_dtype", "set", "fp8 KV cache: twice the tokens in the same memory (bound the quality)"))
+    if s.on_gpu:
         advice.append(Advice("tensor_parallel_size", "increase", "more GPUs per replica: more memory for KV blocks"))
     if pre:
         advice.append(Advice("max_num_seqs", "decrease", "admit fewer sequences than the cache can hold to the end, so none is preempted"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -262,7 +263,8 @@ def with_workload(setup: TrialSetup, config: Mapping[str, Any]) -> TrialSetup:
 
 class _Endpoint:
     """Stands in for EngineServer where the server is already running: nothing to start
-    or stop; healthy once it lists its models."""
+    or stop. Any HTTP answer from its models path counts as up (some servers answer that
+    path with an error of their own); refused connections, DNS and TLS failures do not."""
 
     def __init__(self, launch: LaunchPlan, api_key: str | None) -> None:
         self.url = launch.base_url + launch.health_path
@@ -276,7 +278,9 @@ class _Endpoint:
         try:
             with urllib.request.urlopen(urllib.request.Request(self.url, headers=self.headers), timeout=10):
                 return time.monotonic() - t0
-        except OSError as e:  # URLError and HTTPError are OSErrors
+        except urllib.error.HTTPError:
+            return time.monotonic() - t0  # it answered; the requests themselves will tell the rest
+        except OSError as e:  # URLError: nothing answered
             raise EngineStartError(f"endpoint {self.url} did not answer: {e}", "") from None
 
     def alive(self) -> bool:

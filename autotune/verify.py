@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from autotune.cost import COST_KEY, cost_figures, format_cost
+from autotune.cost import COST_KEY, cost_per_1k_tokens, format_cost, gpus_used
 from autotune.environment import missing, record
 from autotune.errors import UserError
 from autotune.load.goodput import wilson_interval
@@ -89,6 +89,7 @@ class Verification:
     environment: dict[str, Any] = field(default_factory=dict)
     slo: str = ""
     price_per_gpu_hour: float | None = None
+    gpus: int = 1  # GPUs the configuration occupies, for its cost
     checks: list[Check] = field(default_factory=list)
     verified: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -100,11 +101,21 @@ class Verification:
         return [s for s in self.starts if s.status == "ok"]
 
     def summary(self) -> dict[str, Summary]:
-        """Mean, std and 95% interval of each figure over the starts that measured."""
+        """Mean, std and 95% interval of each figure over the starts that measured.
+
+        Cost comes from each start's throughput and the price given now, so a price
+        added after the starts were measured still yields a cost with its interval.
+        """
         ok = self.ok_starts
-        keys = [k for k in [*SHOWN_FIGURES, *KEY_FIGURES] if any(k in s.figures for s in ok)]
+        figures = [dict(s.figures) for s in ok]
+        for f in figures:
+            cost = cost_per_1k_tokens(f.get("output_throughput"), self.gpus, self.price_per_gpu_hour)
+            f.pop(COST_KEY, None)
+            if cost is not None:
+                f[COST_KEY] = cost
+        keys = [k for k in [*SHOWN_FIGURES, *KEY_FIGURES] if any(k in f for f in figures)]
         keys = list(dict.fromkeys(keys))
-        return {k: summarise([s.figures[k] for s in ok if s.figures.get(k) is not None]) for k in keys}
+        return {k: summarise([f[k] for f in figures if f.get(k) is not None]) for k in keys}
 
     def attainment(self) -> dict[str, tuple[int, int, float, float]]:
         """Per attainment SLO: requests met, requests, and the Wilson 95% interval, pooled."""
@@ -237,6 +248,7 @@ def verify_study(
         result = Verification(
             trial=t.number, config=config, command=t.user_attrs.get("command"), repeats_wanted=repeats,
             environment=env, slo=spec.slo, price_per_gpu_hour=price,
+            gpus=gpus_used(config, spec.hardware.gpu_count, setup.device),
         )
         if previous is not None and not fresh:
             if previous.config == config and _same_place(previous.environment, env):
@@ -274,10 +286,9 @@ def _start_from(
     figures = {k: float(v) for k, v in outcome.figures.items() if _finite_number(v)}
     if outcome.startup_s is not None:
         figures["startup_s"] = outcome.startup_s
-    figures.update(cost_figures(
-        figures, result.config, gpu_count=spec.hardware.gpu_count, device=setup.device,
-        price_per_gpu_hour=result.price_per_gpu_hour,
-    ))
+    cost = cost_per_1k_tokens(figures.get("output_throughput"), result.gpus, result.price_per_gpu_hour)
+    if cost is not None:
+        figures[COST_KEY] = cost  # for the progress line; the summary recomputes it at the price given then
     attainment = {}
     for c in spec.constraints:
         if c.attainment is not None:

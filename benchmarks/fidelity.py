@@ -150,7 +150,7 @@ def guidellm_spec(ctx: dict[str, Any], profile: dict[str, Any], requests: int, o
         "tokenizer": {"kind": "huggingface_auto", "model": ctx["tokenizer"]},
         "constraints": [{"kind": "max_requests", "count": requests}],
         "outputs": [{"kind": "json", "path": str(out)}],
-        "seed": {"kind": "static", "seed": seed},
+        "seed": {"kind": "static", "value": seed},
     }
     if slo_ttft_ms is not None:
         spec["metrics"] = {"kind": "generative", "slo": {"ttft_ms": slo_ttft_ms}}

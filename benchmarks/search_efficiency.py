@@ -243,6 +243,7 @@ def run_sampler(
     budget: int,
     study_trials: int,
     stop_at: float | None = None,
+    rounds: RoundsOptions | None = None,
 ) -> Run:
     """One seeded search of up to ``budget`` trials; stops early once ``stop_at`` is reached."""
     sampler_name = method.split("+")[-1]
@@ -252,7 +253,7 @@ def run_sampler(
     objective = replay_objective(surface, run)
     base = surface.space()
     planner = (
-        RoundPlanner(study, base, base, RoundsOptions(), study_trials) if method.startswith("rounds+") else None
+        RoundPlanner(study, base, base, rounds or RoundsOptions(), study_trials) if method.startswith("rounds+") else None
     )
     best = 0.0
     for i in range(budget):
@@ -374,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the budget the samplers and rounds are configured for, as `optimize --trials`")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-run results here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
+    parser.add_argument("--rounds", action="append", default=[], metavar="OPTION=VALUE",
+                        help="a rounds option for the rounds+ methods (spec.rounds), e.g. neighbours=0")
     parser.add_argument("--restrict", action="append", default=[], metavar="KNOB=V1,V2",
                         help="replay only the sub-grid with these values of a knob (repeatable)")
     args = parser.parse_args(argv)
@@ -394,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         restrict[name] = [json.loads(v) if v not in ("True", "False") else v == "True" for v in text.split(",")]
     surface = Surface.load(args.surface, restrict)
+    try:
+        rounds = RoundsOptions.model_validate(dict(item.split("=", 1) for item in args.rounds))
+    except ValueError as e:
+        print(f"error: --rounds: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     console = Console(width=None if sys.stdout.isatty() else 160)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -416,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             all_runs[method] = [grid]
             continue
         all_runs[method] = [
-            run_sampler(surface, method, seed, budget, args.study_trials, stop_at=threshold)
+            run_sampler(surface, method, seed, budget, args.study_trials, stop_at=threshold, rounds=rounds)
             for seed in range(args.seeds)
         ]
     summaries = [summarize(runs, threshold, budget) for runs in all_runs.values()]

@@ -58,8 +58,9 @@ def test_vllm_and_transformers_side_by_side(tmp_path: Path, tiny_model: Path, cl
     # One table: figures down, both engines across, then each engine's environment.
     header = next(line for line in text.splitlines() if "figure" in line)
     assert "vllm" in header and "transformers" in header
-    assert "output lengths as generated (no ignore_eos)" in text  # transformers cannot fix them: nobody does
-    assert "mean ± std of 2 run(s)" in text
+    # transformers cannot fix output lengths, so no engine does.
+    assert "stopping rule: output lengths as generated (no ignore_eos) on every engine" in text
+    assert "2 run(s)" in text
     assert sum(1 for line in text.splitlines() if " on CPU only (" in line) == 2
     data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert data["fixed_output_lengths"] is False

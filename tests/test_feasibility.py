@@ -381,7 +381,8 @@ def test_infeasible_trials_in_a_real_study_launch_nothing(tmp_path: Path, monkey
     spec = load_spec(None, {
         "model": "shape:llama-3.1-8b", "study_dir": str(tmp_path / "study"), "hardware.device": "cpu",
         "budget": {"trials": 1}, "sampler": "random", "seed": 3,
-        "space": {"max_num_seqs": {"low": 2, "high": 16}, "max_num_batched_tokens": {"choices": [512, 1024]}},
+        "space": {"max_num_seqs": {"low": 2, "high": 16}, "max_num_batched_tokens": {"choices": [512, 1024]},
+                  "kv_cache_dtype": "auto"},
     })
     run = run_study(spec)
     trials = run.study.get_trials(deepcopy=False)

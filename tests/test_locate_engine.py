@@ -32,7 +32,7 @@ SPEC = {
     "workload": {"prompt_tokens": 64, "output_tokens": 256, "concurrency": 16, "num_requests": 24,
                  "warmup_requests": 1},
     "space": {"max_num_seqs": {"low": 1, "high": 64}, "max_num_batched_tokens": 1024, "block_size": 32,
-              "enable_prefix_caching": False, "kv_cache_space_gib": 1},
+              "enable_prefix_caching": False, "kv_cache_space_gib": 1, "kv_cache_dtype": "auto"},
     "budget": {"trials": 2},
     "seed": 3,
 }

@@ -107,7 +107,7 @@ def test_review_shows_round_decisions_and_importances(tmp_path: Path, cli_env: d
     env = record("vllm", surface.data["environment"].get("engine_version"), "cpu")
     run = se.Run("rounds+tpe", 0, [], [])
     objective = se.replay_objective(surface, run)
-    planner = RoundPlanner(study, surface.space(), surface.space(), RoundsOptions(size=6, min_trials_for_importance=6), 12)
+    planner = RoundPlanner(study, surface.space(), surface.space(), RoundsOptions(size=6, min_trials_for_importance=6, neighbours=3), 12)
 
     def trial_fn(trial: optuna.Trial, space: Any) -> float:
         trial.set_user_attr("environment", env)

@@ -12,7 +12,9 @@ stored. An endpoint known to accept ``ignore_eos`` (vLLM, SGLang) or to expose
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from dataclasses import replace
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -47,6 +49,17 @@ class ExternalAdapter(EngineAdapter):
 
     def base_argv(self, model: ModelRef, host: str, port: int) -> list[str]:
         return []
+
+    def version(self) -> str | None:
+        """The server's own ``/version`` (vLLM, SGLang answer it), else where it was measured."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/version", timeout=5) as resp:
+                found = json.loads(resp.read()).get("version")
+                if found:
+                    return f"{found} at {self.base_url}"
+        except (OSError, ValueError, AttributeError):
+            pass
+        return f"unknown, at {self.base_url}"
 
     def request_model(self, model: ModelRef) -> str:
         return self.served_model or model.served_name
