@@ -71,7 +71,13 @@ def write_configs(study: optuna.Study, spec: StudySpec, study_dir: Path) -> list
 
 
 def serve_command(spec: StudySpec, trial: FrozenTrial, config_path: Path) -> str:
-    """The engine's own CLI with the config file; environment knobs go in front."""
+    """The engine's own CLI with the config file; environment knobs go in front.
+
+    Only ``vllm serve`` reads a ``--config`` file; for any other engine the
+    exact command line the trial launched is the ready-to-run answer.
+    """
+    if spec.engine.name != "vllm":
+        return str(trial.user_attrs.get("command") or "(no command: this engine is not started by autotune)")
     env: dict[str, str] = trial.user_attrs.get("env", {})
     prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(env.items()))
     model = trial.user_attrs.get("model_source", spec.model)
