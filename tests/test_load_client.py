@@ -388,3 +388,23 @@ def test_poisson_run_follows_the_schedule(url: str) -> None:
     starts = sorted(r.start for r in result.records)
     scheduled = poisson_offsets(60, 200.0, 3)
     assert starts[-1] - starts[0] >= 0.5 * scheduled[-1]
+
+
+def test_first_token_is_the_first_chunk_even_with_empty_text() -> None:
+    """A token whose text is not printable yet still streams; vllm bench serve times TTFT from it."""
+    from autotune.load.client import _StreamState
+
+    def line(text: str | None, finish: str | None = None) -> bytes:
+        return b"data: " + json.dumps({"choices": [{"text": text, "finish_reason": finish}]}).encode()
+
+    state = _StreamState(start=10.0)
+    state.feed(line(""), now=10.1)  # first token, no printable text yet
+    state.feed(line("ab"), now=10.3)
+    state.feed(line("c"), now=10.4)
+    state.feed(line("", finish="length"), now=10.5)  # closes the answer: not a token
+    state.feed(b"data: [DONE]", now=10.6)
+    spec = RequestSpec(prompt="x", prompt_tokens=1, max_tokens=3)
+    record = state.record(spec, None)
+    assert record.ok and record.ttft_s == pytest.approx(0.1)
+    assert record.output_tokens == 3
+    assert record.itl_s == pytest.approx([0.2, 0.1])
