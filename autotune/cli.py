@@ -385,9 +385,22 @@ def _best_trial_number(study: Any, study_dir: Path) -> int:
     return max(front, key=lambda t: t.values[0] if maximize else -t.values[0]).number
 
 
-def _terminate(signum: int, _frame: object) -> None:
+def _terminate(signum: int, frame: Any) -> None:
     # SIGTERM (a scheduler, `timeout`, `kill`) unwinds like Ctrl-C, so the engine's
     # process group is torn down and the running trial is recorded as interrupted.
+    # An exception raised while a __del__ runs (garbage collection of an HTTP
+    # connection, say) is printed and swallowed by Python, and the signal would
+    # be lost: deliver it again a moment later instead.
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            import os
+            import threading
+
+            timer = threading.Timer(0.05, os.kill, args=(os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
+        frame = frame.f_back
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -492,6 +505,7 @@ def main() -> None:
     from typer._click import exceptions as click_errors  # typer vendors click
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # --- every bad input is one line and exit status 2 (begin) ---

@@ -150,6 +150,7 @@ def _write_model(tmp: Path, *, seed: int, vocab_size: int, bos_id: int, eos_id: 
                 param.copy_(values)
     # save_pretrained records the parameters' dtype in config.json ("dtype"/"torch_dtype").
     model = model.to(torch.bfloat16)
+    _quiet_transformers()
     model.save_pretrained(tmp, safe_serialization=True)
     GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).save_pretrained(tmp)
 
@@ -244,3 +245,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _quiet_transformers() -> None:
+    """No progress bars on stderr: a command's output must stay one line on error."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
