@@ -15,7 +15,7 @@ phase=${1:-all}
 study=${2:-autotune-runs/h100-llama8b-chat}
 spec="$root/studies/h100-llama8b-chat.yaml"
 autotune=(python3 -m autotune)
-# A repeat starts its goodput search at 16 req/s and steps by 1.25x for four levels.
+# A repeat runs the study's goodput search (start 20 req/s, steps of 1.25x) with four levels.
 repeat=(--spec "$spec" --repeats 5 --spec-set goodput.max_levels=4)
 
 if [[ $phase == all || $phase == study ]]; then
