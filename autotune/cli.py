@@ -256,9 +256,13 @@ def _print_locate(result: Any) -> None:
 
 
 def _write_html_report(study: Any, spec: Any, study_dir: Path, price: Optional[float]) -> None:
-    from autotune.report_html import write_report
+    try:
+        from autotune.report_html import write_report
 
-    html_path, png_path = write_report(study, spec, study_dir, price_per_gpu_hour=price)
+        html_path, png_path = write_report(study, spec, study_dir, price_per_gpu_hour=price)
+    except ImportError as exc:  # the report extra is optional; the study itself is complete
+        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')", highlight=False)
+        return
     console.print(f"report: {html_path}  front: {png_path}", highlight=False, soft_wrap=True)
 # --- verify, report, dashboard (end) ---
 

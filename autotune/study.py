@@ -185,11 +185,13 @@ def open_study(
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, stored_spec(spec))
-        _enqueue_from_spec(study, spec)
     elif stored.get("objectives") != spec.objectives:
         raise UserError(
             f"study {spec.name!r} exists with objectives {stored.get('objectives')!r}; choose another --name"
         )
+    # On every open, not only the first: a configuration added to the spec's
+    # enqueue list between runs is measured next; one already there is skipped.
+    _enqueue_from_spec(study, spec)
     return study
 
 
