@@ -261,7 +261,7 @@ def _write_html_report(study: Any, spec: Any, study_dir: Path, price: Optional[f
 
         html_path, png_path = write_report(study, spec, study_dir, price_per_gpu_hour=price)
     except ImportError as exc:  # the report extra is optional; the study itself is complete
-        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')", highlight=False)
+        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')", highlight=False, markup=False)
         return
     console.print(f"report: {html_path}  front: {png_path}", highlight=False, soft_wrap=True)
 # --- verify, report, dashboard (end) ---

@@ -53,7 +53,7 @@ MEM_BW_LOW = 50.0
 PCIE_BUSY_GBPS = 10.0  # per GPU, both directions: a large share of a x16 link
 CLIENT_CPU_BUSY = 0.90  # load-generator CPU seconds per wall second (one core)
 CLIENT_STARVED_S = 0.5  # a sampler thread waking this late: the client process did not get a core
-RATE_SHORTFALL = 0.90  # achieved / offered request rate
+RATE_SHORTFALL = 0.90  # sends against the schedule (1.0: on time)
 FRONTEND_GAP_MS = 50.0  # client TTFT minus the engine's own TTFT
 FRONTEND_SHARE = 0.5
 FIRE = 0.4  # a rule reports when its score reaches this
@@ -412,14 +412,16 @@ def rule_load_generator(s: Signals) -> Diagnosis | None:
             "sampler_lag_max_s", lag,
             f"the measuring process was starved of CPU: its sampler thread woke up to {lag:.1f} s late",
         ))
-    offered, achieved = s.get("offered_rate"), s.get("achieved_rate")
+    # The client's sends against its own schedule, not completions per second:
+    # those include the drain of the last requests and say nothing about the client.
+    offered, ratio = s.get("offered_rate"), s.get("send_rate_ratio")
     waiting, running, mns = s.get("waiting_peak"), s.get("running_peak"), s.max_num_seqs
     server_idle = waiting == 0 and (running is None or mns is None or running < mns)
-    if offered and achieved is not None and achieved / offered < RATE_SHORTFALL and server_idle:
+    if offered and ratio is not None and ratio < RATE_SHORTFALL and server_idle:
         score += 0.4
         ev.append(Evidence(
-            "achieved_rate", achieved,
-            f"achieved {achieved:.2f} req/s of {offered:.2f} offered while nothing waited in the engine",
+            "send_rate_ratio", ratio,
+            f"sent at {_pct(ratio)} of the scheduled {offered:.2f} req/s while nothing waited in the engine",
         ))
     if score < FIRE:
         return None

@@ -190,6 +190,8 @@ class RoundPlanner:
         hard = self.hard.knobs.get(name)
         hard_low = hard.low if hard is not None and hard.low is not None else knob.low
         hard_high = hard.high if hard is not None and hard.high is not None else knob.high
+        # A spec may reach past the engine file's range: its own bound is then the limit.
+        hard_low, hard_high = min(hard_low, knob.low), max(hard_high, knob.high)
         edge = _edge(knob, float(value))
         if edge is None:
             return None

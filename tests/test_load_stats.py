@@ -213,3 +213,22 @@ def test_sustained_ratio_does_not_fail_a_filling_batch() -> None:
     assert _sustained_ratio(long, rate=16.0) == pytest.approx(1.0, abs=0.02)
     growing = _open_loop(480, gap=1 / 16, service=2.0, backlog_growth=0.02)  # latency keeps climbing
     assert _sustained_ratio(growing, rate=16.0) < 0.85
+
+
+def test_send_rate_ratio_compares_sends_with_their_own_schedule() -> None:
+    """Requests that take seconds end after the window; only late sends mean a slow client."""
+    from autotune.load.runner import send_rate_ratio
+
+    def result(starts: list[float], span: float | None) -> LoadResult:
+        records = [RequestRecord(ok=True, error=None, prompt_tokens=8, output_tokens=4, start=t, ttft_s=0.01, e2e_s=5.0)
+                   for t in starts]
+        return LoadResult(records=records, duration_s=starts[-1] + 5.0, client_cpu_s=0.0, offered_rate=2.0,
+                          achieved_rate=len(starts) / (starts[-1] + 5.0), scheduled_span_s=span)
+
+    on_time = result([0.0, 0.5, 1.0, 1.5, 2.0], 2.0)
+    assert send_rate_ratio(on_time) == pytest.approx(1.0)
+    assert on_time.achieved_rate < 0.9 * 2.0  # the drain alone would have looked like a shortfall
+    late = result([0.0, 1.0, 2.0, 3.0, 4.0], 2.0)
+    assert send_rate_ratio(late) == pytest.approx(0.5)
+    assert summarize(late)["send_rate_ratio"] == pytest.approx(0.5)
+    assert send_rate_ratio(result([0.0, 1.0], None)) is None  # closed loop: no schedule

@@ -129,9 +129,13 @@ def test_load_generator_rule_uses_the_client_figures() -> None:
     assert flagged is not None and flagged.confidence == 1.0
     # The client's own percentage wins over the process CPU ratio when both exist.
     assert rule_load_generator(Signals({"loadgen_cpu_percent": 20.0, "client_cpu_util": 0.97})) is None
-    short = Signals({"offered_rate": 10.0, "achieved_rate": 6.0}, {"waiting_peak": 0.0, "running_peak": 4.0},
+    short = Signals({"offered_rate": 10.0, "send_rate_ratio": 0.6}, {"waiting_peak": 0.0, "running_peak": 4.0},
                     {"max_num_seqs": 64})
     assert rule_load_generator(short) is not None
+    # Completions per second below the offered rate are the drain of long requests, not a slow client.
+    draining = Signals({"offered_rate": 25.0, "achieved_rate": 21.3, "send_rate_ratio": 1.0},
+                       {"waiting_peak": 0.0, "running_peak": 197.0}, {"max_num_seqs": 512})
+    assert rule_load_generator(draining) is None
 
 
 def test_a_failing_rule_does_not_take_the_others_down() -> None:

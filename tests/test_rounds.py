@@ -102,6 +102,19 @@ def test_edge_at_the_hard_limit_is_kept_with_its_reason(storage: str) -> None:
     assert planner.space().knobs["batch"].high == 256
 
 
+def test_a_spec_range_past_the_engine_file_is_its_own_limit(storage: str) -> None:
+    """A spec that widened batch to 512 (past the file's 256) keeps 512 and names 512, not 256."""
+    base = SearchSpace(engine="synthetic", knobs={**HARD.knobs, "batch": Knob(type="int", low=64, high=512, log=True)})
+    study = optuna.create_study(storage=storage, direction="maximize")
+    study.enqueue_trial({"batch": 512, "chunk": 1024, "cache": True, "util": 0.7})
+    study.optimize(lambda t: value(suggest(t, base)), n_trials=1)
+    planner = RoundPlanner(study, base, HARD, RoundsOptions(size=1, freeze=False, neighbours=0), budget=5)
+    decisions = planner.advance(1)
+    assert [d.decision for d in decisions] == ["keep"]
+    assert "hard limit (512)" in decisions[0].reason
+    assert planner.space().knobs["batch"].high == 512
+
+
 def test_a_knob_with_no_effect_is_frozen_and_no_longer_sampled(storage: str) -> None:
     options = RoundsOptions(size=10, extend=False, neighbours=0, min_trials_for_importance=8)
     study, planner = make(storage, options, budget=20)

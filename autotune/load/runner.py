@@ -79,6 +79,7 @@ class LoadResult:
     send_lag_s: list[float] = field(default_factory=list)
     capped_sends: int = 0
     burstiness: float | None = None
+    scheduled_span_s: float | None = None
 
     def health(self) -> dict[str, float]:
         """The load generator's own figures, and whether it kept up (1) or not (0)."""
@@ -106,6 +107,23 @@ class LoadResult:
             saturated = saturated or typical > tolerance_ms
         out["loadgen_saturated"] = 1.0 if saturated else 0.0
         return out
+
+
+def send_rate_ratio(result: LoadResult) -> float | None:
+    """How fast the client sent against its own schedule (1.0: on time), open loop only.
+
+    ``achieved_rate`` counts completions over a window that includes the drain
+    of the last requests, so it sits below the offered rate whenever requests
+    take seconds, however well the client keeps up.  The span between the
+    first and the last send, against the span the schedule asked for, is what
+    tells whether the load generator kept the rate; comparing spans of the
+    same Poisson draw also removes the draw's own deviation from ``rate``.
+    """
+    if not result.scheduled_span_s or len(result.records) < 2:
+        return None
+    starts = [r.start for r in result.records]
+    sent = max(starts) - min(starts)
+    return result.scheduled_span_s / sent if sent > 0 else None
 
 
 def arrival_offsets(count: int, rate: float, seed: int, burstiness: float = 1.0) -> list[float]:
@@ -181,6 +199,7 @@ async def run_load_async(
 
     records = [record for record, _ in outcomes]
     duration = max(done for _, done in outcomes) - min(r.start for r in records)
+    scheduled_span = offsets[len(records) - 1] - offsets[0] if workload.open_loop and records else None
     return LoadResult(
         records=records,
         duration_s=duration,
@@ -192,6 +211,7 @@ async def run_load_async(
         send_lag_s=lag,
         capped_sends=capped[0],
         burstiness=workload.burstiness if workload.arrival == "gamma" else None,
+        scheduled_span_s=scheduled_span,
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from autotune.load.client import RequestRecord
-from autotune.load.runner import LoadResult
+from autotune.load.runner import LoadResult, send_rate_ratio
 
 __all__ = ["LATENCY_METRICS", "PERCENTILES", "per_request_view", "summarize"]
 
@@ -63,6 +63,9 @@ def summarize(result: LoadResult) -> dict[str, float]:
     if result.offered_rate is not None:
         out["offered_rate"] = result.offered_rate
         out["sustained_ratio"] = _sustained_ratio(result.records, result.offered_rate)
+        ratio = send_rate_ratio(result)
+        if ratio is not None:
+            out["send_rate_ratio"] = ratio
     if result.burstiness is not None:
         out["burstiness"] = result.burstiness
     out.update(result.health())
