@@ -136,7 +136,9 @@ def pareto_table(study: optuna.Study, spec: StudySpec, price_per_gpu_hour: float
     )
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
-    knobs = sorted({k for t in front for k in t.params})
+    # Every knob any trial searched: one the rounds froze later is no longer a
+    # param of the later trials, but it ran at a value all the same (``config``).
+    knobs = sorted({k for t in trials for k in t.params})
     for k in knobs:
         table.add_column(k, justify="right")
     shown_keys = {key for key, _, _ in SHOWN}
@@ -152,7 +154,8 @@ def pareto_table(study: optuna.Study, spec: StudySpec, price_per_gpu_hour: float
     table.add_column("out tok/s 95% CI", justify="right")
     for t in front:
         figures = t.user_attrs.get("figures", {})
-        row = [str(t.number)] + [_fmt_param(t.params.get(k)) for k in knobs]
+        config = {**t.params, **t.user_attrs.get("config", {})}
+        row = [str(t.number)] + [_fmt_param(config.get(k)) for k in knobs]
         for o, v in zip(objectives, t.values):
             if o.metric not in shown_keys:
                 row.append(f"{v:,.3g}")
