@@ -95,6 +95,9 @@ class Verification:
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     updated_at: str | None = None
+    # Perplexity and pass-key figures of the configuration's quality setting, as the
+    # study measured them once (they depend on the setting, not on the start).
+    quality: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok_starts(self) -> list[Start]:
@@ -249,6 +252,7 @@ def verify_study(
             trial=t.number, config=config, command=t.user_attrs.get("command"), repeats_wanted=repeats,
             environment=env, slo=spec.slo, price_per_gpu_hour=price,
             gpus=gpus_used(config, spec.hardware.gpu_count, setup.device),
+            quality=dict((t.user_attrs.get("quality") or {}).get("figures") or {}),
         )
         if previous is not None and not fresh:
             if previous.config == config and _same_place(previous.environment, env):
@@ -317,7 +321,7 @@ def judge(result: Verification, constraints: list[Constraint]) -> None:
         notes.append(f"only {result.repeats_wanted} repeats: the methodology asks for at least {METHODOLOGY_REPEATS}")
     summary = result.summary()
     pooled = result.attainment()
-    checks = [_check(c, summary, pooled) for c in constraints] if ok else []
+    checks = [_check(c, summary, pooled, result.quality) for c in constraints] if ok else []
     reasons += [c.reason for c in checks if not c.holds and c.reason]
     result.checks = checks
     result.reasons = reasons
@@ -325,7 +329,14 @@ def judge(result: Verification, constraints: list[Constraint]) -> None:
     result.verified = not reasons
 
 
-def _check(c: Constraint, summary: dict[str, Summary], pooled: dict[str, tuple[int, int, float, float]]) -> Check:
+def _check(
+    c: Constraint,
+    summary: dict[str, Summary],
+    pooled: dict[str, tuple[int, int, float, float]],
+    quality: Mapping[str, Any] | None = None,
+) -> Check:
+    if c.kind in ("quality", "passkey"):
+        return _quality_check(c, quality or {})
     if c.attainment is not None:
         met, n, lo, _hi = pooled.get(c.text, (0, 0, 0.0, 1.0))
         holds = n > 0 and lo >= c.attainment - 1e-12
@@ -365,6 +376,24 @@ def _check(c: Constraint, summary: dict[str, Summary], pooled: dict[str, tuple[i
             f"{_fmt(limit, unit)} by {_fmt(gap, unit)}{rel} (mean {_fmt(s.mean, unit)} ± {_fmt(s.std, unit)})"
         )
     return Check(c.text, basis, bound, limit, unit, holds, reason)
+
+
+def _quality_check(c: Constraint, quality: Mapping[str, Any]) -> Check:
+    """A quality bound is judged on the study's one measurement of the setting.
+
+    Perplexity and greedy pass-key answers are the same on every start of the same
+    engine, model and setting (the same token ids in, the same logprobs out), so
+    fresh starts add nothing to them; a speed figure is what varies between starts.
+    """
+    key = c.figure_key()
+    value = quality.get(key)
+    basis = f"{key} measured once for this setting in the study"
+    if not _finite_number(value):
+        return Check(c.text, basis, None, c.threshold, "", False,
+                     f"{c.text}: {key} was not measured for this configuration's setting in the study")
+    holds = c.violation({key: value}) <= 0
+    reason = None if holds else f"{c.text}: {key} is {value:.4g}, beyond the bound {c.threshold:g}"
+    return Check(c.text, basis, float(value), c.threshold, "", holds, reason)
 
 
 def _alternative(key: str) -> str | None:

@@ -121,3 +121,24 @@ def test_min_cost_objective_needs_a_price() -> None:
     [_, cost] = spec.objective_list
     assert cost.metric == "cost_per_1k_tokens" and cost.direction == "minimize"
     assert cost.value({"cost_per_1k_tokens": 0.5}) == 0.5
+
+
+def test_quality_bounds_are_judged_on_the_studys_measurement_of_the_setting() -> None:
+    """Fresh starts re-measure speed only; perplexity comes from the study, once per setting."""
+    slos = parse_slos("p99(ttft)<400ms, ppl<+5%")
+    within = _verification([100.0, 102.0, 98.0])
+    within.quality = {"ppl": 290.0, "ppl_rel_change": 0.012}
+    judge(within, slos)
+    assert within.verified, within.reasons
+    assert within.checks[1].value == pytest.approx(0.012) and "measured once" in within.checks[1].basis
+
+    broken = _verification([100.0, 102.0, 98.0])
+    broken.quality = {"ppl": 320.0, "ppl_rel_change": 0.093}
+    judge(broken, slos)
+    assert not broken.verified and broken.reasons[0].startswith("ppl<+5%")
+
+    unmeasured = _verification([100.0, 102.0, 98.0])
+    judge(unmeasured, slos)
+    assert not unmeasured.verified and "not measured" in unmeasured.reasons[0]
+    # The quality figures survive the round trip through the study's storage.
+    assert Verification.from_json(within.to_json()).quality == within.quality
