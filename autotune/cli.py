@@ -267,6 +267,23 @@ def _write_html_report(study: Any, spec: Any, study_dir: Path, price: Optional[f
 # --- verify, report, dashboard (end) ---
 
 
+def _status_lines(every_s: float = 15.0) -> Any:
+    """A status printer for plain output: a message that only updates a counter
+    ("starting engine (12s)") is printed again at most every ``every_s`` seconds,
+    so a log of a long engine start is a few lines, not one per tick."""
+    last: dict[str, Any] = {"head": None, "at": 0.0}
+
+    def say(message: str) -> None:
+        head = message.split(" (")[0]
+        now = time.monotonic()
+        if head == last["head"] and now - last["at"] < every_s:
+            return
+        last["head"], last["at"] = head, now
+        console.print(f"  {message}", highlight=False)
+
+    return say
+
+
 @app.command("measure")
 def measure_cmd(
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="study spec YAML (model, workload, SLO, goodput)"),
@@ -321,9 +338,7 @@ def measure_cmd(
     if endpoint is not None and served_model:
         setup.model = type(setup.model)(setup.model.source, served_model, setup.model.tokenizer_dir)
     console.print(f"measuring {spec.model} with {config or 'the engine defaults'}, {repeats} repeat(s)")
-    report = measure_config(
-        setup, config, out, repeats=repeats, endpoint=endpoint, status=lambda m: console.print(f"  {m}")
-    )
+    report = measure_config(setup, config, out, repeats=repeats, endpoint=endpoint, status=_status_lines())
     report.environment = record(setup.engine.name, setup.engine.version(), setup.device)
     (out / "measure.json").write_text(__import__("json").dumps(report.to_json(), indent=2, default=str))
     table = Table(title=f"{spec.model}: {repeats} repeat(s), mean ± std (95% CI)", title_justify="left")
