@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -78,7 +82,9 @@ def start_server(fixed: Fixed, log_dir: Path):  # type: ignore[no-untyped-def]
     spec = load_spec(None, {
         "model": "tiny",
         "engine.extra_args": ["--enforce-eager"],
-        "workload.prompt_tokens": fixed.prompt_tokens,
+        # autotune counts the prompt text's own tokens; the server adds BOS, which the
+        # other tools count within their length: one fewer here makes the server's counts equal.
+        "workload.prompt_tokens": fixed.prompt_tokens - 1,
         "workload.output_tokens": fixed.output_tokens,
         "workload.concurrency": fixed.concurrency,
         "workload.num_requests": fixed.requests,
@@ -117,8 +123,15 @@ def run_autotune(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
 
     setup = ctx["setup"]
     setup.goodput = None
-    figures, _per_request, _ = measure(setup, ctx["url"], None, seed_offset=seed)
-    return _pick(figures, "output_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "completed")
+    out = ctx["work"] / f"autotune-{seed}"
+    out.mkdir(exist_ok=True)
+    figures, _per_request, _ = measure(setup, ctx["url"], out, seed_offset=seed)
+    rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines() if line.strip()]
+    done = [r for r in rows if r["ok"]]
+    result = _pick(figures, "output_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "completed")
+    result["window"] = (min(r["start"] for r in rows), max(r["start"] + r["e2e_s"] for r in done),
+                        sum(r["e2e_s"] for r in done))
+    return result
 
 
 def run_vllm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -131,12 +144,18 @@ def run_vllm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
         "--tokenizer", ctx["tokenizer"], "--dataset-name", "random", "--seed", str(seed),
         "--random-input-len", str(f.prompt_tokens), "--random-output-len", str(f.output_tokens),
         "--num-prompts", str(f.requests), "--max-concurrency", str(f.concurrency), "--request-rate", "inf",
-        "--ignore-eos", "--num-warmups", "0", "--disable-tqdm",
+        "--ignore-eos", "--temperature", "0", "--num-warmups", "0", "--disable-tqdm", "--save-detailed",
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(work), "--result-filename", out.name,
     ], 600)
-    return _pick(json.loads(out.read_text()), "output_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms",
-                 "completed")
+    report = json.loads(out.read_text())
+    result = _pick(report, "output_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "completed")
+    # vLLM's request ends at its last streamed token: start + TTFT + the inter-token gaps.
+    latencies = [t + sum(itl) for t, itl in zip(report["ttfts"], report["itls"], strict=True) if t]
+    ends = [s + t + sum(itl) for s, t, itl in zip(report["start_times"], report["ttfts"], report["itls"], strict=True)
+            if t]
+    result["window"] = (min(report["start_times"]), max(ends), sum(latencies))
+    return result
 
 
 def guidellm_spec(ctx: dict[str, Any], profile: dict[str, Any], requests: int, out: Path,
@@ -144,7 +163,9 @@ def guidellm_spec(ctx: dict[str, Any], profile: dict[str, Any], requests: int, o
     f: Fixed = ctx["fixed"]
     spec: dict[str, Any] = {
         "backend": {"kind": "openai_http", "target": ctx["url"], "model": ctx["model"],
-                    "request_format": "/v1/completions"},
+                    "request_format": "/v1/completions",
+                    # autotune sends temperature 0; the server's default would sample instead
+                    "extras": {"body": {"temperature": 0}}},
         "profile": profile,
         "data": [{"kind": "synthetic_text", "prompt_tokens": f.prompt_tokens, "output_tokens": f.output_tokens}],
         "tokenizer": {"kind": "huggingface_auto", "model": ctx["tokenizer"]},
@@ -180,10 +201,181 @@ def run_guidellm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
         # its time_per_output_token_ms includes it.
         "mean_tpot_ms": ok["inter_token_latency_ms"]["mean"],
         "completed": m["request_totals"]["successful"],
+        # GuideLLM stamps requests with the wall clock; the other tools use the monotonic one.
+        "window": _guidellm_window(report["benchmarks"][0], ctx["wall_to_mono"]),
     }
 
 
+def _guidellm_window(benchmark: dict[str, Any], offset: float) -> tuple[float, float, float] | None:
+    timings = [r["info"]["timings"] for r in (benchmark.get("requests") or {}).get("successful") or []]
+    pairs = [(t["request_start"], t["request_end"]) for t in timings if t.get("request_start") and t.get("request_end")]
+    if not pairs:
+        return None
+    return (min(a for a, _ in pairs) - offset, max(b for _, b in pairs) - offset, sum(b - a for a, b in pairs))
+
+
 RUNNERS = {"autotune": run_autotune, "vllm bench serve": run_vllm, "guidellm": run_guidellm}
+
+
+# --------------------------------------------------------------------------- what the server saw
+
+# Counters and histogram sums the server keeps whatever client drives it: the ground truth
+# for what each client really sent (tokens as the server counts them) and for the time
+# the engine itself took over it.
+_SERVER_SERIES = {
+    "requests": "vllm:request_success_total",
+    "prompt_tokens": "vllm:prompt_tokens_total",
+    "output_tokens": "vllm:generation_tokens_total",
+    "ttft_sum_s": "vllm:time_to_first_token_seconds_sum",
+    "ttft_count": "vllm:time_to_first_token_seconds_count",
+    "queue_sum_s": "vllm:request_queue_time_seconds_sum",
+    "decode_sum_s": "vllm:request_decode_time_seconds_sum",
+    "e2e_sum_s": "vllm:e2e_request_latency_seconds_sum",
+}
+
+
+def server_counters(url: str) -> dict[str, float]:
+    """The server's own totals (summed over label sets), read from /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    wanted = {v: k for k, v in _SERVER_SERIES.items()}
+    out = dict.fromkeys(_SERVER_SERIES, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[wanted[sample.name]] += float(sample.value)
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its live descendants."""
+    table = _proc_table()
+    return sum(table[p][1] for p in _subtree(table, pid) if p in table)
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds so far) for every live process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def _subtree(table: dict[int, tuple[int, float]], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    tree, frontier = {root}, [root]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return tree
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler(threading.Thread):
+    """Who used the 2 cores, every ``period`` s: the engine, the client, everything else.
+
+    The engine is the server's process tree; the client is this process and
+    its other descendants (autotune runs in this process, the other tools as
+    its children) less this thread's own time; "other" is whatever else ran on
+    the machine. On a 2-core machine shared with the engine, a client's CPU
+    is time the engine could not use, so each tool's figure is read with it.
+    """
+
+    def __init__(self, engine_pid: int, period: float = 0.25) -> None:
+        super().__init__(name="cpu-sampler", daemon=True)
+        self.engine_pid, self.period = engine_pid, period
+        self.samples: list[tuple[float, float, float, float, float]] = []  # t, machine, engine, client, self
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        table = _proc_table()
+        engine = _subtree(table, self.engine_pid)
+        mine = _subtree(table, os.getpid()) - engine - {os.getpid()}
+        own = time.thread_time()
+        client = sum(table[p][1] for p in mine) + time.process_time()
+        self.samples.append((time.monotonic(), _machine_busy_s(), sum(table[p][1] for p in engine), client, own))
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.period):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def cores(self, t0: float, t1: float) -> dict[str, float]:
+        """Mean cores used by each party between two monotonic times (interpolated)."""
+        if t1 <= t0 or len(self.samples) < 2:
+            return {}
+        cols = list(zip(*self.samples))
+
+        def at(col: int, t: float) -> float:
+            return float(np.interp(t, cols[0], cols[col]))
+
+        span = t1 - t0
+        machine, engine = (at(1, t1) - at(1, t0)) / span, (at(2, t1) - at(2, t0)) / span
+        client = (at(3, t1) - at(3, t0) - (at(4, t1) - at(4, t0))) / span
+        return {"engine_cores": engine, "client_cores": client, "other_cores": max(0.0, machine - engine - client)}
+
+
+def observed(runner, ctx: dict[str, Any], seed: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Run one client and add what the server saw and what each side spent in CPU.
+
+    The client's CPU is this process's own time (autotune runs in-process)
+    plus that of the child processes it waited for (the other tools and their
+    workers), start-up and prompt building included.
+    """
+    url, pid = ctx["url"], ctx["server_pid"]
+    before, engine_before, t_before, wall_before = server_counters(url), tree_cpu_s(pid), os.times(), time.monotonic()
+    result = runner(ctx, seed)
+    wall = time.monotonic() - wall_before
+    t_after, engine_after, after = os.times(), tree_cpu_s(pid), server_counters(url)
+    delta = {k: after[k] - before[k] for k in before}
+    n = delta["requests"] or math.nan
+    client_cpu = sum(t_after[:4]) - sum(t_before[:4])
+    result.update(
+        server_requests=delta["requests"],
+        server_prompt_tokens_per_request=delta["prompt_tokens"] / n,
+        server_output_tokens_per_request=delta["output_tokens"] / n,
+        server_mean_ttft_ms=1000 * delta["ttft_sum_s"] / (delta["ttft_count"] or math.nan),
+        server_mean_queue_ms=1000 * delta["queue_sum_s"] / n,
+        server_mean_decode_ms=1000 * delta["decode_sum_s"] / n,
+        server_mean_e2e_ms=1000 * delta["e2e_sum_s"] / n,
+        client_cpu_s=client_cpu,
+        engine_cpu_s=engine_after - engine_before,
+        wall_s=wall,
+    )
+    # One definition for all: the tokens the server generated over the span from the
+    # first request sent to the last one answered, by the tool's own timestamps.
+    window = result.pop("window", None)
+    if window is not None:
+        t0, t1, busy = window
+        result["span_s"] = t1 - t0
+        # Mean requests in flight over the span: the concurrency the tool really held.
+        result["mean_in_flight"] = busy / (t1 - t0)
+        result["span_output_throughput"] = delta["output_tokens"] / (t1 - t0)
+        result.update(ctx["sampler"].cores(t0, t1))
+    return result
 
 
 def _pick(d: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -273,6 +465,19 @@ def tables(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, An
         stats = {c: stat([r[key] for r in fig[c]]) for c in clients}
         t1.add_row(label, *[stats[c].text(fmt) for c in clients],
                    *[pct_diff(stats["autotune"], stats[c]) if "autotune" in clients else "n/a" for c in others])
+    # What the server saw and who used the cores: the same workload, and the load each tool really held.
+    checks = [("server: prompt tok/req", "server_prompt_tokens_per_request", "{:,.1f}"),
+              ("server: output tok/req", "server_output_tokens_per_request", "{:,.1f}"),
+              ("server: mean TTFT ms", "server_mean_ttft_ms", "{:,.1f}"),
+              ("server: mean e2e ms", "server_mean_e2e_ms", "{:,.0f}"),
+              ("requests in flight", "mean_in_flight", "{:,.2f}"),
+              ("cores: engine", "engine_cores", "{:,.2f}"),
+              ("cores: client", "client_cores", "{:,.2f}"),
+              ("cores: other", "other_cores", "{:,.2f}")]
+    t1.add_section()
+    for label, key, fmt in checks:
+        stats = {c: stat([r.get(key) for r in fig[c]]) for c in clients}
+        t1.add_row(label, *[stats[c].text(fmt) for c in clients], *["" for _ in others])
 
     t2 = None
     if gp:
@@ -345,17 +550,30 @@ def main(argv: list[str] | None = None) -> int:
         try:
             console.print(f"vLLM-CPU up in {startup:.0f} s: {launch.command_line()}", highlight=False, soft_wrap=True)
             ctx = {"setup": setup, "url": launch.base_url, "model": setup.model.served_name,
-                   "tokenizer": setup.model.tokenizer_dir or setup.model.source, "fixed": fixed, "work": work}
+                   "tokenizer": setup.model.tokenizer_dir or setup.model.source, "fixed": fixed, "work": work,
+                   "server_pid": server.proc.pid, "wall_to_mono": time.time() - time.monotonic()}
+            sampler = ctx["sampler"] = CpuSampler(server.proc.pid)
+            sampler.sample()
+            sampler.start()
             run_autotune(ctx, 999)  # warm-up: first requests on a fresh engine pay one-off costs; discarded
             for i in range(args.repeats):
                 order = clients[i % len(clients):] + clients[: i % len(clients)]
                 for c in order:
-                    r = RUNNERS[c](ctx, i + 1)
+                    r = observed(RUNNERS[c], ctx, i + 1)
                     fig[c].append(r)
                     console.print(
                         f"  repeat {i + 1} {c:<17} {r['output_throughput']:>7,.0f} tok/s  p50 TTFT "
                         f"{r['median_ttft_ms']:6.1f} ms  p99 {r['p99_ttft_ms']:6.1f} ms  TPOT {r['mean_tpot_ms']:.2f} ms"
-                        f"  ({r['completed']} done)", highlight=False,
+                        f"  ({r['completed']} done); server saw {r['server_requests']:.0f} requests of "
+                        f"{r['server_prompt_tokens_per_request']:.1f} + {r['server_output_tokens_per_request']:.1f} "
+                        f"tokens, mean TTFT {r['server_mean_ttft_ms']:.1f} ms, decode {r['server_mean_decode_ms']:.0f} ms; "
+                        f"CPU s client {r['client_cpu_s']:.1f} engine {r['engine_cpu_s']:.1f} in {r['wall_s']:.1f} s; "
+                        f"over its span of {r.get('span_s', math.nan):.2f} s: "
+                        f"{r.get('span_output_throughput', math.nan):,.0f} tok/s, "
+                        f"{r.get('mean_in_flight', math.nan):.2f} in flight, cores engine "
+                        f"{r.get('engine_cores', math.nan):.2f} client {r.get('client_cores', math.nan):.2f} "
+                        f"other {r.get('other_cores', math.nan):.2f}",
+                        highlight=False,
                     )
             if not args.no_goodput:
                 searchers = {"autotune": goodput_autotune, "guidellm": goodput_guidellm}
@@ -370,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             if not server.alive():
                 raise RuntimeError("the engine died during the benchmark; see its log")
         finally:
+            if "sampler" in locals():
+                sampler.stop()
             server.stop()
         env["wall_s"] = round(time.monotonic() - t0)
     env["loadavg_end"] = loadavg()
