@@ -130,9 +130,13 @@ def pareto_table(study: optuna.Study, spec: StudySpec, price_per_gpu_hour: float
     verified = {k: v for k, v in study.user_attrs.items() if k.startswith("verify:")}
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
+    # A measured trial that broke an SLO (a latency or a quality bound) is COMPLETE
+    # in Optuna's terms but infeasible in ours; one refused before launch is PRUNED.
+    missed = sum(t.state == TrialState.COMPLETE and not t.user_attrs.get("feasible", True) for t in trials)
     title = (
-        f"Pareto front of {spec.name}: {len(front)} point(s) from {counts[TrialState.COMPLETE]} measured, "
-        f"{counts[TrialState.FAIL]} failed, {counts[TrialState.PRUNED]} infeasible"
+        f"Pareto front of {spec.name}: {len(front)} point(s) from {counts[TrialState.COMPLETE]} measured "
+        f"({missed} broke an SLO), {counts[TrialState.FAIL]} failed, "
+        f"{counts[TrialState.PRUNED]} refused before launch"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
