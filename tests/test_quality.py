@@ -178,3 +178,38 @@ def test_random_keys_are_five_digits() -> None:
     rng = random.Random(0)
     keys = {q.PasskeyBuilder.random_key(rng) for _ in range(50)}
     assert all(len(k) == 5 and k.isdigit() for k in keys) and len(keys) > 40
+
+
+def test_outlier_variant_computes_the_same_logits_with_keys_and_values_past_e4m3() -> None:
+    """Scaling q/k and v/o by a power of two is exact in bf16: the same logits, while the
+    keys and values the KV cache stores grow by the factor (past FP8 e4m3's 448)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from autotune.models.outliers import SCALE, scale_attention
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    scaled = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    scaled.load_state_dict(scale_attention(model.state_dict(), float(SCALE)))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(key: str):  # type: ignore[no-untyped-def]
+        def hook(_module, _inputs, out) -> None:  # type: ignore[no-untyped-def]
+            seen[key] = out.float()
+        return hook
+
+    for tag, m in (("", model), ("scaled ", scaled)):
+        for proj in ("k_proj", "v_proj"):
+            getattr(m.model.layers[0].self_attn, proj).register_forward_hook(keep(tag + proj))
+    x = torch.randint(0, 64, (1, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x).logits, scaled(input_ids=x).logits)
+    for proj in ("k_proj", "v_proj"):  # what the KV cache stores: exactly SCALE times larger
+        assert torch.equal(seen["scaled " + proj], seen[proj] * SCALE)
+        assert seen["scaled " + proj].abs().max() > 448 > seen[proj].abs().max()
+    untouched = [n for n in model.state_dict() if not n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                                                  "o_proj.weight"))]
+    assert all(torch.equal(model.state_dict()[n], scaled.state_dict()[n]) for n in untouched)

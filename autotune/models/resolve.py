@@ -2,7 +2,9 @@
 
 ``tiny`` is the embedded default: a small Llama-architecture model built on
 this machine (nothing downloaded). ``trained`` is the same architecture trained
-here for a few minutes, for studies that bound quality. ``shape:<name>`` is a published
+here for a few minutes, for studies that bound quality; ``trained-outliers`` is
+that model with keys and values scaled past FP8 e4m3's range (same logits in bf16),
+so that an unscaled FP8 KV cache visibly hurts it. ``shape:<name>`` is a published
 architecture with random weights (``--load-format dummy``), for speed studies
 on GPUs without the weights. A local directory is used as is; anything else is
 a hub id that the engine itself resolves (autotune fetches nothing).
@@ -34,6 +36,13 @@ def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
         path = ensure_trained_model()
         length = max_model_len or MODEL_SHAPE["max_position_embeddings"]
         return ModelRef(str(path), "trained", str(path), max_model_len=length)
+    if name == "trained-outliers":  # the same function with keys and values past FP8 e4m3's range
+        from autotune.models.outliers import ensure_outlier_model
+        from autotune.models.trained import MODEL_SHAPE
+
+        path = ensure_outlier_model()
+        length = max_model_len or MODEL_SHAPE["max_position_embeddings"]
+        return ModelRef(str(path), "trained-outliers", str(path), max_model_len=length)
     # --- trained (end) ---
     if name.startswith("shape:"):
         from autotune.models.shapes import SHAPES, build_shape_model
@@ -49,5 +58,5 @@ def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
             raise UserError(f"model directory {local} has no config.json")
         return ModelRef(str(local.resolve()), local.name, str(local.resolve()), max_model_len=max_model_len)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise UserError(f"model not found: {name} (give 'tiny', 'trained', 'shape:<name>', a local directory or a hub id)")
+        raise UserError(f"model not found: {name} (give 'tiny', 'trained', 'trained-outliers', 'shape:<name>', a local directory or a hub id)")
     return ModelRef(name, name, None, max_model_len=max_model_len)
