@@ -22,7 +22,7 @@ import search_efficiency as se  # noqa: E402
 
 
 # A sub-grid recorded first (record_surface.py's --later), so it is complete even in a partial file.
-SUB_GRID = {"max_num_batched_tokens": [512, 8192]}
+SUB_GRID = {"max_num_seqs": [1, 2, 4, 8, 16]}
 
 
 def small_surface(path: Path) -> Path:
