@@ -125,19 +125,37 @@ def pg_url(postgres: PostgresServer) -> str:
     return postgres.new_database()
 
 
+def _stat_fields(pid: str) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, session, ..."""
+    return (Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def processes_with_env(name: str, value: str) -> list[int]:
-    """Live processes whose environment holds NAME=value: an engine and all it started inherit it."""
+    """Live processes whose environment holds NAME=value, and every process in their sessions.
+
+    An engine and all it starts inherit the variable, but a process that renames itself
+    (vLLM's engine core and workers call setproctitle) overwrites the memory that
+    /proc/PID/environ shows; the launcher starts each engine in its own session, so the
+    session of a marked process finds those too.
+    """
     needle = f"{name}={value}".encode()
-    found = []
+    marked: set[int] = set()
+    sessions: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            fields = _stat_fields(entry.name)
+            if fields[0] == "Z":
                 continue
+            sessions[int(entry.name)] = fields[3]
             if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
+                marked.add(int(entry.name))
         except (OSError, IndexError):
             continue
-    return found
+    own_session = str(os.getsid(0))
+    marked_sessions = {sessions[p] for p in marked} - {own_session}
+    return sorted(marked | {p for p, sid in sessions.items() if sid in marked_sessions})
+
+
 # --- PostgreSQL and process checks (end) ---

@@ -318,13 +318,19 @@ class KillEngineDuring:
         self.current = number
 
     def requests_progress(self, done: int, total: int) -> None:
-        if self.current == self.number and done >= 1 and not self.killed:
-            for pid in processes_with_env(MARKER, self.marker):
-                try:
-                    os.killpg(os.getpgid(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self.killed = True
+        if self.current != self.number or done < 1 or self.killed:
+            return
+        victims = processes_with_env(MARKER, self.marker)
+        for pid in victims:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while processes_with_env(MARKER, self.marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # only a kill that found its engine counts; a scan that found nothing tries again next request
+        self.killed = bool(victims) and not processes_with_env(MARKER, self.marker)
 
 
 @pytest.fixture(scope="module")
