@@ -309,6 +309,7 @@ class KillEngineDuring:
 
     def __init__(self, number: int, marker: str) -> None:
         self.number, self.marker, self.current, self.killed = number, marker, -1, False
+        self.victims: list[tuple[int, int, list[int]]] = []  # (trial, requests done, pids): shown if a test fails
 
     def study_opened(self, *a: Any) -> None: ...
     def trial_status(self, message: str) -> None: ...
@@ -321,6 +322,7 @@ class KillEngineDuring:
         if self.current != self.number or done < 1 or self.killed:
             return
         victims = processes_with_env(MARKER, self.marker)
+        self.victims.append((self.current, done, victims))
         for pid in victims:
             try:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
@@ -351,7 +353,7 @@ def real_faults(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> d
     data["budget"] = {"trials": 3}
     killer = KillEngineDuring(1, marker)
     second = run_study(load_spec(None, data), killer)
-    return {"first": first, "study": second.study, "killed": killer.killed,
+    return {"first": first, "study": second.study, "killed": killer.killed, "victims": killer.victims,
             "left_after_oom": left_after_oom, "left": processes_with_env(MARKER, marker)}
 
 

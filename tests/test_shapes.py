@@ -17,6 +17,7 @@ EXPECTED_PARAMS = {
     "llama-3.1-70b": 70.55,
     "qwen2.5-7b": 7.62,
     "mixtral-8x7b": 46.70,
+    "smollm2-135m": 0.13,  # 134.5 M
 }
 
 FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

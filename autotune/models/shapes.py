@@ -67,6 +67,35 @@ def _llama31(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
 SHAPES: dict[str, dict] = {
     "llama-3.1-8b": _llama31(hidden=4096, layers=32, heads=32, intermediate=14336),
     "llama-3.1-70b": _llama31(hidden=8192, layers=80, heads=64, intermediate=28672),
+    # SmolLM2-135M (base): small enough for a 2-core CPU, big enough that a decode
+    # step costs more than the server's own per-token work, so batch limits matter.
+    "smollm2-135m": {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "head_dim": 64,
+        "hidden_act": "silu",
+        "hidden_size": 576,
+        "initializer_range": 0.041666666666666664,
+        "intermediate_size": 1536,
+        "max_position_embeddings": 8192,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": 9,
+        "num_hidden_layers": 30,
+        "num_key_value_heads": 3,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 100000,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.40.1",
+        "use_cache": True,
+        "vocab_size": 49152,
+    },
     "qwen2.5-7b": {
         "architectures": ["Qwen2ForCausalLM"],
         "attention_dropout": 0.0,
@@ -155,6 +184,16 @@ _LLAMA31_TOKENS = {
 _TOKENS: dict[str, dict] = {
     "llama-3.1-8b": _LLAMA31_TOKENS,
     "llama-3.1-70b": _LLAMA31_TOKENS,
+    "smollm2-135m": {
+        "kind": "word",
+        "special": {0: "<|endoftext|>", 1: "<|im_start|>", 2: "<|im_end|>"},
+        "unk": (3, "<unk>"),  # a slot: ids 3-16 are the real tokenizer's code-metadata tokens
+        "bos": 0,
+        "eos": 0,
+        "pad": None,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "generation": {},
+    },
     "qwen2.5-7b": {
         "kind": "qwen-bpe",
         "special": {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>"},
