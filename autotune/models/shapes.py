@@ -187,7 +187,10 @@ _TOKENS: dict[str, dict] = {
     "smollm2-135m": {
         "kind": "word",
         "special": {0: "<|endoftext|>", 1: "<|im_start|>", 2: "<|im_end|>"},
-        "unk": (3, "<unk>"),  # a slot: ids 3-16 are the real tokenizer's code-metadata tokens
+        "unk": (3, "unk"),  # a slot: ids 3-16 are the real tokenizer's code-metadata tokens
+        # a plain word, so that text of unknown words decodes to "unk unk ..." (one token each) rather than
+        # to nothing: load generators that cut corpus text to a token count (GuideLLM) need text back
+        "unk_special": False,
         "bos": 0,
         "eos": 0,
         "pad": None,
@@ -303,7 +306,7 @@ def _special_added_tokens(tokens: dict) -> list:
     from tokenizers import AddedToken
 
     names = dict(tokens["special"])
-    if tokens["unk"] is not None:
+    if tokens["unk"] is not None and tokens.get("unk_special", True):
         names[tokens["unk"][0]] = tokens["unk"][1]
     return [AddedToken(names[i], special=True, normalized=False) for i in sorted(names)]
 
@@ -367,14 +370,14 @@ def _token_names(tokens: dict) -> dict[str, str | None]:
     return {
         "bos_token": name(tokens["bos"]),
         "eos_token": name(tokens["eos"]),
-        "unk_token": tokens["unk"][1] if tokens["unk"] is not None else None,
+        "unk_token": tokens["unk"][1] if tokens["unk"] is not None and tokens.get("unk_special", True) else None,
         "pad_token": name(tokens["pad"]),
     }
 
 
 def _tokenizer_config(config: dict, tokens: dict) -> dict:
     specials = dict(tokens["special"])
-    if tokens["unk"] is not None:
+    if tokens["unk"] is not None and tokens.get("unk_special", True):
         specials[tokens["unk"][0]] = tokens["unk"][1]
     decoder = {str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                         "single_word": False, "special": True}
