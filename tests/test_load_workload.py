@@ -52,12 +52,26 @@ def metaspace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def wordlevel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A word-level tokenizer without a decoder (as published model shapes get): decoding
+    joins words with spaces and leaves no separator at the end of a text."""
+    words = ["<s>", "</s>", "<unk>", *dict.fromkeys(_WORDS), *(f"w{i}" for i in range(500))]
+    vocab = {name: i for i, name in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(SPECIALS)
+    out = tmp_path_factory.mktemp("wordlevel")
+    tok.save(str(out / "tokenizer.json"))
+    return out
+
+
 def _own_count(model_dir: Path, text: str) -> list[int]:
     """Re-encode independently of the code under test, as the server would (minus BOS)."""
     return Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
 
 
-@pytest.mark.parametrize("which", ["bytelevel_dir", "metaspace_dir"])
+@pytest.mark.parametrize("which", ["bytelevel_dir", "metaspace_dir", "wordlevel_dir"])
 @pytest.mark.parametrize(
     ("low", "high"),
     [(1, None), (7, None), (128, None), (5, 300)],
@@ -176,3 +190,15 @@ def test_good_workloads_are_accepted() -> None:
     w = Workload(arrival="poisson", rate=2.5, concurrency=8, prompt_tokens=5, prompt_tokens_max=5, warmup_requests=0)
     assert w.rate == 2.5 and w.prompt_tokens_max == 5
     assert Workload.model_validate({"num_requests": 3}).num_requests == 3
+
+
+def test_shared_prefix_survives_a_word_level_tokenizer(wordlevel_dir: Path) -> None:
+    """Its decoder leaves no space after the prefix's last word, which the next word would
+    otherwise run into (an unknown word), changing the prefix in every prompt."""
+    tokenizer, vocab = load_tokenizer(wordlevel_dir)
+    specs = build_requests(Workload(prompt_tokens=12, shared_prefix_tokens=40), tokenizer, vocab, count=20)
+    encoded = [_own_count(wordlevel_dir, s.prompt) for s in specs]
+    assert all(len(ids) == 52 == s.prompt_tokens for ids, s in zip(encoded, specs, strict=True))
+    assert len({tuple(ids[:40]) for ids in encoded}) == 1
+    assert 2 not in {i for ids in encoded for i in ids}  # no word ran into another
+    assert len({tuple(ids[40:]) for ids in encoded}) == 20

@@ -447,12 +447,18 @@ def _shared_prefix(
     rng = np.random.default_rng([seed, _PREFIX_STREAM])
     for _ in range(_MAX_DRAWS):
         text = _exact_prompt(tokenizer, rng, allowed, special, n_tokens, _NO_PREFIX)
-        candidate = _Prefix(text, tokenizer.encode(text))
-        try:
-            _exact_prompt(tokenizer, rng, allowed, special, _PREFIX_PROBE_TOKENS, candidate)
-        except UserError:
-            continue
-        return candidate
+        ids = tokenizer.encode(text)
+        # A word-level tokenizer decodes without a trailing separator, so the next word
+        # would run into the prefix's last one: the same text with a space after it
+        # encodes to the same tokens and keeps the two apart.
+        for candidate in (_Prefix(text, ids), _Prefix(text + " ", ids)):
+            if tokenizer.encode(candidate.text) != ids:
+                continue
+            try:
+                _exact_prompt(tokenizer, rng, allowed, special, _PREFIX_PROBE_TOKENS, candidate)
+            except UserError:
+                continue
+            return candidate
     raise UserError(f"could not build a shared prefix of exactly {n_tokens} tokens with this tokenizer")
 
 
