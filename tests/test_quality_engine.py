@@ -119,7 +119,8 @@ def test_a_trial_that_breaks_the_bound_is_infeasible_with_its_figure(study_dir: 
     study, _ = load_study(study_dir)
     by_dtype = _by_dtype(study)
     (kept,) = by_dtype["fp8_e5m2"]
-    assert 0 <= kept.user_attrs["figures"]["ppl_rel_change"] < 0.05
+    # e5m2 keeps more exponent range: its rounding moves perplexity by a fraction of a percent, either way
+    assert abs(kept.user_attrs["figures"]["ppl_rel_change"]) < 0.05
     assert kept.user_attrs["slo"][PPL_BOUND]["holds"] and kept.user_attrs["feasible"] is True
     assert len(by_dtype["fp8_e4m3"]) == 2
     for t in by_dtype["fp8_e4m3"]:
