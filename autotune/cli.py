@@ -322,6 +322,9 @@ def measure_cmd(
     }
     overrides.update(parse_assignments(spec_set, what="--spec-set"))
     spec = load_spec(spec_file, overrides)
+    if endpoint is not None and spec.engine.name == "external":
+        # the endpoint is the external adapter's own address: no need to give it twice
+        spec.engine.options = {"base_url": endpoint, "served_model": served_model, **spec.engine.options}
     config: dict[str, Any] = {}
     if from_study is not None:
         study, _ = load_study(from_study)

@@ -130,6 +130,37 @@ def test_external_endpoint_study_tunes_client_concurrency(
         assert r.status == 200
 
 
+@pytest.mark.parametrize("engine", ["transformers", "external"])
+def test_measure_an_endpoint_autotune_did_not_start(
+    running_server: str, tiny_model: Path, tmp_path: Path, engine: str
+) -> None:
+    """`autotune measure --endpoint`: repeats against someone else's server, which it leaves running;
+    the engine named says what the server accepts (external: the plain OpenAI API)."""
+    out_dir = tmp_path / "measured"
+    out = subprocess.run(
+        autotune_cmd(
+            "measure", "--endpoint", running_server, "--served-model", str(tiny_model), "--model", "tiny",
+            "--spec-set", f"engine.name={engine}", "--device", "cpu", "--repeats", "2",
+            "--num-requests", "6", "--concurrency", "2", "--out", str(out_dir),
+        ),
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((out_dir / "measure.json").read_text())
+    assert report["command"] is None and report["startup_s"] is None  # nothing was launched
+    assert not (out_dir / "engine.log").exists()
+    assert len(report["repeats"]) == 2
+    assert all(r["completed"] == 6 and r["failed"] == 0 and r["output_throughput"] > 0 for r in report["repeats"])
+    summary = report["summary"]["output_throughput"]
+    assert summary["n"] == 2 and summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
+    assert report["environment"]["engine"] == engine
+    assert "95% CI" in out.stdout and "output_throughput" in out.stdout
+    import urllib.request
+
+    with urllib.request.urlopen(running_server + "/health", timeout=5) as r:
+        assert r.status == 200
+
+
 def test_unreachable_endpoint_is_a_failed_trial_with_its_reason(tiny_model: Path, tmp_path: Path) -> None:
     port = free_port()
     spec = {"model": "tiny", "engine": {"name": "external", "options": {"base_url": f"http://127.0.0.1:{port}"}},
