@@ -130,13 +130,13 @@ class RoundPlanner:
         if finished < planned or done >= self.budget:
             return []
         next_round = finished + 1
-        decisions = self._plan(next_round)
+        decisions = self._plan(next_round, done)
         self.study.set_user_attr(PLANNED_ATTR, next_round)
         log = self.study.user_attrs.get(ROUNDS_ATTR, [])
         self.study.set_user_attr(ROUNDS_ATTR, log + [d.to_json() for d in decisions])
         return decisions
 
-    def _plan(self, rnd: int) -> list[Decision]:
+    def _plan(self, rnd: int, done: int) -> list[Decision]:
         space = self.space()
         overrides: dict[str, dict[str, Any]] = dict(self.study.user_attrs.get(SPACE_ATTR, {}))
         complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -172,7 +172,11 @@ class RoundPlanner:
 
         self.study.set_user_attr(SPACE_ATTR, overrides)
         if self.options.neighbours > 0:
-            decisions += self._enqueue_neighbours(rnd, ranked, importances)
+            # No more than the budget has room for: a neighbour queued past the last trial never runs.
+            queued = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+            room = min(self.options.neighbours, self.budget - done - len(queued))
+            if room > 0:
+                decisions += self._enqueue_neighbours(rnd, ranked, importances, room)
         if not decisions:
             decisions.append(Decision(rnd, "keep", None, "no range edge reached, nothing to freeze"))
         return decisions
@@ -245,7 +249,7 @@ class RoundPlanner:
     # ----------------------------------------------------------------- enqueue
 
     def _enqueue_neighbours(
-        self, rnd: int, ranked: Sequence[FrozenTrial], importances: Mapping[str, float]
+        self, rnd: int, ranked: Sequence[FrozenTrial], importances: Mapping[str, float], limit: int
     ) -> list[Decision]:
         space = self.space()
         active = [name for name, knob in space.knobs.items() if knob.fixed is None]
@@ -262,7 +266,7 @@ class RoundPlanner:
             if any(k not in config for k in active):
                 continue
             for name in active:
-                if len(decisions) >= self.options.neighbours:
+                if len(decisions) >= limit:
                     return decisions
                 for value in neighbours(space.knobs[name], config[name]):
                     params = {k: config[k] for k in active}

@@ -60,7 +60,7 @@ from autotune.spec import RoundsOptions, StudySpec  # noqa: E402
 from autotune.study import make_sampler, suggest  # noqa: E402
 
 FORMAT = "autotune-surface/1"
-DEFAULT_SURFACE = REPO / "benchmarks" / "data" / "surface_cpu.json"
+DEFAULT_SURFACE = REPO / "benchmarks" / "data" / "surface_cpu_smollm2.json"
 SAMPLERS = ("random", "tpe", "nsga2", "gp")
 METHODS = ("grid", "random", "tpe", "nsga2", "gp", "rounds+tpe", "rounds+gp")
 

@@ -158,6 +158,18 @@ def test_neighbours_of_the_best_are_enqueued_and_run_first(storage: str) -> None
     assert all(t.user_attrs.get(ENQUEUED_ATTR) for t in study.trials[4:7])
 
 
+def test_no_more_neighbours_than_the_budget_has_room_for(storage: str) -> None:
+    """A neighbour queued past the budget's last trial would never run: it is not queued."""
+    study, planner = make(storage, RoundsOptions(size=2, extend=False, freeze=False, neighbours=4), budget=5)
+    run(study, planner, 2)
+    enqueued = [d for d in planner.advance(2) if d.decision == "enqueue"]
+    assert len(enqueued) == 3  # 5 - 2 done
+    run(study, planner, 2)
+    assert [d for d in planner.advance(4) if d.decision == "enqueue"] == []  # one enqueued trial still waits
+    run(study, planner, 1)
+    assert len(study.trials) == 5 and not study.get_trials(states=(TrialState.WAITING,))
+
+
 def test_rounds_are_planned_once_and_survive_reopening(storage: str) -> None:
     options = RoundsOptions(size=4, neighbours=1)
     study, planner = make(storage, options, budget=12)
