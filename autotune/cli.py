@@ -390,7 +390,12 @@ def _print_results(study: Any, spec: Any, study_dir: Path, pareto_table: Any, fa
     if quality is not None:
         console.print(quality)
     # --- quality (end) ---
-    console.print(pareto_table(study, spec))
+    from autotune.report import transposed
+
+    table = pareto_table(study, spec)
+    if table.row_count and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
+        table = transposed(table)  # a column per knob and figure would be cut to ellipses
+    console.print(table)
     for rec in write_configs(study, spec, study_dir):
         console.print(f"trial {rec.trial.number}: {rec.config_path}")
         console.print(f"  {rec.command}", highlight=False, soft_wrap=True)

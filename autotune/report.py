@@ -176,6 +176,20 @@ def pareto_table(study: optuna.Study, spec: StudySpec, price_per_gpu_hour: float
     return table
 
 
+def transposed(table: Table) -> Table:
+    """The same cells with one column per row: a front of a few points stays readable
+    on a terminal too narrow for a column per knob and figure."""
+    out = Table(title=table.title, title_justify="left", caption=table.caption)
+    columns = table.columns
+    first = [str(c) for c in columns[0].cells]
+    out.add_column(str(columns[0].header))
+    for label in first:
+        out.add_column(label, justify="right")
+    for column in columns[1:]:
+        out.add_row(str(column.header), *(str(c) for c in column.cells))
+    return out
+
+
 def failures_table(study: optuna.Study) -> Table | None:
     bad = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.FAIL, TrialState.PRUNED)]
     if not bad:

@@ -154,3 +154,26 @@ def test_report_opens_offline_in_headless_chromium(report_dir: Path, tmp_path: P
     if os.environ.get("AUTOTUNE_UPDATE_DOCS"):
         (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "report.png", REPO / "docs" / "img" / "report.png")
+
+
+@pytest.mark.parametrize("columns", [80, 400])
+def test_review_fits_the_pareto_front_to_the_terminal(tmp_path: Path, columns: int) -> None:
+    """Too narrow for a column per knob and figure: one column per trial instead, nothing cut to an ellipsis."""
+    study_dir = build_recorded_study(tmp_path / "run")
+    study, _ = load_study(study_dir)
+    front = sorted(t.number for t in study.best_trials if t.user_attrs.get("feasible"))
+    out = subprocess.run(autotune_cmd("review", str(study_dir)), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": str(columns)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Pareto front of"))
+    table = lines[start:next(i for i in range(start, len(lines)) if lines[i].startswith("└"))]
+    assert all(len(line) <= columns for line in table)
+    header = next(line for line in table if "trial" in line)
+    cells = [c.strip() for c in header.strip("┃ ").split("┃")]
+    knob_rows = [line for line in table if "max_num_seqs" in line]
+    if columns == 80:  # transposed: the header names the front's trials, a row per knob
+        assert cells == ["trial", *map(str, front)]
+        assert len(knob_rows) == 1 and "…" not in knob_rows[0]
+    else:
+        assert cells[0] == "trial" and "max_num_seqs" in cells and "…" not in header
