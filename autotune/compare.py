@@ -22,9 +22,11 @@ from rich.table import Table
 
 from autotune.environment import describe, record
 from autotune.errors import UserError
-from autotune.measure import MeasureReport, Summary, measure_config, summarise
+from autotune.load.stats import Summary
+from autotune.measure import MeasureReport, measure_config
 from autotune.spec import StudySpec, load_spec
-from autotune.trial import TrialSetup, plan
+from autotune.trial import TrialSetup, plan, setup_from_spec
+from autotune.tuning import StudyResults
 
 # (figure, label, format) in table order; vllm bench serve names.
 ROWS: list[tuple[str, str, str]] = [
@@ -54,7 +56,7 @@ class EngineResult:
         out: dict[str, Summary] = {}
         for key, _, _ in ROWS:
             values = [_figure(r, key) for r in self.report.repeats]
-            out[key] = summarise([v for v in values if v is not None])
+            out[key] = Summary.of(values)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -63,8 +65,7 @@ class EngineResult:
             "config": self.config,
             "config_source": self.source,
             "environment": self.environment,
-            "summary": {k: {"mean": s.mean, "std": s.std, "ci95": list(s.ci95), "n": s.n}
-                        for k, s in self.summary().items()},
+            "summary": {k: s.to_json() for k, s in self.summary().items()},
             "measure": self.report.to_json(),
         }
 
@@ -93,25 +94,20 @@ def _figure(figures: Mapping[str, Any], key: str) -> float | None:
 
 def best_config(study_dir: Path, engine: str) -> dict[str, Any]:
     """The knobs of the study's best point: first on its Pareto front."""
-    from autotune.report import pareto_front
-    from autotune.study import load_study
-
-    study, spec = load_study(study_dir)
-    if spec.engine.name != engine:
-        raise UserError(f"study {study_dir} tuned {spec.engine.name!r}, not {engine!r}")
-    front = pareto_front(study)
-    if not front:
+    results = StudyResults.load(study_dir)
+    if results.spec.engine.name != engine:
+        raise UserError(f"study {study_dir} tuned {results.spec.engine.name!r}, not {engine!r}")
+    best = results.best()
+    if best is None:
         raise UserError(f"study {study_dir} has no feasible measured trial to take a configuration from")
-    return dict(front[0].user_attrs.get("config", {}))
+    return best.config
 
 
 def _setup_for(base: StudySpec, engine: str, options: Mapping[str, Any]) -> TrialSetup:
-    from autotune.study import make_setup
-
     data = base.model_dump(mode="json", exclude={"name", "study_dir"})
     data["engine"] = {**data["engine"], "name": engine, "options": dict(options)}
     data["space"] = {}  # each engine has its own knobs; the comparison sets them explicitly
-    return make_setup(StudySpec.model_validate(data))
+    return setup_from_spec(StudySpec.model_validate(data))
 
 
 def compare(
@@ -131,9 +127,7 @@ def compare(
         raise UserError("--engines needs distinct engine names, e.g. vllm,transformers")
     setups = {e: _setup_for(spec, e, (options or {}).get(e, {})) for e in engines}
     for e, setup in setups.items():
-        unknown = sorted(set((configs or {}).get(e, {})) - set(setup.space.knobs))
-        if unknown:
-            raise UserError(f"unknown knob(s) for {e}: {', '.join(unknown)} (known: {', '.join(sorted(setup.space.knobs))})")
+        setup.space.require_known((configs or {}).get(e, {}))
     # One stopping rule for all: fixed lengths only if every engine can fix them.
     fixed = all(s.engine.capabilities.ignore_eos for s in setups.values())
     results = []
@@ -194,20 +188,6 @@ def environment_lines(comparison: Comparison) -> list[str]:
     rule = ("stopping rule: fixed output lengths (ignore_eos) on every engine" if comparison.fixed_lengths else
             "stopping rule: output lengths as generated (no ignore_eos) on every engine, tokens counted as received")
     return [rule] + [describe(r.environment) + f", measured {r.environment.get('recorded_at')}" for r in comparison.results]
-
-
-def parse_engine_items(items: list[str], what: str) -> dict[str, dict[str, Any]]:
-    """``engine:name=value`` items (``--set vllm:max_num_seqs=8``) grouped by engine."""
-    import yaml
-
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        engine, sep, rest = item.partition(":")
-        if not sep or "=" not in rest:
-            raise UserError(f"bad {what} {item!r}: expected engine:name=value")
-        key, value = rest.split("=", 1)
-        out.setdefault(engine.strip(), {})[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def load_base_spec(spec_file: Path | None, overrides: Mapping[str, Any]) -> StudySpec:

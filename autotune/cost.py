@@ -14,15 +14,16 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from autotune.space import gpus_per_engine
+
 COST_KEY = "cost_per_1k_tokens"
-_PARALLEL_KNOBS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
 
 
 def gpus_used(config: Mapping[str, Any], gpu_count: int, device: str) -> int:
+    """GPUs the configuration occupies (the machine counts as one on a CPU)."""
     if device != "cuda":
         return 1
-    sizes = [int(config[k]) for k in _PARALLEL_KNOBS if config.get(k) is not None]
-    return math.prod(sizes) if sizes else max(1, int(gpu_count))
+    return gpus_per_engine(config) or max(1, int(gpu_count))
 
 
 def cost_per_1k_tokens(output_tps: float | None, gpus: int, price_per_gpu_hour: float | None) -> float | None:

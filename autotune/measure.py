@@ -8,16 +8,18 @@ same workload and the same goodput search.
 from __future__ import annotations
 
 import json
-import math
-import statistics
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from autotune.engines.launcher import EngineServer, free_port
+from autotune.engines.base import LaunchPlan
+from autotune.engines.launcher import free_port
+from autotune.engines.serving import serving
 from autotune.errors import EngineStartError, UserError
-from autotune.trial import TrialSetup, check, measure, plan
+from autotune.load.stats import Summary
+from autotune.trial import Measurement, TrialSetup, check, measure_repeated, plan
+
+__all__ = ["KEY_FIGURES", "MeasureReport", "measure_config"]
 
 # Figures summarised across repeats (vllm bench serve names, plus goodput).
 KEY_FIGURES = [
@@ -25,42 +27,6 @@ KEY_FIGURES = [
     "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms",
     "mean_itl_ms", "p99_itl_ms", "p99_e2el_ms", "completed", "failed",
 ]
-
-# Two-sided 95% Student t quantiles for small samples (df = n - 1).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-        10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 24: 2.064, 29: 2.045}
-
-
-def t95(df: int) -> float:
-    if df <= 0:
-        return math.nan
-    if df in _T95:
-        return _T95[df]
-    known = [k for k in _T95 if k <= df]
-    return _T95[max(known)] if df < 30 else 1.96
-
-
-@dataclass
-class Summary:
-    mean: float
-    std: float
-    ci95: tuple[float, float]
-    n: int
-
-    def text(self, fmt: str = "{:,.1f}") -> str:
-        return f"{fmt.format(self.mean)} ± {fmt.format(self.std)}"
-
-
-def summarise(values: list[float]) -> Summary:
-    """Mean, sample standard deviation and a Student-t 95% interval of the mean."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(values)
-    if n == 0:
-        return Summary(math.nan, math.nan, (math.nan, math.nan), 0)
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
-    half = t95(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-    return Summary(mean, std, (mean - half, mean + half), n)
 
 
 @dataclass
@@ -72,9 +38,9 @@ class MeasureReport:
     command: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Summary]:
-        keys = [k for k in KEY_FIGURES if any(k in r for r in self.repeats)]
-        return {k: summarise([r[k] for r in self.repeats if r.get(k) is not None]) for k in keys}
+    def summary(self, keys: list[str] | None = None) -> dict[str, Summary]:
+        wanted = [k for k in (keys or KEY_FIGURES) if any(k in r for r in self.repeats)]
+        return {k: Summary.of(r.get(k) for r in self.repeats) for k in wanted}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,9 +48,7 @@ class MeasureReport:
             "command": self.command,
             "startup_s": self.startup_s,
             "environment": self.environment,
-            "summary": {
-                k: {"mean": s.mean, "std": s.std, "ci95": list(s.ci95), "n": s.n} for k, s in self.summary().items()
-            },
+            "summary": {k: s.to_json() for k, s in self.summary().items()},
             "repeats": self.repeats,
             "goodput_levels": self.goodput,
         }
@@ -104,44 +68,32 @@ def measure_config(
     say = status or (lambda _m: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = MeasureReport(config=dict(config))
-    with ExitStack() as stack:
-        if endpoint is None:
-            reasons = check(setup, config)
-            if reasons:
-                raise UserError(f"configuration cannot run: {'; '.join(reasons)}")
-            launch = plan(setup, config, free_port(setup.host))
-            report.command = launch.command_line()
-            server = EngineServer(launch, out_dir / "engine.log", startup_timeout_s=setup.startup_timeout_s)
-            stack.callback(server.stop)
-            say("starting engine")
-            server.start()
-            try:
-                report.startup_s = server.wait_healthy(on_wait=lambda s: say(f"starting engine ({s:.0f}s)"))
-            except EngineStartError as e:
-                raise UserError(f"engine did not start: {e.reason}") from None
-            base_url = launch.base_url
-        else:
-            base_url = endpoint.rstrip("/")
-        for i in range(repeats):
-            say(f"repeat {i + 1}/{repeats}")
-            figures, _per_request, goodput = measure(
-                setup, base_url, None, status=say, progress=progress, seed_offset=1000 * (i + 1)
-            )
-            report.repeats.append(figures)
-            report.goodput.append(goodput)
-            # Written after every repeat: an interrupted run keeps what it measured.
-            (out_dir / "measure.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
+    if endpoint is None:
+        reasons = check(setup, config)
+        if reasons:
+            raise UserError(f"configuration cannot run: {'; '.join(reasons)}")
+        launch = plan(setup, config, free_port(setup.host))
+        report.command = launch.command_line()
+    else:
+        launch = LaunchPlan([], {}, setup.host, 0, "/v1/models", None, endpoint=endpoint)
+
+    def keep(_index: int, run: Measurement) -> None:
+        # Written after every repeat: an interrupted run keeps what it measured.
+        report.repeats.append(run.figures)
+        report.goodput.append(run.goodput)
+        (out_dir / "measure.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
+
+    if endpoint is None:
+        say("starting engine")
+    try:
+        with serving(
+            launch, out_dir / "engine.log", launches=endpoint is None, api_key=setup.api_key,
+            startup_timeout_s=setup.startup_timeout_s, on_wait=lambda s: say(f"starting engine ({s:.0f}s)"),
+        ) as server:
+            if endpoint is None:
+                report.startup_s = server.startup_s
+            measure_repeated(setup, launch.base_url, None, repeats=repeats, status=say, progress=progress,
+                             on_repeat=keep)
+    except EngineStartError as e:
+        raise UserError(f"engine did not start: {e.reason}") from None
     return report
-
-
-def parse_assignments(items: list[str], what: str = "--set") -> dict[str, Any]:
-    """``name=value`` pairs from the command line, values read as YAML scalars."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"bad {what} {item!r}: expected name=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out

@@ -18,7 +18,7 @@ engine's own server, on the configuration being tuned:
 
 A measurement depends only on the quality-relevant settings (the knobs marked
 ``quality: true`` in the search space), so the study measures each setting once
-and every trial sharing it reuses the figures (``autotune/study.py``).
+and every trial sharing it reuses the figures (``autotune/tuning/quality_cache.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from autotune.slo import Constraint, Objective
+    from autotune.spec import Constraint, Objective
 
 CORPUS = Path(__file__).resolve().parent / "data" / "corpus" / "heldout.txt"
 
@@ -184,7 +184,8 @@ class Perplexity:
         return asdict(self)
 
 
-def load_tokenizer(model_dir: str | Path) -> Tokenizer:
+def corpus_tokenizer(model_dir: str | Path) -> Tokenizer:
+    """The model's own tokenizer, ids exactly as the server counts them (special tokens included)."""
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
@@ -401,7 +402,7 @@ def measure_quality(
     api_key: str | None = None, seed: int = 0,
 ) -> QualityResult:
     """Everything ``plan`` asks for, on the server at ``base_url``."""
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = corpus_tokenizer(model_dir)
     bos = bos_id(model_dir)
     figures: dict[str, float] = {}
     info: dict[str, Any] = {}

@@ -21,29 +21,29 @@ start (engine log, requests, outcome) are in ``verify/trial-<n>/<start>/``.
 
 from __future__ import annotations
 
+from __future__ import annotations
+
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-import optuna
-from optuna.trial import FrozenTrial, TrialState
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-
-from autotune.cost import COST_KEY, cost_per_1k_tokens, format_cost, gpus_used
+from autotune.cost import COST_KEY, cost_per_1k_tokens, gpus_used
 from autotune.environment import missing, record
 from autotune.errors import UserError
+from autotune.json_safe import json_safe
 from autotune.load.goodput import wilson_interval
-from autotune.measure import KEY_FIGURES, Summary, summarise
-from autotune.report import pareto_front
-from autotune.slo import Constraint
-from autotune.spec import StudySpec
+from autotune.load.stats import Summary
+from autotune.measure import KEY_FIGURES
+from autotune.spec import Constraint, StudySpec
+from autotune.spec.slo import figure_alternatives
 from autotune.trial import TrialOutcome, TrialSetup, run_trial
+from autotune.tuning import StudyResults, TrialRecord
 
-ATTR_PREFIX = "verify:"
+__all__ = ["Check", "Start", "Verification", "VerifyReporter", "candidates", "judge_starts", "save", "stored",
+           "verify_study"]
+
 DEFAULT_REPEATS = 10
 METHODOLOGY_REPEATS = 10
 SHOWN_FIGURES = [
@@ -118,7 +118,7 @@ class Verification:
                 f[COST_KEY] = cost
         keys = [k for k in [*SHOWN_FIGURES, *KEY_FIGURES] if any(k in f for f in figures)]
         keys = list(dict.fromkeys(keys))
-        return {k: summarise([f[k] for f in figures if f.get(k) is not None]) for k in keys}
+        return {k: Summary.of([f[k] for f in figures if f.get(k) is not None]) for k in keys}
 
     def attainment(self) -> dict[str, tuple[int, int, float, float]]:
         """Per attainment SLO: requests met, requests, and the Wilson 95% interval, pooled."""
@@ -132,12 +132,9 @@ class Verification:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["summary"] = {
-            k: {"mean": _num(s.mean), "std": _num(s.std), "ci95": [_num(s.ci95[0]), _num(s.ci95[1])], "n": s.n}
-            for k, s in self.summary().items()
-        }
+        out["summary"] = {k: s.to_json() for k, s in self.summary().items()}
         out["attainment"] = {k: {"met": m, "n": n, "wilson95": [lo, hi]} for k, (m, n, lo, hi) in self.attainment().items()}
-        return _jsonable(out)
+        return json_safe(out)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Verification":
@@ -157,82 +154,59 @@ class VerifyReporter(Protocol):
 
 
 class _Silent:
-    def opened(self, total_starts: int, already: int) -> None: ...
-    def start_begun(self, trial: int, index: int, repeats: int) -> None: ...
-    def status(self, message: str) -> None: ...
-    def requests_progress(self, done: int, total: int) -> None: ...
-    def start_finished(self, trial: int, index: int, start: Start) -> None: ...
-    def verified(self, result: Verification) -> None: ...
+    """A reporter that tells no one: every method of ``VerifyReporter`` does nothing."""
 
-
-# --------------------------------------------------------------------------- choosing what to verify
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *_args, **_kwargs: None
 
 
 def candidates(
-    study: optuna.Study, *, top: int | None = None, trials: list[int] | None = None
-) -> tuple[list[FrozenTrial], list[str]]:
+    results: StudyResults, *, top: int | None = None, trials: list[int] | None = None
+) -> tuple[list[TrialRecord], list[str]]:
     """The recommendations to verify, and notes on the trials left out.
 
     By default the feasible Pareto front; ``top`` takes the best K measured trials
     by the first objective instead (feasible ones first); ``trials`` names them.
     A trial without its environment record is never recommended.
     """
-    all_trials = study.get_trials(deepcopy=False)
     if trials:
-        by_number = {t.number: t for t in all_trials}
         chosen = []
         for n in trials:
-            t = by_number.get(n)
-            if t is None or t.state != TrialState.COMPLETE:
+            record = results.trial(n)
+            if record is None or not record.measured:
                 raise UserError(f"trial {n} is not a measured trial of this study")
-            chosen.append(t)
+            chosen.append(record)
     elif top is not None:
-        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        done = [t for t in all_trials if t.state == TrialState.COMPLETE and t.values]
-        done.sort(key=lambda t: (not t.user_attrs.get("feasible", True), -t.values[0] if maximize else t.values[0]))
-        chosen = done[:top]
+        chosen = results.ranked()[:top]
     else:
-        chosen = pareto_front(study)
-    notes = []
-    kept = []
-    for t in chosen:
-        lacking = missing(t.user_attrs.get("environment"))
-        if lacking:
-            notes.append(f"trial {t.number} left out: its result has no environment record ({', '.join(lacking)})")
-        else:
-            kept.append(t)
-    return kept, notes
+        chosen = results.front()
+    notes = [f"trial {r.number} left out: its result has no environment record "
+             f"({', '.join(missing(r.attrs.get('environment')))})" for r in chosen if not r.reported]
+    return [r for r in chosen if r.reported], notes
 
 
-# --------------------------------------------------------------------------- storage
-
-
-def stored(study: optuna.Study) -> dict[int, Verification]:
+def stored(results: StudyResults) -> dict[int, Verification]:
     """Verifications kept in the study's storage, by trial number."""
     out = {}
-    for key, value in study.user_attrs.items():
-        if key.startswith(ATTR_PREFIX) and isinstance(value, dict):
-            try:
-                out[int(key[len(ATTR_PREFIX):])] = Verification.from_json(value)
-            except (TypeError, ValueError):
-                continue
-    return dict(sorted(out.items()))
+    for number, value in results.verifications().items():
+        try:
+            out[number] = Verification.from_json(value)
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
-def save(study: optuna.Study, result: Verification) -> None:
+def save(results: StudyResults, result: Verification) -> None:
+    """Stored after every start, so an interrupted verification keeps what it measured."""
     result.updated_at = _now()
-    study.set_user_attr(f"{ATTR_PREFIX}{result.trial}", result.to_json())
-
-
-# --------------------------------------------------------------------------- running
+    results.save_verification(result.trial, result.to_json())
 
 
 def verify_study(
-    study: optuna.Study,
-    spec: StudySpec,
+    results_of: StudyResults,
     setup: TrialSetup,
     study_dir: Path,
-    chosen: list[FrozenTrial],
+    chosen: list[TrialRecord],
     *,
     repeats: int = DEFAULT_REPEATS,
     price_per_gpu_hour: float | None = None,
@@ -241,18 +215,19 @@ def verify_study(
 ) -> list[Verification]:
     """Runs the missing starts of each chosen trial, judges it, stores it after every start."""
     reporter = reporter or _Silent()
+    spec = results_of.spec
     env = record(setup.engine.name, setup.engine.version(), setup.device)
     price = price_per_gpu_hour if price_per_gpu_hour is not None else spec.hardware.price_per_gpu_hour
-    kept = stored(study)
+    kept = stored(results_of)
     results: list[Verification] = []
     for t in chosen:
-        config = dict(t.user_attrs.get("config", {}))
+        config = t.config
         previous = kept.get(t.number)
         result = Verification(
-            trial=t.number, config=config, command=t.user_attrs.get("command"), repeats_wanted=repeats,
+            trial=t.number, config=config, command=t.get("command"), repeats_wanted=repeats,
             environment=env, slo=spec.slo, price_per_gpu_hour=price,
             gpus=gpus_used(config, spec.hardware.gpu_count, setup.device),
-            quality=dict((t.user_attrs.get("quality") or {}).get("figures") or {}),
+            quality=dict((t.quality or {}).get("figures") or {}),
         )
         if previous is not None and not fresh:
             if previous.config == config and _same_place(previous.environment, env):
@@ -273,11 +248,11 @@ def verify_study(
             )
             start = _start_from(outcome, setup, spec, result, trial_root / f"{index:02d}")
             result.starts.append(start)
-            judge(result, spec.constraints)
-            save(study, result)
+            judge_starts(result, spec.constraints)
+            save(results_of, result)
             reporter.start_finished(result.trial, index, start)
-        judge(result, spec.constraints)
-        save(study, result)
+        judge_starts(result, spec.constraints)
+        save(results_of, result)
         reporter.verified(result)
     return results
 
@@ -305,7 +280,7 @@ def _start_from(
 # --------------------------------------------------------------------------- judging
 
 
-def judge(result: Verification, constraints: list[Constraint]) -> None:
+def judge_starts(result: Verification, constraints: list[Constraint]) -> None:
     """Sets ``checks``, ``verified`` and ``reasons``: verified only when every SLO holds at 95%."""
     ok = result.ok_starts
     failed = [s for s in result.starts if s.status != "ok"]
@@ -351,7 +326,7 @@ def _check(
         return Check(c.text, f"Wilson 95% lower bound of attainment over {n} requests", lo, c.attainment, "",
                      holds, reason)
     key = c.figure_key()
-    s = summary.get(key) or summary.get(_alternative(key) or "")
+    s = next((summary[k] for k in (key, *figure_alternatives(key)) if k in summary), None)
     scale, unit = (1000.0, "ms") if c.kind == "latency" else (1.0, "")
     limit = c.threshold * scale
     upper = c.op in ("<", "<=")
@@ -396,17 +371,6 @@ def _quality_check(c: Constraint, quality: Mapping[str, Any]) -> Check:
     return Check(c.text, basis, float(value), c.threshold, "", holds, reason)
 
 
-def _alternative(key: str) -> str | None:
-    if key.startswith("p50_"):
-        return "median_" + key[4:]
-    if key.startswith("median_"):
-        return "p50_" + key[7:]
-    return "request_goodput" if key == "goodput" else None
-
-
-# --------------------------------------------------------------------------- presentation
-
-
 FIGURE_LABELS = {
     "goodput": "goodput", "output_throughput": "out tok/s", "request_throughput": "req/s",
     COST_KEY: "$ / 1K tokens", "p50_ttft_ms": "p50 TTFT ms", "median_ttft_ms": "p50 TTFT ms",
@@ -418,122 +382,6 @@ FIGURE_LABELS = {
 
 def _label(key: str) -> str:
     return FIGURE_LABELS.get(key, key)
-
-
-def figure_rows(result: Verification) -> list[tuple[str, str, str, str]]:
-    """(figure, mean ± std, 95% CI, n) for the figures a user reads, cost included."""
-    rows = []
-    summary = result.summary()
-    for key in SHOWN_FIGURES:
-        s = summary.get(key)
-        if key == COST_KEY and s is None and result.ok_starts:
-            rows.append((_label(key), "-", "-", "-"))  # no price: no cost, not a free 0
-            continue
-        if s is None:
-            continue
-        if key == COST_KEY:
-            rows.append((_label(key), f"{format_cost(s.mean)} ± {format_cost(s.std)}",
-                         f"{format_cost(s.ci95[0])} .. {format_cost(s.ci95[1])}", str(s.n)))
-        else:
-            fmt = "{:,.2f}" if abs(s.mean) < 100 else "{:,.0f}"
-            rows.append((_label(key), s.text(fmt), _ci_text(s, fmt), str(s.n)))
-    for text, (met, n, lo, hi) in result.attainment().items():
-        rows.append((f"attainment {text}", _pct(met / n) if n else "-", f"{_pct(lo)} .. {_pct(hi)}", f"{n} req"))
-    return rows
-
-
-def verify_table(results: list[Verification]) -> Table:
-    table = Table(title="Verification: fresh starts, mean ± std and 95% interval", title_justify="left")
-    for col, justify in (("trial", "right"), ("starts", "right"), ("figure", "left"), ("mean ± std", "right"),
-                         ("95% CI", "right"), ("n", "right"), ("verdict", "left")):
-        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for r in results:
-        rows = figure_rows(r)
-        ok = f"{len(r.ok_starts)}/{len(r.starts)} ok"
-        verdict = "[green]verified[/]" if r.verified else "[red]not verified[/]"
-        if not rows:
-            table.add_row(str(r.trial), ok, "-", "-", "-", "-", verdict, end_section=True)
-            continue
-        for i, row in enumerate(rows):
-            table.add_row(str(r.trial) if i == 0 else "", ok if i == 0 else "", *row, verdict if i == 0 else "",
-                          end_section=i == len(rows) - 1)
-    return table
-
-
-def verdict_lines(result: Verification) -> list[str]:
-    head = f"trial {result.trial}: " + ("VERIFIED" if result.verified else "NOT VERIFIED")
-    holds = [f"{c.slo} holds ({c.basis}: {_fmt(c.value, c.unit) if c.unit else _pct(c.value)})"
-             for c in result.checks if c.holds]
-    lines = [head + (f" - {'; '.join(holds)}" if result.verified and holds else "")]
-    lines += [f"  - {r}" for r in result.reasons]
-    lines += [f"  note: {n}" for n in result.notes]
-    return lines
-
-
-class RichVerifyReporter:
-    """One bar over every start of every configuration (with the time left), one for the requests."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=console,
-        )
-        self._all: Any = None
-        self._now: Any = None
-        self._label = ""
-
-    def __enter__(self) -> "RichVerifyReporter":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def opened(self, total_starts: int, already: int) -> None:
-        if already:
-            self.console.print(f"continuing: {already} of {total_starts} starts already measured")
-        self._all = self.progress.add_task("fresh starts", total=total_starts, completed=already)
-
-    def start_begun(self, trial: int, index: int, repeats: int) -> None:
-        self._label = f"  trial {trial} start {index + 1}/{repeats}"
-        self._now = self.progress.add_task(f"{self._label}: starting engine", total=None)
-
-    def status(self, message: str) -> None:
-        if self._now is not None:
-            self.progress.update(self._now, description=f"{self._label}: {message}")
-
-    def requests_progress(self, done: int, total: int) -> None:
-        if self._now is not None:
-            self.progress.update(self._now, total=total, completed=done)
-
-    def start_finished(self, trial: int, index: int, start: Start) -> None:
-        if self._now is not None:
-            self.progress.remove_task(self._now)
-            self._now = None
-        if start.status == "ok":
-            f = start.figures
-            self.console.print(
-                f"{self._label.strip()}: {f.get('output_throughput', 0):,.0f} out tok/s, "
-                f"p99 TTFT {f.get('p99_ttft_ms', 0):,.0f} ms, cost {format_cost(f.get(COST_KEY))}/1K, "
-                f"up in {f.get('startup_s', 0):.0f}s"
-            )
-        else:
-            self.console.print(f"{self._label.strip()}: [red]failed[/]: {start.reason}")
-        if self._all is not None:
-            self.progress.advance(self._all)
-
-    def verified(self, result: Verification) -> None:
-        pass
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _ci_text(s: Summary, fmt: str) -> str:
-    if not math.isfinite(s.ci95[0]):
-        return "-"
-    return f"{fmt.format(s.ci95[0])} .. {fmt.format(s.ci95[1])}"
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -549,24 +397,8 @@ def _pct(value: float | None) -> str:
     return f"{value * 100:.1f}%"
 
 
-def _num(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _jsonable(value: Any) -> Any:
-    # Optuna keeps user attributes as JSON, and NaN is not JSON.
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
 
 def _same_place(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in _SAME_PLACE)

@@ -85,7 +85,7 @@ def start_server(fixed: Fixed, log_dir: Path):  # type: ignore[no-untyped-def]
     """Through autotune's own spec -> setup -> launch plan -> launcher, as a trial would."""
     from autotune.engines.launcher import EngineServer, free_port
     from autotune.spec import load_spec
-    from autotune.study import make_setup
+    from autotune.trial import setup_from_spec
     from autotune.trial import plan
 
     spec = load_spec(None, {
@@ -101,7 +101,7 @@ def start_server(fixed: Fixed, log_dir: Path):  # type: ignore[no-untyped-def]
         "workload.warmup_requests": 0,
         "slo": f"ttft<{fixed.slo_ttft_ms:g}ms@{100 * fixed.attainment:g}%",
     })
-    setup = make_setup(spec)
+    setup = setup_from_spec(spec)
     config = {"max_num_seqs": fixed.max_num_seqs, "enable_prefix_caching": False}
     launch = plan(setup, config, free_port(setup.host))
     server = EngineServer(launch, log_dir / "engine.log", startup_timeout_s=setup.startup_timeout_s)
@@ -136,7 +136,7 @@ def run_autotune(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
     setup.goodput = None
     out = ctx["work"] / f"autotune-{seed}"
     out.mkdir(exist_ok=True)
-    figures, _per_request, _ = measure(setup, ctx["url"], out, seed_offset=seed)
+    figures = measure(setup, ctx["url"], out, seed_offset=seed).figures
     rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines() if line.strip()]
     done = [r for r in rows if r["ok"]]
     result = _pick(figures, "output_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "completed")
@@ -413,7 +413,8 @@ def goodput_autotune(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
     )
     setup.workload = setup.workload.model_copy(update={"num_requests": f.goodput_requests})
     try:
-        figures, _per_request, summary = measure(setup, ctx["url"], None, seed_offset=seed)
+        measured = measure(setup, ctx["url"], None, seed_offset=seed)
+        figures, summary = measured.figures, measured.goodput
     finally:
         setup.goodput = None
         setup.workload = setup.workload.model_copy(update={"num_requests": f.requests})

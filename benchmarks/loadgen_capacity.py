@@ -128,7 +128,8 @@ def _autotune_client(params: dict[str, Any]) -> None:
     """The child side of ``run_autotune``: prompts are built before the clock starts."""
     from autotune.load.runner import run_load
     from autotune.load.stats import summarize
-    from autotune.load.workload import Workload, build_requests, load_tokenizer
+    from autotune.load.prompts import build_requests, load_tokenizer
+    from autotune.load.workload import Workload
 
     tok, vocab = load_tokenizer(Path(params["tokenizer"]))
     workload = Workload(

@@ -54,7 +54,7 @@ import yaml  # noqa: E402
 from autotune.environment import record  # noqa: E402
 from autotune.errors import UserError  # noqa: E402
 from autotune.spec import StudySpec, load_spec  # noqa: E402
-from autotune.study import make_setup  # noqa: E402
+from autotune.trial import setup_from_spec  # noqa: E402
 from autotune.trial import run_trial  # noqa: E402
 
 FORMAT = "autotune-surface/1"
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = StudySpec.model_validate({**preset["spec"], "space": fixed})
     if spec.goodput is None:
         raise SystemExit("error: the surface records goodput: the spec needs an SLO and objectives max:goodput")
-    setup = make_setup(spec)
+    setup = setup_from_spec(spec)
     unknown = sorted(set(grid) - set(setup.space.knobs))
     if unknown:
         raise SystemExit(f"error: unknown knob(s) {', '.join(unknown)} (known: {', '.join(sorted(setup.space.knobs))})")

@@ -9,9 +9,9 @@ many seeds:
   loops over max_num_seqs, then max_num_batched_tokens; further knobs nest
   inside, in the surface's ``order``); deterministic, one run.
 * ``random``, ``tpe``, ``nsga2``, ``gp``: Optuna's samplers, configured as
-  ``autotune optimize`` configures them (``autotune.study.make_sampler``).
+  ``autotune optimize`` configures them (``autotune.tuning.make_sampler``).
 * ``rounds+tpe``, ``rounds+gp``: the same samplers with autotune's rounds
-  (``autotune.rounds``): freeze knobs that do not matter, enqueue
+  (``autotune.tuning.rounds``): freeze knobs that do not matter, enqueue
   neighbours of the best trials.
 
 The figure of merit: the trials, and the engine-minutes, spent until the best
@@ -54,10 +54,10 @@ from optuna.trial import Trial  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from autotune.rounds import RoundPlanner  # noqa: E402
-from autotune.search_space import Knob, SearchSpace  # noqa: E402
+from autotune.tuning import RoundPlanner  # noqa: E402
+from autotune.space import Knob, SearchSpace  # noqa: E402
 from autotune.spec import RoundsOptions, StudySpec  # noqa: E402
-from autotune.study import make_sampler, suggest  # noqa: E402
+from autotune.tuning import make_sampler, suggest  # noqa: E402
 
 FORMAT = "autotune-surface/1"
 DEFAULT_SURFACE = REPO / "benchmarks" / "data" / "surface_cpu_smollm2.json"

@@ -36,7 +36,7 @@ def _no_config_model(tmp: Path) -> list[str]:
 
 
 def _study_with_one_trial(tmp: Path) -> list[str]:
-    from autotune.study import SPEC_ATTR
+    from autotune.tuning import SPEC_ATTR
 
     folder = tmp / "done"
     folder.mkdir()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.cli import _status_lines
+from autotune.cli._app import status_lines
 
 
 def test_counter_updates_collapse_and_new_messages_print(capsys: pytest.CaptureFixture[str]) -> None:
-    say = _status_lines(every_s=1e9)
+    say = status_lines(every_s=1e9)
     for i in range(50):
         say(f"starting engine ({i}s)")
     say("repeat 1/5")

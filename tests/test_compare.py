@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from autotune.compare import parse_engine_items
+from autotune.spec import parse_engine_assignments
 from autotune.errors import UserError
 from tests.conftest import autotune_cmd
 
 
 def test_engine_items_are_grouped_by_engine() -> None:
-    got = parse_engine_items(["vllm:max_num_seqs=8", "vllm:enable_prefix_caching=false", "transformers:dtype=float32"],
+    got = parse_engine_assignments(["vllm:max_num_seqs=8", "vllm:enable_prefix_caching=false", "transformers:dtype=float32"],
                              "--set")
     assert got == {"vllm": {"max_num_seqs": 8, "enable_prefix_caching": False}, "transformers": {"dtype": "float32"}}
     with pytest.raises(UserError, match="engine:name=value"):
-        parse_engine_items(["max_num_seqs=8"], "--set")
+        parse_engine_assignments(["max_num_seqs=8"], "--set")
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,7 @@ def test_engine_items_are_grouped_by_engine() -> None:
         (["--engines", "vllm", "--set", "sglang:page_size=16"], "not in --engines"),
         (["--engines", "vllm,vllm"], "distinct"),
         (["--engines", "nosuch"], "unknown engine 'nosuch'"),
-        (["--engines", "vllm", "--set", "vllm:no_such_knob=1", "--device", "cpu"], "unknown knob(s) for vllm: no_such_knob"),
+        (["--engines", "vllm", "--set", "vllm:no_such_knob=1", "--device", "cpu"], "unknown knob 'no_such_knob' for engine 'vllm'"),
         (["--engines", "vllm", "--from-study", "vllm"], "engine=DIR"),
     ],
 )

@@ -18,7 +18,7 @@ import yaml
 
 from autotune.engines import engine_names, get_engine
 from autotune.engines.base import ModelRef
-from autotune.search_space import Knob, SearchSpace
+from autotune.space import Knob, SearchSpace
 
 DEVICES = {"cpu": {"gpu_count": 1.0}, "cuda": {"gpu_count": 8.0}}
 MODEL = ModelRef("/models/llama", "llama", "/models/llama", dummy_weights=True, max_model_len=512)
@@ -145,7 +145,7 @@ def test_vllm_knows_every_quantization_and_kv_dtype_in_the_space() -> None:
     pytest.importorskip("vllm")
     from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
 
-    from autotune.feasibility import KV_DTYPE_BYTES
+    from autotune.space import KV_DTYPE_BYTES
 
     knobs = SearchSpace.load("vllm").for_hardware("cuda", {"gpu_count": 8.0}).knobs
     quant = [c for c in (knobs["quantization"].choices or []) if c is not None] if "quantization" in knobs else []

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autotune.engines import ENGINE_PATH_ENV, engine_names, get_engine, space_file
 from autotune.errors import UserError
-from autotune.search_space import SearchSpace
+from autotune.space import SearchSpace
 from autotune.spec import load_spec
-from autotune.study import make_setup
+from autotune.trial import setup_from_spec
 from autotune.trial import check, plan, with_workload
 
 METRICS = Path(__file__).parent / "data" / "metrics"
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _setup(engine: str, *, device: str = "cuda", gpus: int = 8, **over: Any):  # type: ignore[no-untyped-def]
-    return make_setup(load_spec(None, {
+    return setup_from_spec(load_spec(None, {
         "model": "tiny", "engine.name": engine, "hardware.device": device, "hardware.gpu_count": gpus,
         "hardware.gpu_memory_gib": 80, **over,
     }))

@@ -19,8 +19,8 @@ import yaml
 from autotune.engines import get_engine
 from autotune.engines.base import ModelRef
 from autotune.engines.launcher import EngineServer, free_port
-from autotune.search_space import SearchSpace
-from autotune.study import load_study
+from autotune.space import SearchSpace
+from autotune.tuning import load_study
 from tests.conftest import autotune_cmd
 
 pytestmark = pytest.mark.engine

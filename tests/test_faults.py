@@ -30,7 +30,7 @@ import yaml
 
 from autotune.engines.launcher import CappedLog, group_members
 from autotune.spec import load_spec
-from autotune.study import counted, load_study, run_study
+from autotune.tuning import counted, load_study, run_study
 from tests.conftest import REPO, autotune_cmd, processes_with_env
 from tests.fakes import MARKER, fault_engine_spec
 

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from autotune.errors import UserError
-from autotune.feasibility import (
+from autotune.space import (
     Capacity,
     Deployment,
     ModelShape,
@@ -295,7 +295,7 @@ def test_verdicts_match_real_vllm_starts_on_an_h100(configs: dict, name: str, sh
     """Near the edge: Llama-8B at its full 131072 context fails at utilisation 0.40 (16.0 GiB of
     KV needed, 15.34 available) and starts at 0.42; the estimate says the same, and the
     70B at TP1 that ran out of memory is rejected."""
-    from autotune.feasibility import GPU_RESERVE_GIB
+    from autotune.space import GPU_RESERVE_GIB
 
     run = _h100_run(name)
     argv = ["python", "-m", "vllm.entrypoints.openai.api_server"]
@@ -316,18 +316,18 @@ def test_verdicts_match_real_vllm_starts_on_an_h100(configs: dict, name: str, sh
 
 def test_trial_check_reads_the_spec_hardware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from autotune.spec import load_spec
-    from autotune.study import make_setup
+    from autotune.trial import setup_from_spec
     from autotune.trial import check, feasibility
 
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
     base = {"model": "shape:llama-3.1-70b", "max_model_len": 8192}
-    one = make_setup(load_spec(None, {**base, "hardware": {"device": "cuda", "gpu_memory_gib": 80}}))
+    one = setup_from_spec(load_spec(None, {**base, "hardware": {"device": "cuda", "gpu_memory_gib": 80}}))
     config = {"max_num_seqs": 8, "max_num_batched_tokens": 512, "tensor_parallel_size": 1,
               "pipeline_parallel_size": 1, "gpu_memory_utilization": 0.9}
     (reason,) = check(one, config)
     assert reason.startswith("weights 131.4 GiB / TP1 = 131.4 GiB")
 
-    four = make_setup(load_spec(None, {**base, "hardware": {"device": "cuda", "gpu_memory_gib": 80,
+    four = setup_from_spec(load_spec(None, {**base, "hardware": {"device": "cuda", "gpu_memory_gib": 80,
                                                              "gpu_ids": [4, 5, 6, 7]}}))
     assert four.extra_env["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
     assert four.extra_env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
@@ -359,13 +359,13 @@ def test_bad_gpu_ids(hardware: dict, needle: str) -> None:
 
 def test_gpu_ids_conflicting_with_engine_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from autotune.spec import load_spec
-    from autotune.study import make_setup
+    from autotune.trial import setup_from_spec
 
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path))
     spec = load_spec(None, {"model": "shape:llama-3.1-8b", "hardware": {"device": "cuda", "gpu_ids": [1]},
                             "engine": {"env": {"CUDA_VISIBLE_DEVICES": "0"}}})
     with pytest.raises(UserError, match="hardware.gpu_ids says 1"):
-        make_setup(spec)
+        setup_from_spec(spec)
 
 
 def test_infeasible_trials_in_a_real_study_launch_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -374,8 +374,9 @@ def test_infeasible_trials_in_a_real_study_launch_nothing(tmp_path: Path, monkey
     import psutil
 
     from autotune.report import failures_table
+    from autotune.tuning import StudyResults
     from autotune.spec import load_spec
-    from autotune.study import run_study
+    from autotune.tuning import run_study
 
     monkeypatch.setenv("AUTOTUNE_CACHE", str(tmp_path / "cache"))
     spec = load_spec(None, {
@@ -401,6 +402,6 @@ def test_infeasible_trials_in_a_real_study_launch_nothing(tmp_path: Path, monkey
         assert json.loads((trial_dir / "outcome.json").read_text())["status"] == "infeasible"
 
     console = Console(file=io.StringIO(), width=300)
-    console.print(failures_table(run.study))
+    console.print(failures_table(StudyResults(run.study, spec)))
     shown = console.file.getvalue()
     assert "infeasible" in shown and "KV for 1x131072 tokens 16.0 GiB > the CPU KV-cache space" in shown

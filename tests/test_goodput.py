@@ -31,7 +31,7 @@ from autotune.load.goodput import (
     workload_at_level,
 )
 from autotune.load.workload import Workload
-from autotune.slo import parse_slos
+from autotune.spec import parse_slos
 
 # --------------------------------------------------------------------------- wilson_interval
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from autotune.spec import load_spec
-from autotune.study import make_setup
+from autotune.trial import setup_from_spec
 from autotune.trial import TrialOutcome, run_trial
 
 pytestmark = pytest.mark.engine
@@ -39,7 +39,7 @@ BASE_CONFIG = {"max_num_batched_tokens": 2048, "kv_cache_space_gib": 1, "block_s
 
 
 def _trial(tmp: Path, max_num_seqs: int, repeats: int) -> TrialOutcome:
-    setup = make_setup(load_spec(None, {**SPEC, "repeats": repeats}))
+    setup = setup_from_spec(load_spec(None, {**SPEC, "repeats": repeats}))
     outcome = run_trial(setup, {**BASE_CONFIG, "max_num_seqs": max_num_seqs}, tmp / f"mns-{max_num_seqs}")
     assert outcome.status == "ok", outcome.reason
     return outcome

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from tokenizers import Tokenizer
 
 from autotune.errors import UserError
-from autotune.load.workload import Lengths, PromptTokenizer, Workload, build_requests, load_dataset, load_tokenizer
+from autotune.load.workload import Lengths, Workload, load_dataset
+from autotune.load.prompts import PromptTokenizer, build_requests, load_tokenizer
 from autotune.spec import load_spec
 
 COUNT = 300

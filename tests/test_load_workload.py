@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from tokenizers import AddedToken, ByteLevelBPETokenizer, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from autotune.errors import UserError
-from autotune.load.workload import PromptTokenizer, RequestSpec, Workload, build_requests, load_tokenizer
+from autotune.load.prompts import PromptTokenizer, build_requests, load_tokenizer
+from autotune.load.workload import RequestSpec, Workload
 
 SPECIALS: list[str | AddedToken] = ["<s>", "</s>", "<unk>"]
 

@@ -27,6 +27,7 @@ from autotune.locate import (
     rule_prefill_interference,
 )
 from autotune.telemetry import parse_metrics, reduce_window
+from autotune.tuning import StudyResults
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = REPO / "tests" / "data" / "metrics"
@@ -157,7 +158,7 @@ def test_importances_rank_the_knob_that_moves_the_objective() -> None:
         return 100.0 * mns, 10.0 + mnbt / 512.0
 
     study.optimize(objective, n_trials=30)
-    found, notes = parameter_importances(study, [("max:output_tps", 0), ("min:p99(ttft)", 1)])
+    found, notes = parameter_importances(StudyResults(study), [("max:output_tps", 0), ("min:p99(ttft)", 1)])
     assert notes == []
     by = {(i.evaluator, i.objective): i.importances for i in found}
     assert set(by) == {(e, o) for e in ("fanova", "ped_anova") for o in ("max:output_tps", "min:p99(ttft)")}
@@ -169,7 +170,7 @@ def test_importances_rank_the_knob_that_moves_the_objective() -> None:
 def test_importances_say_why_not_with_too_few_trials() -> None:
     study = optuna.create_study()
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    found, notes = parameter_importances(study)
+    found, notes = parameter_importances(StudyResults(study))
     assert found == [] and "at least 3" in notes[0]
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from autotune.spec import load_spec
-from autotune.study import load_study, open_study
+from autotune.tuning import load_study, open_study
 from tests.conftest import autotune_cmd
 
 pytestmark = pytest.mark.engine

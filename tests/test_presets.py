@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from autotune.errors import UserError
-from autotune.load.workload import build_requests, load_tokenizer
+from autotune.load.prompts import build_requests, load_tokenizer
 from autotune.spec import SCENARIOS_DIR, StudySpec, load_scenario, load_spec, scenario_names
 from tests.conftest import autotune_cmd
 

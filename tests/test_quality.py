@@ -11,8 +11,8 @@ import pytest
 
 from autotune import quality as q
 from autotune.errors import UserError
-from autotune.search_space import SearchSpace
-from autotune.slo import parse_objectives, parse_slos
+from autotune.space import SearchSpace
+from autotune.spec import parse_objectives, parse_slos
 
 
 # -- grammar -------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def test_offline_perplexity_of_random_weights_is_near_the_vocabulary(tmp_path: P
     from autotune.models.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny", seed=0)
-    tok = q.load_tokenizer(model)
+    tok = q.corpus_tokenizer(model)
     windows = q.corpus_windows(tok, q.bos_id(model), 256, max_tokens=1024)
     ppl = q.offline_perplexity(model, windows)
     assert ppl.source == "offline" and ppl.tokens == sum(len(w) - 1 for w in windows)

@@ -21,7 +21,8 @@ import pytest
 
 from autotune import quality
 from autotune.spec import load_spec
-from autotune.study import QUALITY_ATTR, load_study, make_setup, run_study
+from autotune.tuning import QUALITY_ATTR, load_study, run_study
+from autotune.trial import setup_from_spec
 from autotune.trial import run_quality_only
 from tests.conftest import autotune_cmd
 
@@ -65,8 +66,8 @@ def trained_model() -> Path:
 
 
 def test_server_perplexity_equals_offline_within_one_percent(trained_model: Path, tmp_path: Path) -> None:
-    setup = make_setup(load_spec(None, {**SPEC, "model": "trained", "slo": "ppl<20"}))
-    tokenizer = quality.load_tokenizer(trained_model)
+    setup = setup_from_spec(load_spec(None, {**SPEC, "model": "trained", "slo": "ppl<20"}))
+    tokenizer = quality.corpus_tokenizer(trained_model)
     windows = quality.corpus_windows(tokenizer, quality.bos_id(trained_model), 1024)
     model = setup.engine.request_model(setup.model)
     served = run_quality_only(

@@ -8,9 +8,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autotune.search_space import SearchSpace
+from autotune.space import SearchSpace
 from autotune.spec import load_spec
-from autotune.study import make_sampler, run_study, suggest
+from autotune.tuning import make_sampler, run_study, suggest
 
 pytestmark = pytest.mark.engine
 

@@ -21,7 +21,7 @@ import pytest
 from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState, create_trial
 
-from autotune.study import load_study
+from autotune.tuning import load_study
 from tests.conftest import REPO, autotune_cmd
 
 RECORDED = REPO / "tests" / "data" / "studies" / "tiny-vllm-cpu.json"

@@ -8,6 +8,7 @@ from optuna.distributions import IntDistribution
 
 from autotune.report import pareto_table
 from autotune.spec import StudySpec
+from autotune.tuning import StudyResults
 
 ENV = {"engine": "vllm", "engine_version": "0.32.0", "device": "cpu", "host": "h", "cpu": "x", "python": "3.11"}
 
@@ -21,6 +22,6 @@ def test_title_counts_slo_misses_and_refusals_apart() -> None:
                                      user_attrs={"feasible": feasible, "environment": ENV, "figures": {}}))
     study.add_trial(create_trial(params={"max_num_seqs": 64}, distributions=dist, state=TrialState.PRUNED))
     spec = StudySpec(name="t", model="tiny", slo="ppl<+5%", objectives="max:output_tps")
-    title = str(pareto_table(study, spec).title)
+    title = str(pareto_table(StudyResults(study, spec)).title)
     assert "from 3 measured (2 broke an SLO)" in title, title
     assert "1 refused before launch" in title and "0 failed" in title

@@ -14,18 +14,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune.rounds import (
-    ENQUEUED_ATTR,
-    PLANNED_ATTR,
-    ROUNDS_ATTR,
-    RoundPlanner,
-    neighbours,
-    param_importances,
-    planner_for,
-)
-from autotune.search_space import Knob, SearchSpace
+from autotune.tuning.rounds import ENQUEUED_ATTR, PLANNED_ATTR, ROUNDS_ATTR, RoundPlanner, planner_for
+from autotune.space.steps import neighbours
+from autotune.tuning.importance import param_importances
+from autotune.space import Knob, SearchSpace
 from autotune.spec import RoundsOptions
-from autotune.study import suggest
+from autotune.tuning import suggest
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -93,9 +93,9 @@ def test_incomplete_or_foreign_files_are_refused(tmp_path: Path) -> None:
 def test_review_shows_round_decisions_and_importances(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """A study on the real SQLite storage, driven by the replay objective with rounds, then `review`."""
     from autotune.environment import record
-    from autotune.rounds import RoundPlanner
+    from autotune.tuning.rounds import RoundPlanner
     from autotune.spec import RoundsOptions, StudySpec
-    from autotune.study import open_study
+    from autotune.tuning import open_study
 
     surface = se.Surface.load(SURFACE, restrict=SUB_GRID)
     study_dir = tmp_path / "replayed"

@@ -6,7 +6,7 @@ import pytest
 
 from autotune.engines import engine_names, get_engine
 from autotune.errors import UserError
-from autotune.search_space import SearchSpace
+from autotune.space import SearchSpace
 
 
 def test_every_engine_has_a_space() -> None:
@@ -77,7 +77,7 @@ def test_knobs_become_argv_and_env() -> None:
 
 
 def test_rules_reject_code() -> None:
-    from autotune.search_space import _parse_rule
+    from autotune.space.rules import parse_rule
 
     with pytest.raises(UserError):
-        _parse_rule("__import__('os').system('true') == 0")
+        parse_rule("__import__('os').system('true') == 0")

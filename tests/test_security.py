@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from autotune.spec import load_spec
-from autotune.study import load_study, make_setup
+from autotune.tuning import load_study
+from autotune.trial import setup_from_spec
 from autotune.trial import plan
 from tests.conftest import REPO, autotune_cmd, processes_with_env
 from tests.fakes import MARKER, fault_engine_spec
@@ -55,10 +56,10 @@ def test_no_shell_anywhere() -> None:
 
 
 def test_engine_binds_loopback_unless_the_spec_says_otherwise() -> None:
-    default = plan(make_setup(load_spec(None, {"hardware.device": "cpu"})), {}, 12345)
+    default = plan(setup_from_spec(load_spec(None, {"hardware.device": "cpu"})), {}, 12345)
     assert default.argv[default.argv.index("--host") + 1] == "127.0.0.1"
     assert default.base_url.startswith("http://127.0.0.1:")
-    opened = plan(make_setup(load_spec(None, {"hardware.device": "cpu", "engine.host": "0.0.0.0"})), {}, 12345)
+    opened = plan(setup_from_spec(load_spec(None, {"hardware.device": "cpu", "engine.host": "0.0.0.0"})), {}, 12345)
     assert opened.argv[opened.argv.index("--host") + 1] == "0.0.0.0"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from autotune.errors import UserError
-from autotune.slo import DEFAULT_ATTAINMENT, Constraint, Objective, parse_objectives, parse_slos
+from autotune.spec import DEFAULT_ATTAINMENT, Constraint, Objective, parse_objectives, parse_slos
 
 # --------------------------------------------------------------------------- parsing: good
 

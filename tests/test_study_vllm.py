@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from autotune.engines.launcher import free_port
-from autotune.study import load_study
+from autotune.tuning import load_study
 from tests.conftest import autotune_cmd
 
 pytestmark = pytest.mark.engine

@@ -13,9 +13,11 @@ import pytest
 
 from autotune.cost import cost_per_1k_tokens, format_cost, gpus_used
 from autotune.load.goodput import wilson_interval
-from autotune.measure import t95
-from autotune.slo import parse_slos
-from autotune.verify import Start, Verification, figure_rows, judge, save, stored
+from autotune.load.stats import t95
+from autotune.spec import parse_slos
+from autotune.tuning import StudyResults
+from autotune.verify import Start, Verification, judge_starts, save, stored
+from autotune.report import figure_rows
 
 
 def _verification(ttfts: list[float], *, met: int = 0, n: int = 0, repeats: int | None = None,
@@ -35,7 +37,7 @@ def test_aggregate_slo_is_judged_on_the_upper_bound_not_the_mean() -> None:
     # Mean 370 ms is under 400 ms, but with this spread the upper 95% bound is not.
     ttfts = [300.0, 440.0, 310.0, 430.0, 370.0]
     v = _verification(ttfts)
-    judge(v, parse_slos("p99(ttft)<400ms"))
+    judge_starts(v, parse_slos("p99(ttft)<400ms"))
     mean = sum(ttfts) / 5
     sd = math.sqrt(sum((x - mean) ** 2 for x in ttfts) / 4)
     upper = mean + t95(4) * sd / math.sqrt(5)
@@ -48,14 +50,14 @@ def test_aggregate_slo_is_judged_on_the_upper_bound_not_the_mean() -> None:
 
 def test_tight_starts_under_the_limit_verify() -> None:
     v = _verification([100.0, 102.0, 98.0, 101.0, 99.0])
-    judge(v, parse_slos("p99(ttft)<400ms"))
+    judge_starts(v, parse_slos("p99(ttft)<400ms"))
     assert v.verified, v.reasons
     assert v.checks[0].holds and v.checks[0].value < 400
 
 
 def test_throughput_bound_uses_the_lower_bound() -> None:
     v = _verification([100.0, 100.0, 100.0])  # throughput 1000, 1001, 1002
-    judge(v, parse_slos("output_tps>1000"))
+    judge_starts(v, parse_slos("output_tps>1000"))
     assert not v.verified  # the lower bound (about 998.5) is under 1000 though every start is >= 1000
     assert "lower 95% bound" in v.reasons[0] and "under the limit" in v.reasons[0]
 
@@ -63,19 +65,19 @@ def test_throughput_bound_uses_the_lower_bound() -> None:
 def test_attainment_pools_requests_and_needs_the_wilson_lower_bound() -> None:
     # 10 starts x 20 requests, every one met: 200/200; the Wilson lower bound is about 98.1%.
     v = _verification([100.0] * 10, met=200, n=200)
-    judge(v, parse_slos("ttft<400ms@95%"))
+    judge_starts(v, parse_slos("ttft<400ms@95%"))
     lo, _ = wilson_interval(200, 200)
     assert v.verified and v.checks[0].value == pytest.approx(lo)
     # Two starts x 20: 40/40 is too few to show 95% with confidence.
     small = _verification([100.0] * 2, met=40, n=40)
-    judge(small, parse_slos("ttft<400ms@95%"))
+    judge_starts(small, parse_slos("ttft<400ms@95%"))
     assert not small.verified
     assert "too few" in small.reasons[0] and "40 of 40" in small.reasons[0]
 
 
 def test_a_failed_start_is_recorded_and_blocks_verification() -> None:
     v = _verification([100.0, 101.0, 99.0], failed=1)
-    judge(v, parse_slos("p99(ttft)<400ms"))
+    judge_starts(v, parse_slos("p99(ttft)<400ms"))
     assert not v.verified
     assert any("1 of 4 fresh starts failed" in r and "healthy" in r for r in v.reasons)
     assert v.checks and v.checks[0].holds  # the SLO itself held on the starts that ran
@@ -83,7 +85,7 @@ def test_a_failed_start_is_recorded_and_blocks_verification() -> None:
 
 def test_single_start_gives_no_interval_and_few_repeats_are_noted() -> None:
     v = _verification([100.0])
-    judge(v, parse_slos("p99(ttft)<400ms"))
+    judge_starts(v, parse_slos("p99(ttft)<400ms"))
     assert not v.verified and "no confidence interval" in v.reasons[0]
     assert any("at least 10" in n for n in v.notes)
 
@@ -91,9 +93,9 @@ def test_single_start_gives_no_interval_and_few_repeats_are_noted() -> None:
 def test_stored_in_the_study_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
     v = _verification([100.0, 102.0, 98.0], met=60, n=60)
-    judge(v, parse_slos("p99(ttft)<400ms"))
-    save(study, v)
-    again = stored(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}"))
+    judge_starts(v, parse_slos("p99(ttft)<400ms"))
+    save(StudyResults(study), v)
+    again = stored(StudyResults(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")))
     back = again[3]
     assert back.verified == v.verified and len(back.starts) == 3
     assert back.summary()["p99_ttft_ms"].mean == pytest.approx(100.0)
@@ -128,17 +130,17 @@ def test_quality_bounds_are_judged_on_the_studys_measurement_of_the_setting() ->
     slos = parse_slos("p99(ttft)<400ms, ppl<+5%")
     within = _verification([100.0, 102.0, 98.0])
     within.quality = {"ppl": 290.0, "ppl_rel_change": 0.012}
-    judge(within, slos)
+    judge_starts(within, slos)
     assert within.verified, within.reasons
     assert within.checks[1].value == pytest.approx(0.012) and "measured once" in within.checks[1].basis
 
     broken = _verification([100.0, 102.0, 98.0])
     broken.quality = {"ppl": 320.0, "ppl_rel_change": 0.093}
-    judge(broken, slos)
+    judge_starts(broken, slos)
     assert not broken.verified and broken.reasons[0].startswith("ppl<+5%")
 
     unmeasured = _verification([100.0, 102.0, 98.0])
-    judge(unmeasured, slos)
+    judge_starts(unmeasured, slos)
     assert not unmeasured.verified and "not measured" in unmeasured.reasons[0]
     # The quality figures survive the round trip through the study's storage.
     assert Verification.from_json(within.to_json()).quality == within.quality

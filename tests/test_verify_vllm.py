@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from autotune.spec import StudySpec
-from autotune.study import load_study, open_study, run_study
+from autotune.tuning import load_study, open_study, run_study
 from autotune.verify import stored
 from tests.conftest import autotune_cmd
 

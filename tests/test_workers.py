@@ -24,7 +24,7 @@ import optuna
 import pytest
 import yaml
 
-from autotune.study import counted
+from autotune.tuning import counted
 from tests.conftest import autotune_cmd, processes_with_env
 from tests.fakes import MARKER, fault_engine_spec
 
@@ -153,12 +153,12 @@ def test_worker_needs_only_storage_and_study(tmp_path: Path, pg_url: str, cli_en
 def test_gpus_bind_the_engine(tmp_path: Path) -> None:
     """--gpus reaches the engine as CUDA_VISIBLE_DEVICES and sizes the hardware to it."""
     from autotune.spec import load_spec
-    from autotune.study import make_setup
+    from autotune.trial import setup_from_spec
     from autotune.trial import plan
-    from autotune.worker import _bind_gpus, parse_gpus
+    from autotune.tuning.worker import _bind_gpus, parse_gpus
 
     base = load_spec(None, {"hardware": {"device": "cuda", "gpu_count": 8, "gpu_memory_gib": 80}})
     spec = _bind_gpus(base, parse_gpus("2,3") or [])
     assert spec.hardware.gpu_count == 2 and spec.hardware.gpu_ids == [2, 3]
-    launch = plan(make_setup(spec), {}, 12345)
+    launch = plan(setup_from_spec(spec), {}, 12345)
     assert launch.env["CUDA_VISIBLE_DEVICES"] == "2,3"

@@ -15,16 +15,9 @@ Typical use::
 
 from autotune.load.client import CompletionsClient, RequestRecord
 from autotune.load.runner import LoadResult, arrival_offsets, poisson_offsets, run_load, run_load_async
-from autotune.load.stats import per_request_view, summarize
-from autotune.load.workload import (
-    Lengths,
-    PromptTokenizer,
-    RequestSpec,
-    Workload,
-    build_requests,
-    load_dataset,
-    load_tokenizer,
-)
+from autotune.load.prompts import PromptTokenizer, build_requests, load_tokenizer
+from autotune.load.stats import Summary, generator_verdict, per_request_view, summarize, t95
+from autotune.load.workload import Lengths, RequestSpec, Workload, load_dataset
 
 __all__ = [
     "CompletionsClient",
@@ -33,9 +26,11 @@ __all__ = [
     "PromptTokenizer",
     "RequestRecord",
     "RequestSpec",
+    "Summary",
     "Workload",
     "arrival_offsets",
     "build_requests",
+    "generator_verdict",
     "load_dataset",
     "load_tokenizer",
     "per_request_view",
@@ -43,4 +38,5 @@ __all__ = [
     "run_load",
     "run_load_async",
     "summarize",
+    "t95",
 ]

@@ -60,8 +60,9 @@ from typing import Any, Literal
 
 from autotune.load.runner import run_load
 from autotune.load.stats import per_request_view, summarize
-from autotune.load.workload import PromptTokenizer, Workload, build_requests
-from autotune.slo import Constraint
+from autotune.load.prompts import PromptTokenizer, build_requests
+from autotune.load.workload import Workload
+from autotune.spec.slo import Constraint
 
 __all__ = [
     "GoodputResult",

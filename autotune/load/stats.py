@@ -18,7 +18,9 @@ against the reference tool.  Conventions:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,9 @@ import numpy as np
 from autotune.load.client import RequestRecord
 from autotune.load.runner import LoadResult, send_rate_ratio
 
-__all__ = ["LATENCY_METRICS", "PERCENTILES", "per_request_view", "summarize"]
+__all__ = [
+    "LATENCY_METRICS", "PERCENTILES", "Summary", "generator_verdict", "per_request_view", "summarize", "t95",
+]
 
 LATENCY_METRICS: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
@@ -172,3 +176,80 @@ def _present(values: Iterable[float | None]) -> list[float]:
 
 def _per_second(amount: float, duration: float) -> float:
     return amount / duration if duration > 0 else 0.0
+
+
+def t95(df: int) -> float:
+    """Two-sided 95% Student-t quantile with ``df`` degrees of freedom (NaN without any)."""
+    if df <= 0:
+        return math.nan
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+@dataclass
+class Summary:
+    """Mean, sample standard deviation and the Student-t 95% interval of the mean of repeated figures."""
+
+    mean: float
+    std: float
+    ci95: tuple[float, float]
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> "Summary":
+        """Non-finite and missing values are left out: a repeat that measured nothing is no zero."""
+        kept = [float(v) for v in values if v is not None and math.isfinite(v)]
+        n = len(kept)
+        if n == 0:
+            return cls(math.nan, math.nan, (math.nan, math.nan), 0)
+        mean = statistics.fmean(kept)
+        std = statistics.stdev(kept) if n > 1 else 0.0
+        half = t95(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+        return cls(mean, std, (mean - half, mean + half), n)
+
+    def text(self, fmt: str = "{:,.1f}") -> str:
+        return f"{fmt.format(self.mean)} ± {fmt.format(self.std)}"
+
+    def to_json(self) -> dict[str, Any]:
+        def num(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {"mean": num(self.mean), "std": num(self.std), "ci95": [num(self.ci95[0]), num(self.ci95[1])],
+                "n": self.n}
+
+
+#: Sends that took this much longer than their schedule, with the client this busy, measured the client.
+_GENERATOR_SPAN_RATIO = 1.5
+_GENERATOR_BUSY_CPU = 0.5
+
+
+def generator_verdict(figures: dict[str, Any]) -> tuple[str, str] | None:
+    """Whether a run measured the load generator rather than the server: ("fail" | "warn", why), or None.
+
+    At an open-loop rate the client itself cannot produce, requests go out
+    later than their schedule while the client's CPU is busy (a slow server
+    that fills the in-flight cap delays the sends too, but leaves the client
+    idle): such a run says nothing about the engine, and fails. A client whose
+    event loop was nearly always busy, or whose sends ran late within that
+    bound, only distorted the figures: a warning.
+    """
+    ratio, cpu = figures.get("send_rate_ratio"), figures.get("client_cpu_util")
+    if isinstance(ratio, (int, float)) and isinstance(cpu, (int, float)) and math.isfinite(cpu):
+        if 0 < ratio < 1 / _GENERATOR_SPAN_RATIO and cpu >= _GENERATOR_BUSY_CPU:
+            offered = figures.get("offered_rate") or 0.0
+            return "fail", (
+                f"the load generator could not keep the offered rate: requests due at {offered:g}/s went out "
+                f"{1 / ratio:.1f}x slower than scheduled with the client at {cpu:.0%} CPU; "
+                "lower the rate or run the client on more cores"
+            )
+    if not figures.get("loadgen_saturated"):
+        return None
+    why = [f"its event loop used {figures.get('loadgen_loop_cpu_percent') or 0:.0f}% of a core"]
+    if figures.get("loadgen_send_lag_p90_ms") is not None:
+        why.insert(0, f"sends ran {figures['loadgen_send_lag_p90_ms']:.0f} ms behind schedule at p90")
+    if figures.get("loadgen_cpu_wait_percent") is not None:
+        why.append(f"waited for a CPU core {figures['loadgen_cpu_wait_percent']:.0f}% of the time")
+    return "warn", (
+        f"the load generator could not keep the requested load ({', '.join(why)}); its figures are not the server's alone"
+    )

@@ -5,7 +5,7 @@ one Optuna RDB storage (PostgreSQL): each worker asks the storage for the next
 trial, runs it on its own GPUs and reports it back. The study's spec lives in
 the study itself (a user attribute), so a worker needs only ``--storage`` and
 ``--study``; heartbeats let the others fail and retry the trial of a worker
-that died (see ``autotune.study.fail_stale``).
+that died (see ``autotune.tuning.storage.fail_stale``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import optuna
-
-from autotune.errors import UserError
-from autotune.spec import StudySpec, check_storage_url, load_spec, redact_url
+from autotune.errors import UserError, one_line
+from autotune.spec import StudySpec, check_storage_url, load_spec, set_dotted
+from autotune.tuning.storage import read_stored_spec
 
 
 def parse_gpus(text: str | None) -> list[int] | None:
@@ -30,42 +29,6 @@ def parse_gpus(text: str | None) -> list[int] | None:
     if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
         raise UserError(f"bad --gpus {text!r}: indices must be distinct and >= 0")
     return ids
-
-
-def stored_spec(storage_url: str, study_name: str) -> dict[str, Any]:
-    """The spec the study was created with, read from the storage without writing to it."""
-    missing = UserError(
-        f"no study {study_name!r} in {redact_url(storage_url)}; create it with "
-        "`autotune worker --spec FILE` or `autotune optimize --storage URL`"
-    )
-    from sqlalchemy.engine import make_url
-
-    url = make_url(storage_url)
-    if url.get_backend_name() == "sqlite" and not (url.database and Path(url.database).exists()):
-        raise missing  # connecting would create the file
-    try:
-        storage = optuna.storages.RDBStorage(storage_url, skip_table_creation=True)
-    except Exception as e:  # unreachable server, bad credentials, missing driver, no tables yet
-        why = _one_line(e)
-        if "no such table" in why or "does not exist" in why:
-            raise missing from None
-        raise UserError(f"cannot open storage {redact_url(storage_url)}: {why}") from None
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-        attrs = storage.get_study_user_attrs(study_id)
-    except KeyError:
-        raise missing from None
-    except Exception as e:  # an empty database has no tables yet
-        raise UserError(f"no study {study_name!r} in {redact_url(storage_url)} ({_one_line(e)})") from None
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
-    from autotune.study import SPEC_ATTR
-
-    data = attrs.get(SPEC_ATTR)
-    if not isinstance(data, dict):
-        raise UserError(f"study {study_name!r} was not created by autotune (it stores no spec)")
-    return data
 
 
 def worker_spec(
@@ -97,7 +60,7 @@ def worker_spec(
         data: dict[str, Any] = {}
         base = spec_file
     else:
-        data = stored_spec(storage_url, study_name)
+        data = read_stored_spec(storage_url, study_name)
         base = None
     for key in ("storage", "study_dir"):
         data.pop(key, None)  # the creator's; this node has its own
@@ -110,15 +73,13 @@ def worker_spec(
 
 
 def _validate(data: dict[str, Any], overrides: dict[str, Any]) -> StudySpec:
-    from autotune.spec import _set_dotted
-
     for dotted, value in overrides.items():
         if value is not None:
-            _set_dotted(data, dotted, value)
+            set_dotted(data, dotted, value)
     try:
         return StudySpec.model_validate(data)
     except Exception as e:
-        raise UserError(f"the study's stored spec does not validate here: {_one_line(e)}") from None
+        raise UserError(f"the study's stored spec does not validate here: {one_line(e)}") from None
 
 
 def _bind_gpus(spec: StudySpec, gpu_ids: list[int]) -> StudySpec:
@@ -129,10 +90,4 @@ def _bind_gpus(spec: StudySpec, gpu_ids: list[int]) -> StudySpec:
     try:
         return StudySpec.model_validate(data)
     except Exception as e:
-        raise UserError(f"bad --gpus: {_one_line(e)}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    from autotune.study import _first_line
-
-    return _first_line(e)
+        raise UserError(f"bad --gpus: {one_line(e)}") from None

@@ -3,9 +3,8 @@
 The HTML is one file that opens from disk with no network: plotly.js is
 inlined once in the page, and nothing else is fetched. It holds the Pareto
 front (hover a point for its configuration), parameter importances, the
-diagnosis of each recommendation where the locate module provides one, the
-verification table, the environment, and each recommendation's command line.
-``pareto.png`` (matplotlib) is the same front for places HTML does not go.
+diagnosis of each recommendation, the verification table, the environment,
+and each recommendation's command line.
 
 Only results that carry their environment record are shown; the others are
 named in a note at the top.
@@ -14,22 +13,25 @@ named in a note at the top.
 from __future__ import annotations
 
 import html
-import importlib
 import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.trial import FrozenTrial, TrialState
-
-from autotune.cost import COST_KEY, format_cost
+from autotune.cost import format_cost
 from autotune.environment import describe, missing
-from autotune.report import pareto_front, serve_command, trial_cost, unreported
-from autotune.slo import Constraint, Objective, parse_objectives
-from autotune.spec import StudySpec
-from autotune.verify import Verification, figure_rows, stored
+from autotune.locate import locate_trial
+from autotune.report.configs import serve_command
+from autotune.report.console import trial_cost
+from autotune.report.front import axes, hover, points, short, slo_lines, xy
+from autotune.report.png import write_pareto_png
+from autotune.report.verification import figure_rows
+from autotune.spec import Constraint, Objective, StudySpec
+from autotune.tuning import FEW_TRIALS, StudyResults, TrialRecord
+from autotune.verify import Verification, stored
+
+__all__ = ["HTML_NAME", "PNG_NAME", "pareto_figure", "write_report"]
 
 HTML_NAME = "report.html"
 PNG_NAME = "pareto.png"
@@ -43,92 +45,18 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}pre{background:#f6f6f6;padding:.
 """
 
 
-def write_report(
-    study: optuna.Study, spec: StudySpec, study_dir: Path, *, price_per_gpu_hour: float | None = None
-) -> tuple[Path, Path]:
+def write_report(results: StudyResults, study_dir: Path, *, price_per_gpu_hour: float | None = None) -> tuple[Path, Path]:
     """Writes ``report.html`` and ``pareto.png`` into the study folder; returns their paths."""
     study_dir.mkdir(parents=True, exist_ok=True)
-    objectives = parse_objectives(spec.objectives)
-    points = _points(study, spec, objectives, price_per_gpu_hour)
+    objectives = results.spec.objective_list
+    drawn = points(results, price_per_gpu_hour)
     png = study_dir / PNG_NAME
-    write_pareto_png(points, objectives, png, title=f"Pareto front of {spec.name}", constraints=spec.constraints)
-    page = render(study, spec, study_dir, objectives, points, price_per_gpu_hour)
+    write_pareto_png(drawn, objectives, png, title=f"Pareto front of {results.name}",
+                     constraints=results.spec.constraints)
+    page = render(results, study_dir, objectives, drawn, price_per_gpu_hour)
     out = study_dir / HTML_NAME
     out.write_text(page, encoding="utf-8")
     return out, png
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _points(
-    study: optuna.Study, spec: StudySpec, objectives: list[Objective], price: float | None
-) -> list[dict[str, Any]]:
-    """Every measured trial that carries its environment, with what a hover should say."""
-    front = {t.number for t in pareto_front(study)}
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if missing(t.user_attrs.get("environment")) or not t.values:
-            continue
-        figures = t.user_attrs.get("figures", {})
-        config = t.user_attrs.get("config", dict(t.params))
-        out.append({
-            "trial": t.number,
-            "values": list(t.values),
-            "feasible": bool(t.user_attrs.get("feasible", True)),
-            "front": t.number in front,
-            "config": config,
-            "figures": figures,
-            "cost": trial_cost(t, spec, price),
-        })
-    return out
-
-
-def _axes(objectives: list[Objective]) -> tuple[str, str]:
-    def name(o: Objective) -> str:
-        return f"{o.metric} ({'higher' if o.direction == 'maximize' else 'lower'} is better)"
-
-    if len(objectives) == 1:
-        return "trial", name(objectives[0])
-    return name(objectives[0]), name(objectives[1])
-
-
-def _xy(point: dict[str, Any], objectives: list[Objective]) -> tuple[float, float]:
-    if len(objectives) == 1:
-        return float(point["trial"]), float(point["values"][0])
-    return float(point["values"][0]), float(point["values"][1])
-
-
-def _hover(point: dict[str, Any]) -> str:
-    f = point["figures"]
-    lines = [f"<b>trial {point['trial']}</b>" + (" (Pareto front)" if point["front"] else "")]
-    lines += [f"{html.escape(str(k))} = {html.escape(_short(v))}" for k, v in sorted(point["config"].items())]
-    lines.append("")
-    for key, label in (("output_throughput", "out tok/s"), ("p99_ttft_ms", "p99 TTFT ms"),
-                       ("mean_tpot_ms", "TPOT ms"), ("goodput", "goodput")):
-        if isinstance(f.get(key), (int, float)):
-            lines.append(f"{label}: {f[key]:,.1f}")
-    lines.append(f"$/1K tokens: {format_cost(point['cost'])}")
-    lines.append("SLO met" if point["feasible"] else "SLO missed")
-    return "<br>".join(lines)
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def slo_lines(constraints: list[Constraint], objectives: list[Objective]) -> list[tuple[str, str, float]]:
-    """(axis, SLO text, limit in the objective's unit) for each SLO that bounds a plotted objective."""
-    axes = ["y"] if len(objectives) == 1 else ["x", "y"]
-    plotted = [o.metric for o in objectives[: len(axes)]] if len(objectives) > 1 else [objectives[0].metric]
-    out = []
-    for c in constraints:
-        if c.attainment is not None or c.kind not in ("latency", "throughput"):
-            continue
-        key = c.figure_key()
-        if key in plotted:
-            limit = c.threshold * (1000.0 if c.kind == "latency" else 1.0)
-            out.append((axes[plotted.index(key)], c.text, limit))
-    return out
 
 
 def pareto_figure(
@@ -136,7 +64,7 @@ def pareto_figure(
 ) -> Any:
     import plotly.graph_objects as go
 
-    x_name, y_name = _axes(objectives)
+    x_name, y_name = axes(objectives)
     fig = go.Figure()
     groups = (
         ("Pareto front (recommended)", lambda p: p["front"], dict(size=13, color="#1a73e8", symbol="circle")),
@@ -144,11 +72,11 @@ def pareto_figure(
         ("missed the SLO", lambda p: not p["feasible"], dict(size=9, color="#d93025", symbol="x")),
     )
     for label, keep, marker in groups:
-        chosen = sorted((p for p in points if keep(p)), key=lambda p: _xy(p, objectives))
-        xs, ys = zip(*(_xy(p, objectives) for p in chosen)) if chosen else ((), ())
+        chosen = sorted((p for p in points if keep(p)), key=lambda p: xy(p, objectives))
+        xs, ys = zip(*(xy(p, objectives) for p in chosen)) if chosen else ((), ())
         fig.add_trace(go.Scatter(
             x=list(xs), y=list(ys), mode="markers+lines" if label.startswith("Pareto") and len(objectives) > 1 else "markers",
-            name=label, marker=marker, line=dict(dash="dot", width=1), text=[_hover(p) for p in chosen],
+            name=label, marker=marker, line=dict(dash="dot", width=1), text=[hover(p) for p in chosen],
             hovertemplate="%{text}<extra></extra>",
         ))
     for axis, text, limit in slo_lines(constraints or [], objectives):
@@ -161,95 +89,34 @@ def pareto_figure(
     return fig
 
 
-def importance_figure(study: optuna.Study, objectives: list[Objective]) -> tuple[Any | None, str | None]:
-    """Optuna's parameter-importance plot for the first objective, or why there is none."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(done) < 2:
-        return None, f"needs at least 2 measured trials (this study has {len(done)})"
-    try:
-        import warnings
+def importance_figure(results: StudyResults, objectives: list[Objective]) -> tuple[Any | None, str | None]:
+    """The knobs' importances for the first objective (the same figures ``review`` prints), or why there are none."""
+    n = len(results.measured())
+    if n < 2:
+        return None, f"needs at least 2 measured trials (this study has {n})"
+    ranked = sorted(results.importances.items(), key=lambda kv: kv[1])
+    if not ranked or not any(v > 0 for _, v in ranked):
+        return None, "no parameter varied enough across the measured trials to rank"
+    import plotly.graph_objects as go
 
-        from optuna.visualization import plot_param_importances
-
-        # Optuna's default evaluator ranks what leads to *low* target values: negate a maximised one.
-        sign = -1.0 if objectives[0].direction == "maximize" else 1.0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna warns on few trials; the caption says how many
-            fig = plot_param_importances(
-                study, target=lambda t: sign * t.values[0], target_name=objectives[0].metric,
-            )
-        if not any(len(getattr(trace, "x", None) or ()) for trace in fig.data):
-            return None, "no parameter varied enough across the measured trials to rank"
-        fig.update_layout(height=360, template="plotly_white",
-                          title=f"Parameter importances for {objectives[0].text} ({len(done)} measured trials)")
-        return fig, None
-    except (ValueError, RuntimeError, ZeroDivisionError) as e:
-        return None, f"not computable yet: {' '.join(str(e).split())}"
+    fig = go.Figure(go.Bar(x=[v for _, v in ranked], y=[k for k, _ in ranked], orientation="h",
+                           marker_color="#1a73e8", hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    title = f"Parameter importances for {objectives[0].text} (fANOVA, {n} measured trials)"
+    if n < FEW_TRIALS:
+        title += f": fewer than {FEW_TRIALS} trials, read as a hint"
+    fig.update_layout(height=120 + 40 * len(ranked), template="plotly_white", title=title,
+                      xaxis_title="importance (share of the objective's variance)", margin=dict(l=200, r=20, t=50, b=50))
+    return fig, None
 
 
-def write_pareto_png(
-    points: list[dict[str, Any]], objectives: list[Objective], path: Path, *, title: str,
-    constraints: list[Constraint] | None = None,
-) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x_name, y_name = _axes(objectives)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    try:
-        others = [p for p in points if not p["front"]]
-        ok = [_xy(p, objectives) for p in others if p["feasible"]]
-        bad = [_xy(p, objectives) for p in others if not p["feasible"]]
-        front = sorted(_xy(p, objectives) for p in points if p["front"])
-        if ok:
-            ax.scatter(*zip(*ok), s=30, color="#7baaf7", label="met the SLO")
-        if bad:
-            ax.scatter(*zip(*bad), s=30, color="#d93025", marker="x", label="missed the SLO")
-        if front:
-            ax.plot(*zip(*front), linestyle=":", color="#1a73e8", linewidth=1)
-            ax.scatter(*zip(*front), s=70, color="#1a73e8", label="Pareto front (recommended)", zorder=3)
-            for p in points:
-                if p["front"]:
-                    ax.annotate(f"trial {p['trial']}", _xy(p, objectives), textcoords="offset points", xytext=(6, 6),
-                                fontsize=8)
-        for axis, text, limit in slo_lines(constraints or [], objectives):
-            draw = ax.axhline if axis == "y" else ax.axvline
-            draw(limit, color="#d93025", linestyle="--", linewidth=1, label=f"SLO {text}")
-        if not points:
-            ax.text(0.5, 0.5, "no measured trial", transform=ax.transAxes, ha="center")
-        ax.set_xlabel(x_name)
-        ax.set_ylabel(y_name)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if points:
-            ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-    return path
-
-
-# --------------------------------------------------------------------------- diagnosis
-
-
-def diagnoses(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[dict[int, Any], str | None]:
-    """Each trial's diagnosis from ``autotune.locate``, when that module is there to give one."""
-    try:
-        locate = importlib.import_module("autotune.locate")
-    except ImportError:
-        return {}, "no diagnosis: the locate module is not installed"
-    locate_trial = getattr(locate, "locate_trial", None)
-    if locate_trial is None:
-        return {}, "no diagnosis: autotune.locate has no locate_trial()"
+def diagnoses(trials: list[TrialRecord]) -> tuple[dict[int, Any], str | None]:
+    """Each trial's diagnosis; a rule that breaks leaves the report without that trial's diagnosis, not without a report."""
     out: dict[int, Any] = {}
     problems = []
     for t in trials:
         try:
-            out[t.number] = locate_trial(t.user_attrs, t.number)
-        except Exception as e:  # a diagnosis is an extra; the report is written without it
+            out[t.number] = locate_trial(t.attrs, t.number)
+        except Exception as e:
             problems.append(f"trial {t.number}: {type(e).__name__}: {e}")
     return out, ("diagnosis failed for " + "; ".join(problems) if problems else None)
 
@@ -259,7 +126,7 @@ def _render_diagnosis(value: Any) -> str:
     e = html.escape
     found = getattr(value, "diagnoses", None)
     if found is None:
-        return f"<pre>{e(_short(value, 2000))}</pre>"
+        return f"<pre>{e(short(value, 2000))}</pre>"
     items = []
     for d in found:
         evidence = "".join(f"<li>{e(str(getattr(x, 'text', x)))}</li>" for x in getattr(d, "evidence", []))
@@ -279,19 +146,16 @@ def _render_diagnosis(value: Any) -> str:
     return out
 
 
-# --------------------------------------------------------------------------- page
-
-
 def render(
-    study: optuna.Study, spec: StudySpec, study_dir: Path, objectives: list[Objective],
-    points: list[dict[str, Any]], price: float | None,
+    results: StudyResults, study_dir: Path, objectives: list[Objective], drawn: list[dict[str, Any]],
+    price: float | None,
 ) -> str:
     from plotly.offline import get_plotlyjs
 
-    front = pareto_front(study)
-    verifications = stored(study)
-    all_trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state == s for t in all_trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
+    spec = results.spec
+    front = results.front()
+    verifications = stored(results)
+    counts = results.counts()
     parts: list[str] = []
     e = html.escape
     parts.append(f"<h1>autotune study {e(str(spec.name))}</h1>")
@@ -299,27 +163,27 @@ def render(
         "<p>"
         f"model <b>{e(spec.model)}</b>, engine <b>{e(spec.engine.name)}</b>, objectives <code>{e(spec.objectives)}</code>"
         + (f", SLO <code>{e(spec.slo)}</code>" if spec.slo else ", no SLO")
-        + f". {counts[TrialState.COMPLETE]} measured, {counts[TrialState.FAIL]} failed, "
-        f"{counts[TrialState.PRUNED]} infeasible; {len(front)} recommended.</p>"
+        + f". {counts['measured']} measured, {counts['failed']} failed, "
+        f"{counts['refused']} infeasible; {len(front)} recommended.</p>"
     )
     parts.append(f"<p class='muted'>written {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
                  f"from {e(str(study_dir.resolve()))}</p>")
-    for note in unreported(study):
+    for note in results.unreported():
         parts.append(f"<p class='note'>{e(note)}</p>")
 
     parts.append("<h2>Pareto front</h2>")
     parts.append("<p class='muted'>Hover a point for its configuration. Recommended points are feasible and "
                  "not dominated on the study's objectives.</p>")
-    parts.append(_plot_div(pareto_figure(points, objectives, spec.constraints), "pareto-plot"))
+    parts.append(_plot_div(pareto_figure(drawn, objectives, spec.constraints), "pareto-plot"))
 
     parts.append("<h2>Recommendations</h2>")
-    parts.append(_recommendations(study, spec, study_dir, front, verifications, price))
+    parts.append(_recommendations(spec, study_dir, front, verifications, price))
 
     parts.append("<h2>Verification</h2>")
     parts.append(_verification_section(front, verifications))
 
     parts.append("<h2>Diagnosis</h2>")
-    diag, problem = diagnoses(study, front)
+    diag, problem = diagnoses(front)
     if problem:
         parts.append(f"<p class='muted'>{e(problem)}</p>")
     for t in front:
@@ -327,7 +191,7 @@ def render(
             parts.append(f"<h3>trial {t.number}</h3>{_render_diagnosis(diag[t.number])}")
 
     parts.append("<h2>Parameter importances</h2>")
-    fig, why = importance_figure(study, objectives)
+    fig, why = importance_figure(results, objectives)
     parts.append(_plot_div(fig, "importance-plot") if fig is not None else f"<p class='muted'>{e(why or '')}</p>")
 
     parts.append("<h2>Environment</h2>")
@@ -347,7 +211,7 @@ def _plot_div(fig: Any, div_id: str) -> str:
 
 
 def _recommendations(
-    study: optuna.Study, spec: StudySpec, study_dir: Path, front: list[FrozenTrial],
+    spec: StudySpec, study_dir: Path, front: list[TrialRecord],
     verifications: dict[int, Verification], price: float | None,
 ) -> str:
     if not front:
@@ -355,15 +219,15 @@ def _recommendations(
     e = html.escape
     rows = []
     for t in front:
-        f = t.user_attrs.get("figures", {})
-        config = t.user_attrs.get("config", dict(t.params))
+        f = t.figures
+        config = t.config
         v = verifications.get(t.number)
         verdict = "-" if v is None else ("<span class='ok'>verified</span>" if v.verified
                                          else "<span class='bad'>not verified</span>")
         path = study_dir / "configs" / f"trial-{t.number}.yaml"
         cmd = serve_command(spec, t, path)
         rows.append(
-            f"<tr><td>{t.number}</td><td class='l'>{'<br>'.join(e(f'{k}={_short(x)}') for k, x in sorted(config.items()))}</td>"
+            f"<tr><td>{t.number}</td><td class='l'>{'<br>'.join(e(f'{k}={short(x)}') for k, x in sorted(config.items()))}</td>"
             f"<td>{_num(f.get('output_throughput'), '{:,.0f}')}</td><td>{_num(f.get('p99_ttft_ms'), '{:,.0f}')}</td>"
             f"<td>{_num(f.get('mean_tpot_ms'), '{:.1f}')}</td><td>{e(format_cost(trial_cost(t, spec, price)))}</td>"
             f"<td>{verdict}</td></tr>"
@@ -377,7 +241,7 @@ def _recommendations(
     )
 
 
-def _verification_section(front: list[FrozenTrial], verifications: dict[int, Verification]) -> str:
+def _verification_section(front: list[TrialRecord], verifications: dict[int, Verification]) -> str:
     e = html.escape
     if not verifications:
         return "<p class='muted'>Not verified yet: run <code>autotune verify STUDY_DIR</code>.</p>"
@@ -413,11 +277,11 @@ def _verification_section(front: list[FrozenTrial], verifications: dict[int, Ver
     return "\n".join(out)
 
 
-def _environments(front: list[FrozenTrial], verifications: dict[int, Verification]) -> str:
+def _environments(front: list[TrialRecord], verifications: dict[int, Verification]) -> str:
     e = html.escape
     envs: dict[str, tuple[list[str], dict[str, Any]]] = {}
     for t in front:
-        env = t.user_attrs.get("environment") or {}
+        env = t.environment
         key = json.dumps({k: v for k, v in env.items() if k != "recorded_at"}, sort_keys=True, default=str)
         envs.setdefault(key, ([], env))[0].append(f"trial {t.number}")
     for v in verifications.values():
@@ -427,7 +291,7 @@ def _environments(front: list[FrozenTrial], verifications: dict[int, Verificatio
         return "<p class='muted'>no result to describe</p>"
     out = []
     for users, env in envs.values():
-        rows = "".join(f"<tr><th class='l'>{e(str(k))}</th><td class='l'>{e(_short(val, 300))}</td></tr>"
+        rows = "".join(f"<tr><th class='l'>{e(str(k))}</th><td class='l'>{e(short(val, 300))}</td></tr>"
                        for k, val in env.items())
         out.append(f"<p><b>{e(describe(env))}</b><br><span class='muted'>for {e(', '.join(users))}</span></p>"
                    f"<table class='env'>{rows}</table>")
@@ -444,11 +308,3 @@ def _bound(value: float | None, unit: str) -> str:
 
 def _num(value: Any, fmt: str) -> str:
     return fmt.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-__all__ = ["write_report", "write_pareto_png", "pareto_figure", "HTML_NAME", "PNG_NAME", "COST_KEY"]

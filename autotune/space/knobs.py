@@ -9,8 +9,6 @@ arithmetic comparisons, checked before any engine starts.
 
 from __future__ import annotations
 
-import ast
-import operator
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
@@ -18,9 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from autotune.engines.base import KnobSpec
-from autotune.errors import UserError
+from autotune.errors import UserError, one_line
+from autotune.space.rules import parse_rule, rule_holds, rule_names
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 Scalar = Union[bool, int, float, str]
 
@@ -86,9 +85,9 @@ class SearchSpace(BaseModel):
             data = yaml.safe_load(path.read_text())
             space = cls.model_validate(data)
         except (yaml.YAMLError, ValidationError) as e:
-            raise UserError(f"bad search space {path}: {_one_line(e)}") from None
+            raise UserError(f"bad search space {path}: {one_line(e)}") from None
         for rule in space.constraints:
-            _parse_rule(rule)
+            parse_rule(rule)
         return space
 
     def for_hardware(self, device: str, hardware: Mapping[str, float]) -> "SearchSpace":
@@ -109,22 +108,19 @@ class SearchSpace(BaseModel):
                     if len(knob.choices or []) == 1:
                         knob = knob.model_copy(update={"fixed": knob.choices[0]})
             knobs[name] = knob
-        rules = [r for r in self.constraints if _names(r) <= set(knobs) | set(hardware)]
+        rules = [r for r in self.constraints if rule_names(r) <= set(knobs) | set(hardware)]
         return SearchSpace(engine=self.engine, knobs=knobs, constraints=rules)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "SearchSpace":
         """Applies the spec's ``space:`` section: a scalar pins a knob, a mapping narrows it."""
         knobs = dict(self.knobs)
+        self.require_known(overrides)
         for name, value in overrides.items():
-            if name not in knobs:
-                raise UserError(
-                    f"unknown knob {name!r} for engine {self.engine!r} (known: {', '.join(sorted(knobs))})"
-                )
             if isinstance(value, Mapping):
                 try:
                     knobs[name] = Knob.model_validate({**knobs[name].model_dump(exclude_none=True), **value})
                 except ValidationError as e:
-                    raise UserError(f"bad range for knob {name!r}: {_one_line(e)}") from None
+                    raise UserError(f"bad range for knob {name!r}: {one_line(e)}") from None
             else:
                 knobs[name] = knobs[name].model_copy(update={"fixed": value})
         return SearchSpace(engine=self.engine, knobs=knobs, constraints=self.constraints)
@@ -138,57 +134,15 @@ class SearchSpace(BaseModel):
         return [
             f"violates {rule}"
             for rule in self.constraints
-            if _names(rule) <= set(scope) and not _evaluate(_parse_rule(rule), scope)
+            if rule_names(rule) <= set(scope) and not rule_holds(rule, scope)
         ]
 
-
-def _one_line(e: Exception) -> str:
-    if isinstance(e, ValidationError):
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        return f"{loc}: {err['msg']}" if loc else err["msg"]
-    return " ".join(str(e).split())
-
-
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_CMPOPS = {
-    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
-    ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne,
-}
-
-
-def _parse_rule(rule: str) -> ast.expr:
-    try:
-        tree = ast.parse(rule, mode="eval").body
-    except SyntaxError:
-        raise UserError(f"bad rule {rule!r}: not an arithmetic comparison") from None
-    for node in ast.walk(tree):
-        if not isinstance(
-            node, (ast.Compare, ast.BinOp, ast.Name, ast.Constant, ast.Load, *_BINOPS, *_CMPOPS)
-        ):
-            raise UserError(f"bad rule {rule!r}: {type(node).__name__} is not allowed")
-    if not isinstance(tree, ast.Compare):
-        raise UserError(f"bad rule {rule!r}: must compare two expressions")
-    return tree
-
-
-def _names(rule: str) -> set[str]:
-    return {n.id for n in ast.walk(_parse_rule(rule)) if isinstance(n, ast.Name)}
-
-
-def _evaluate(node: ast.expr, scope: Mapping[str, Any]) -> Any:
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Name):
-        return scope[node.id]
-    if isinstance(node, ast.BinOp):
-        return _BINOPS[type(node.op)](_evaluate(node.left, scope), _evaluate(node.right, scope))
-    if isinstance(node, ast.Compare):
-        left = _evaluate(node.left, scope)
-        for op, comp in zip(node.ops, node.comparators):
-            right = _evaluate(comp, scope)
-            if not _CMPOPS[type(op)](left, right):
-                return False
-            left = right
-        return True
-    raise TypeError(type(node).__name__)
+    def require_known(self, config: Mapping[str, Any], what: str = "") -> None:
+        """Refuses a configuration that names knobs this engine does not have, listing the known ones."""
+        unknown = sorted(set(config) - set(self.knobs))
+        if unknown:
+            names = ", ".join(repr(k) for k in unknown)
+            raise UserError(
+                f"{what + ': ' if what else ''}unknown knob{'s' if len(unknown) > 1 else ''} {names} "
+                f"for engine {self.engine!r} (known: {', '.join(sorted(self.knobs))})"
+            )

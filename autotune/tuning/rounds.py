@@ -45,16 +45,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from autotune.search_space import Knob, SearchSpace
+from autotune.space import Knob, SearchSpace
+from autotune.space.steps import apply_overrides, edge, neighbours, widened
 from autotune.spec import RoundsOptions
+from autotune.tuning.importance import param_importances
+from autotune.tuning.records import TrialRecord, rank
 
 ROUNDS_ATTR = "rounds"  # the decision log: [{round, decision, knob, reason}, ...]
 SPACE_ATTR = "rounds_space"  # per knob: {"low": .., "high": ..} or {"fixed": value}
@@ -142,7 +139,7 @@ class RoundPlanner:
         complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         if not complete:
             return [Decision(rnd, "keep", None, f"no completed trial before round {rnd}: nothing to learn from yet")]
-        ranked = rank_trials(self.study, complete)
+        ranked = rank([TrialRecord.of(t) for t in complete], [d.name.lower() for d in self.study.directions])
         best = ranked[0]
         decisions: list[Decision] = []
         active = [name for name, knob in space.knobs.items() if knob.fixed is None]
@@ -184,11 +181,11 @@ class RoundPlanner:
     # ----------------------------------------------------------------- extend
 
     def _extend(
-        self, rnd: int, name: str, knob: Knob, best: FrozenTrial, overrides: dict[str, dict[str, Any]]
+        self, rnd: int, name: str, knob: Knob, best: TrialRecord, overrides: dict[str, dict[str, Any]]
     ) -> Decision | None:
         if knob.type not in ("int", "float") or knob.low is None or knob.high is None:
             return None
-        value = config_of(best).get(name)
+        value = best.config.get(name)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return None
         hard = self.hard.knobs.get(name)
@@ -196,17 +193,17 @@ class RoundPlanner:
         hard_high = hard.high if hard is not None and hard.high is not None else knob.high
         # A spec may reach past the engine file's range: its own bound is then the limit.
         hard_low, hard_high = min(hard_low, knob.low), max(hard_high, knob.high)
-        edge = _edge(knob, float(value))
-        if edge is None:
+        side = edge(knob, float(value))
+        if side is None:
             return None
         shown = f"{name}={_fmt(value)}"
-        where = f"best trial #{best.number} has {shown} at the {edge} edge of [{_fmt(knob.low)}, {_fmt(knob.high)}]"
-        low, high = _widened(knob, edge)
+        where = f"best trial #{best.number} has {shown} at the {side} edge of [{_fmt(knob.low)}, {_fmt(knob.high)}]"
+        low, high = widened(knob, side)
         low, high = max(low, hard_low), min(high, hard_high)
         if knob.type == "int":
             low, high = math.floor(low), math.ceil(high)
-        if (edge == "upper" and high <= knob.high) or (edge == "lower" and low >= knob.low):
-            limit = hard_high if edge == "upper" else hard_low
+        if (side == "upper" and high <= knob.high) or (side == "lower" and low >= knob.low):
+            limit = hard_high if side == "upper" else hard_low
             return Decision(rnd, "keep", name, f"{where}, which is the knob's hard limit ({_fmt(limit)})")
         overrides[name] = {"low": low, "high": high}
         return Decision(
@@ -220,7 +217,7 @@ class RoundPlanner:
         self,
         rnd: int,
         importances: Mapping[str, float],
-        best: FrozenTrial,
+        best: TrialRecord,
         extended: set[str | None],
         overrides: dict[str, dict[str, Any]],
     ) -> list[Decision]:
@@ -230,7 +227,7 @@ class RoundPlanner:
         for name, share in ordered:
             if share >= self.options.freeze_below or name == keep_at_least or name in extended:
                 continue
-            value = config_of(best).get(name)
+            value = best.config.get(name)
             if value is None:
                 continue
             overrides[name] = {"fixed": value}
@@ -249,20 +246,20 @@ class RoundPlanner:
     # ----------------------------------------------------------------- enqueue
 
     def _enqueue_neighbours(
-        self, rnd: int, ranked: Sequence[FrozenTrial], importances: Mapping[str, float], limit: int
+        self, rnd: int, ranked: Sequence[TrialRecord], importances: Mapping[str, float], limit: int
     ) -> list[Decision]:
         space = self.space()
         active = [name for name, knob in space.knobs.items() if knob.fixed is None]
         # The knobs that matter most are moved first.
         active.sort(key=lambda name: importances.get(name, 0.0), reverse=True)
         fixed = {name: knob.fixed for name, knob in space.knobs.items() if knob.fixed is not None}
-        seen = {_key(config_of(t), active) for t in self.study.get_trials(deepcopy=False)}
+        seen = {_key(TrialRecord.of(t).config, active) for t in self.study.get_trials(deepcopy=False)}
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         seen |= {_key(t.system_attrs.get("fixed_params", {}), active) for t in waiting}
         decisions: list[Decision] = []
         sources = list(ranked[: max(1, self.options.neighbours)])
         for source in sources:
-            config = config_of(source)
+            config = source.config
             if any(k not in config for k in active):
                 continue
             for name in active:
@@ -282,161 +279,6 @@ class RoundPlanner:
                     decisions.append(Decision(rnd, "enqueue", name, reason))
                     break
         return decisions
-
-
-# --------------------------------------------------------------------- helpers
-
-
-def apply_overrides(base: SearchSpace, overrides: Mapping[str, Mapping[str, Any]]) -> SearchSpace:
-    """The base space with the rounds' ranges and pins laid over it (unknown knobs ignored)."""
-    knobs = dict(base.knobs)
-    for name, change in overrides.items():
-        if name in knobs:
-            knobs[name] = knobs[name].model_copy(update=dict(change))
-    return SearchSpace(engine=base.engine, knobs=knobs, constraints=base.constraints)
-
-
-def config_of(trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's whole configuration as it ran (``config`` attr, pinned knobs included), else its params."""
-    return {**trial.params, **trial.user_attrs.get("config", {})}
-
-
-def feasible(trial: FrozenTrial) -> bool:
-    if "feasible" in trial.user_attrs:
-        return bool(trial.user_attrs["feasible"])
-    constraints = trial.system_attrs.get("constraints")
-    return constraints is None or all(c <= 0 for c in constraints)
-
-
-def rank_trials(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """Best first: feasible before infeasible, then by the first objective."""
-    sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
-    return sorted(trials, key=lambda t: (not feasible(t), sign * (t.values[0] if t.values else math.inf), t.number))
-
-
-def param_importances(study: optuna.Study, params: Sequence[str] | None = None, seed: int = 0) -> dict[str, float]:
-    """fANOVA importances of ``params`` (default: every knob seen), robust to a space that changed.
-
-    Each knob gets one distribution, the widest it had; a pinned knob's value
-    comes from the trial's ``config``. The target is the first objective, with
-    infeasible trials set to the worst value seen, so "matters" means
-    "matters for a feasible, good result". Empty when there is too little to go on.
-    """
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values]
-    dists = union_distributions(complete)
-    names = [p for p in (params if params is not None else sorted(dists)) if p in dists]
-    rows = []
-    for t in complete:
-        config = config_of(t)
-        if all(p in config and _contains(dists[p], config[p]) for p in names):
-            rows.append(({p: config[p] for p in names}, t))
-    if len(rows) < 2 or not names:
-        return {}
-    maximize = study.directions[0] == StudyDirection.MAXIMIZE
-    values = [t.values[0] for _, t in rows]
-    worst = min(values) if maximize else max(values)
-    copy = optuna.create_study(direction="maximize" if maximize else "minimize")
-    for params, t in rows:
-        value = t.values[0] if feasible(t) else worst
-        copy.add_trial(optuna.trial.create_trial(
-            params=params, distributions={p: dists[p] for p in names}, value=value,
-        ))
-    if len({round(v, 12) for v in (t.value for t in copy.trials)}) < 2:
-        return {p: 0.0 for p in names}  # a flat response: nothing matters
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-    try:
-        return dict(optuna.importance.get_param_importances(copy, evaluator=evaluator))
-    except (ValueError, RuntimeError):
-        return {}
-
-
-def union_distributions(trials: Sequence[FrozenTrial]) -> dict[str, BaseDistribution]:
-    """Per parameter, one distribution covering every range it was suggested with."""
-    out: dict[str, BaseDistribution] = {}
-    for t in trials:
-        for name, dist in t.distributions.items():
-            prev = out.get(name)
-            if prev is None:
-                out[name] = dist
-            elif isinstance(prev, IntDistribution) and isinstance(dist, IntDistribution):
-                out[name] = IntDistribution(min(prev.low, dist.low), max(prev.high, dist.high), log=prev.log, step=prev.step)
-            elif isinstance(prev, FloatDistribution) and isinstance(dist, FloatDistribution):
-                out[name] = FloatDistribution(min(prev.low, dist.low), max(prev.high, dist.high), log=prev.log, step=prev.step)
-    return out
-
-
-def neighbours(knob: Knob, value: Any) -> list[Any]:
-    """Values one step from ``value`` within the knob's current range, nearest first.
-
-    A numeric step is an eighth of the range in the knob's scale (log or
-    linear), at least the knob's own step; a categorical moves to the adjacent
-    choice; a boolean flips.
-    """
-    if knob.type == "bool":
-        return [not value]
-    if knob.type == "categorical":
-        choices = list(knob.choices or [])
-        if value not in choices:
-            return []
-        i = choices.index(value)
-        return [choices[j] for j in (i + 1, i - 1) if 0 <= j < len(choices)]
-    if knob.low is None or knob.high is None or not isinstance(value, (int, float)):
-        return []
-    low, high = float(knob.low), float(knob.high)
-    out: list[Any] = []
-    for direction in (1, -1):
-        if knob.log and value > 0:
-            moved = math.exp(math.log(value) + direction * (math.log(high) - math.log(low)) / 8)
-        else:
-            moved = value + direction * (high - low) / 8
-        if knob.type == "int":
-            step = int(knob.step or 1)
-            moved = int(round(moved / step) * step)
-            if moved == value:
-                moved = int(value + direction * step)
-        elif knob.step:
-            moved = round(moved / knob.step) * knob.step
-        moved = min(max(moved, low), high)
-        if knob.type == "int":
-            moved = int(moved)
-        if moved != value and moved not in out:
-            out.append(moved)
-    return out
-
-
-def _edge(knob: Knob, value: float) -> Literal["lower", "upper"] | None:
-    assert knob.low is not None and knob.high is not None
-    low, high = float(knob.low), float(knob.high)
-    if high <= low:
-        return None
-    if knob.type == "int":
-        return "upper" if value >= high else "lower" if value <= low else None
-    scale = (lambda x: math.log(x)) if knob.log else (lambda x: x)
-    span = scale(high) - scale(low)
-    if scale(high) - scale(value) <= 0.02 * span:
-        return "upper"
-    if scale(value) - scale(low) <= 0.02 * span:
-        return "lower"
-    return None
-
-
-def _widened(knob: Knob, edge: str) -> tuple[float, float]:
-    """Half the width again on the edge's side (a log knob: its ratio's square root again)."""
-    assert knob.low is not None and knob.high is not None
-    low, high = float(knob.low), float(knob.high)
-    if knob.log:
-        factor = max(math.sqrt(high / low), 2.0)
-        return (low, high * factor) if edge == "upper" else (low / factor, high)
-    width = max(high - low, float(knob.step or 1))
-    return (low, high + width / 2) if edge == "upper" else (low - width / 2, high)
-
-
-def _contains(dist: BaseDistribution, value: Any) -> bool:
-    try:
-        return bool(dist._contains(dist.to_internal_repr(value)))
-    except (ValueError, TypeError):
-        return False
-
 
 def _key(config: Mapping[str, Any], names: Sequence[str]) -> str:
     return json.dumps([config.get(n) for n in names], default=str)

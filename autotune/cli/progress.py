@@ -1,5 +1,5 @@
-"""Rich progress for a running study: one bar for trials, one for the current
-trial's requests, and a line per finished trial, so a long study is never silent."""
+"""Rich progress for long work: a study (a bar for trials, one for the current trial's requests,
+a line per finished trial) and a verification (a bar over every fresh start), so neither is ever silent."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from autotune.cost import format_cost
+from autotune.cost import COST_KEY
 from autotune.spec import StudySpec
 from autotune.trial import TrialOutcome
+from autotune.verify import Start, Verification
 
 
 def _fmt_config(config: dict[str, Any]) -> str:
@@ -80,3 +82,62 @@ class RichReporter:
             )
         if self._trials is not None:
             self.progress.advance(self._trials)
+
+
+class RichVerifyReporter:
+    """One bar over every start of every configuration (with the time left), one for the requests."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console,
+        )
+        self._all: Any = None
+        self._now: Any = None
+        self._label = ""
+
+    def __enter__(self) -> "RichVerifyReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def opened(self, total_starts: int, already: int) -> None:
+        if already:
+            self.console.print(f"continuing: {already} of {total_starts} starts already measured")
+        self._all = self.progress.add_task("fresh starts", total=total_starts, completed=already)
+
+    def start_begun(self, trial: int, index: int, repeats: int) -> None:
+        self._label = f"  trial {trial} start {index + 1}/{repeats}"
+        self._now = self.progress.add_task(f"{self._label}: starting engine", total=None)
+
+    def status(self, message: str) -> None:
+        if self._now is not None:
+            self.progress.update(self._now, description=f"{self._label}: {message}")
+
+    def requests_progress(self, done: int, total: int) -> None:
+        if self._now is not None:
+            self.progress.update(self._now, total=total, completed=done)
+
+    def start_finished(self, trial: int, index: int, start: Start) -> None:
+        if self._now is not None:
+            self.progress.remove_task(self._now)
+            self._now = None
+        if start.status == "ok":
+            f = start.figures
+            self.console.print(
+                f"{self._label.strip()}: {f.get('output_throughput', 0):,.0f} out tok/s, "
+                f"p99 TTFT {f.get('p99_ttft_ms', 0):,.0f} ms, cost {format_cost(f.get(COST_KEY))}/1K, "
+                f"up in {f.get('startup_s', 0):.0f}s"
+            )
+        else:
+            self.console.print(f"{self._label.strip()}: [red]failed[/]: {start.reason}")
+        if self._all is not None:
+            self.progress.advance(self._all)
+
+    def verified(self, result: Verification) -> None:
+        pass
+
+

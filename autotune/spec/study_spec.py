@@ -14,9 +14,11 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from autotune.errors import UserError
+from autotune.errors import UserError, validation_line
 from autotune.load.workload import Workload
-from autotune.slo import Constraint, Objective, parse_objectives, parse_slos
+from autotune.spec.grammar import parse_objectives, parse_slos
+from autotune.spec.scenarios import deep_merge, load_scenario
+from autotune.spec.slo import Constraint, Objective
 
 DEFAULT_OBJECTIVES = "max:output_tps,min:p99(ttft)"
 
@@ -147,7 +149,7 @@ def redact_url(url: str) -> str:
 
 # --- optimisation in rounds (begin) ---
 class RoundsOptions(BaseModel):
-    """How the budget is cut into rounds, and what may change between them (see autotune.rounds)."""
+    """How the budget is cut into rounds, and what may change between them (see autotune.tuning.rounds)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -292,12 +294,12 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
     # --- scenario presets: preset < spec file < flags (begin) ---
     scenario = (overrides or {}).get("scenario") or data.get("scenario")
     if scenario:
-        data = {**_deep_merge(load_scenario(str(scenario)), data), "scenario": str(scenario)}
+        data = {**deep_merge(load_scenario(str(scenario)), data), "scenario": str(scenario)}
     # --- scenario presets (end) ---
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
-        _set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value)
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
@@ -306,17 +308,7 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
         raise UserError(str(e)) from None
 
 
-def validation_line(e: ValidationError) -> str:
-    """Pydantic's first complaint, as one line that names the field."""
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return f"{loc}: {msg}" if loc else msg
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = data
     for key in keys[:-1]:
@@ -328,49 +320,3 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-# --- scenario presets (begin) ---
-SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "objectives"
-
-
-def scenario_names() -> list[str]:
-    """The presets shipped under ``objectives/``."""
-    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.yaml"))
-
-
-def load_scenario(name: str) -> dict[str, Any]:
-    """A preset's fields: ``chat`` reads ``objectives/chat.yaml``; a path reads that file.
-
-    A preset is a partial spec (workload, SLO, objectives, goodput...); it is
-    validated together with whatever lies on top of it.
-    """
-    is_path = name.endswith((".yaml", ".yml")) or "/" in name
-    path = Path(name) if is_path else SCENARIOS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        if is_path:
-            raise UserError(f"scenario file not found: {name}")
-        raise UserError(f"unknown scenario {name!r} (known: {', '.join(scenario_names()) or 'none'})")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"scenario {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(loaded, dict):
-        raise UserError(f"scenario {path} must be a mapping at the top level")
-    if "scenario" in loaded:
-        raise UserError(f"scenario {path} may not name another scenario")
-    return loaded
-
-
-def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``, mapping by mapping; any other value replaces whole.
-
-    A length distribution (a mapping with ``dist``) is one value: merging a
-    fixed length into a preset's lognormal would keep a ``std`` it refuses.
-    """
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and "dist" not in value and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-# --- scenario presets (end) ---

@@ -1,0 +1,152 @@
+"""``optimize``, ``review`` and ``worker``: running a study and reading its results."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from autotune.cli._app import app, console, err_console
+from autotune.cli.progress import RichReporter
+from autotune.load.stats import generator_verdict
+from autotune.spec import flag_overrides, load_spec, redact_url
+from autotune.tuning import StudyResults, budget_state, run_study, worker_spec
+
+
+@app.command()
+def optimize(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="'tiny', 'shape:<name>', a local folder or a hub id"),
+    slo: Optional[str] = typer.Option(None, "--slo", help="e.g. 'p99(ttft)<300ms' or 'ttft<300ms@99%'"),
+    objectives: Optional[str] = typer.Option(None, "--objectives", "-o", help="e.g. 'max:output_tps,min:p99(ttft)'"),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="trials to launch (resumed ones count)"),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="study spec YAML; flags override it"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="engine adapter (default vllm)"),
+    name: Optional[str] = typer.Option(None, "--name", help="study name (default: <model>-<engine>)"),
+    study_dir: Optional[Path] = typer.Option(None, "--study-dir", help="where the study lives"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: SQLite in the study folder)"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="requests in flight"),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Poisson arrivals at this many requests/s"),
+    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens"),
+    output_tokens: Optional[int] = typer.Option(None, "--output-tokens"),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe, gp, nsga2 or random"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs the engine may use"),
+    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    wall_time: Optional[float] = typer.Option(None, "--wall-time", help="stop launching trials after this many seconds"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the engine's API key"),
+    scenario: Optional[str] = typer.Option(None, "--scenario", help="preset: chat, long-context, batch or a YAML file"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", "-r", min=1, help="measurements of each trial (mean, std, CI)"),
+) -> None:
+    """Run (or resume) a tuning study and print the Pareto front."""
+    t0 = time.monotonic()
+    spec = load_spec(spec_file, flag_overrides(
+        model=model, slo=slo, objectives=objectives, trials=trials, engine=engine, name=name, study_dir=study_dir,
+        storage=storage, api_key_env=api_key_env, concurrency=concurrency, rate=rate, prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens, num_requests=num_requests, max_model_len=max_model_len, sampler=sampler,
+        seed=seed, gpus=gpus, price=price, device=device, wall_time=wall_time, scenario=scenario, repeats=repeats,
+    ))
+    assert spec.study_dir is not None
+    console.print(
+        f"study [bold]{spec.name}[/] in {spec.study_dir}: model {spec.model}, engine {spec.engine.name}, "
+        f"objectives {spec.objectives}" + (f", SLO {spec.slo}" if spec.slo else "")
+    )
+    with RichReporter(console) as reporter:
+        try:
+            run = run_study(spec, reporter)
+        except KeyboardInterrupt:
+            reporter.progress.stop()
+            err_console.print("interrupted: finished trials are kept; run the same command to resume")
+            raise typer.Exit(130)
+    results = StudyResults(run.study, spec)
+    print_results(results, spec.study_dir)
+    write_html_report(results, spec.study_dir, None)
+    warn_generator([(f"trial {t.number}", t.figures) for t in results.trials])
+    console.print(f"wall time: {time.monotonic() - t0:,.0f} s")
+
+
+@app.command()
+def review(
+    study_dir: Path = typer.Argument(..., help="the study folder"),
+    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", min=0, help="price for the cost column"),
+) -> None:
+    """Print a study's Pareto front (with verification and cost) and write its recommended configs."""
+    from autotune.report import importance_table, rounds_table
+
+    results = StudyResults.load(study_dir)
+    print_results(results, study_dir, price)
+    for table in (rounds_table(results), importance_table(results)):
+        if table is not None:
+            console.print(table)
+
+
+@app.command()
+def worker(
+    storage: str = typer.Option(..., "--storage", envvar="AUTOTUNE_STORAGE", help="e.g. postgresql://user@db-host/autotune"),
+    study: str = typer.Option(..., "--study", help="the study's name"),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices this worker's engine uses, e.g. 0,1"),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="create the study from this spec if it does not exist"),
+    study_dir: Optional[Path] = typer.Option(None, "--study-dir", help="this node's folder for logs (default autotune-runs/<study>)"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the engine's API key"),
+) -> None:
+    """Pull trials of a shared study until its budget is spent (run one per node)."""
+    spec = worker_spec(storage, study, spec_file=spec_file, study_dir=study_dir, gpus=gpus, api_key_env=api_key_env)
+    console.print(
+        f"worker on study [bold]{spec.name}[/] in {redact_url(storage)}, logs in {spec.study_dir}"
+        + (f", GPUs {gpus}" if gpus else "")
+    )
+    with RichReporter(console) as reporter:
+        try:
+            run = run_study(spec, reporter, distributed=True)
+        except KeyboardInterrupt:
+            reporter.progress.stop()
+            err_console.print("interrupted: this worker's trial is marked interrupted; the others go on")
+            raise typer.Exit(130)
+    state = budget_state(run.study)
+    console.print(f"study {spec.name}: {state.done} of {spec.budget.trials} trials done, {state.running} running")
+
+
+def print_results(results: StudyResults, study_dir: Path, price: Optional[float] = None) -> None:
+    """Notes, failures, quality, then the front (transposed on a narrow terminal) and each recommendation's command."""
+    from autotune.report import failures_table, pareto_table, quality_table, transposed, write_configs
+
+    for note in results.unreported():
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for extra in (failures_table(results), quality_table(results)):
+        if extra is not None:
+            console.print(extra)
+    table = pareto_table(results, price)
+    if table.row_count and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
+        table = transposed(table)  # a column per knob and figure would be cut to ellipses
+    console.print(table)
+    for rec in write_configs(results, study_dir):
+        console.print(f"trial {rec.trial.number}: {rec.config_path}")
+        console.print(f"  {rec.command}", highlight=False, soft_wrap=True)
+
+
+def write_html_report(results: StudyResults, study_dir: Path, price: Optional[float]) -> None:
+    try:
+        from autotune.report import write_report
+    except ImportError as exc:  # the report extra is optional; the study itself is complete
+        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')",
+                      highlight=False, markup=False)
+        return
+    try:
+        html_path, png_path = write_report(results, study_dir, price_per_gpu_hour=price)
+    except ImportError as exc:
+        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')",
+                      highlight=False, markup=False)
+        return
+    console.print(f"report: {html_path}  front: {png_path}", highlight=False, soft_wrap=True)
+
+
+def warn_generator(runs: list[tuple[str, dict]]) -> None:
+    """Names the runs whose load generator could not offer the requested load, and why."""
+    for label, figures in runs:
+        verdict = generator_verdict(figures)
+        if verdict is not None and verdict[0] == "warn":
+            err_console.print(f"warning: {label}: {verdict[1]}", highlight=False, soft_wrap=True)

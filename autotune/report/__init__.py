@@ -1,0 +1,44 @@
+"""What a study hands back: console tables, report.html, pareto.png and ready-to-run configs.
+
+Everything here draws from ``autotune.tuning.StudyResults``, where the front,
+the best trial and the importances are computed once.
+"""
+
+from autotune.report.configs import Recommendation, serve_command, write_configs
+from autotune.report.console import (
+    SHOWN,
+    failures_table,
+    fmt_value,
+    importance_table,
+    pareto_table,
+    quality_table,
+    rounds_table,
+    transposed,
+    trial_cost,
+)
+from autotune.report.html import HTML_NAME, PNG_NAME, pareto_figure, write_report
+from autotune.report.png import write_pareto_png
+from autotune.report.verification import figure_rows, verdict_lines, verify_table
+
+__all__ = [
+    "HTML_NAME",
+    "PNG_NAME",
+    "SHOWN",
+    "Recommendation",
+    "failures_table",
+    "figure_rows",
+    "fmt_value",
+    "importance_table",
+    "pareto_figure",
+    "pareto_table",
+    "quality_table",
+    "rounds_table",
+    "serve_command",
+    "transposed",
+    "trial_cost",
+    "verdict_lines",
+    "verify_table",
+    "write_configs",
+    "write_pareto_png",
+    "write_report",
+]

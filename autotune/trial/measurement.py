@@ -1,0 +1,252 @@
+"""Measuring a running server: one load or a goodput search, repeated, with telemetry alongside.
+
+Knows nothing of Optuna or of engine lifetimes: it is given a URL and returns a
+``Measurement``, so trials, ``autotune measure`` and ``verify`` measure alike.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from autotune.json_safe import json_safe
+from autotune.load.goodput import endpoint_measure, search_goodput
+from autotune.load.prompts import build_requests, load_tokenizer
+from autotune.load.runner import run_load
+from autotune.load.stats import Summary, per_request_view, summarize
+from autotune.trial.setup import TrialSetup
+
+__all__ = ["Measurement", "combine_repeats", "measure", "measure_repeated"]
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Measurement:
+    """What one measurement (or several repeats of it, combined) found.
+
+    ``figures`` are flat: numbers in vllm bench serve's names, plus a few texts
+    (``first_error``). For a goodput search they are the best holding level's.
+    """
+
+    figures: dict[str, Any]
+    per_request: list[dict[str, Any]] = field(default_factory=list)
+    goodput: dict[str, Any] | None = None  # the levels tried and the verdict of each
+    telemetry: dict[str, Any] | None = None  # GPU (NVML) and engine-metrics figures of the window
+    repeats: dict[str, Any] | None = None  # with repeats: n, each figure's mean/std/CI, each run's figures
+
+
+def measure(
+    setup: TrialSetup,
+    base_url: str,
+    out_dir: Path | None,
+    *,
+    status: Say | None = None,
+    progress: Progress | None = None,
+    seed_offset: int = 0,
+    gpu_limit: int | None = None,
+) -> Measurement:
+    """Drives the workload at a running server: one fixed load, or a goodput search.
+
+    ``gpu_limit`` is how many GPUs the engine uses, for the telemetry of the window.
+    """
+    say = status or (lambda _msg: None)
+    windows: list[dict[str, Any]] = []
+    tokenizer, vocab = _tokenizer(setup.model.tokenizer_dir or setup.model.source)
+    workload = setup.workload
+    if setup.goodput is None:
+        say("measuring")
+        requests = build_requests(
+            workload, tokenizer, vocab, count=workload.warmup_requests + workload.num_requests,
+            seed_offset=seed_offset,
+        )
+        with _telemetry_window(setup, base_url, gpu_limit, say) as tel:
+            result = run_load(
+                base_url, setup.engine.request_model(setup.model), requests, workload,
+                ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
+            )
+        figures: dict[str, Any] = dict(summarize(result))
+        telemetry = _telemetry_figures(tel, figures, windows, None, out_dir)
+        if out_dir is not None:
+            _write_requests(out_dir / "requests.jsonl", [r.as_dict() for r in result.records])
+        _first_error(figures, [r.error for r in result.records])
+        return Measurement(figures, per_request_view(result.records), None, telemetry)
+
+    g = setup.goodput
+    probe = endpoint_measure(
+        base_url, setup.engine.request_model(setup.model), tokenizer, vocab, workload, unit=g.unit,
+        ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
+        min_duration_s=g.min_duration_s, seed_offset=seed_offset,
+    )
+    tried = 0
+    level_telemetry: dict[float, dict[str, Any]] = {}
+
+    def level(load: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        nonlocal tried
+        tried += 1
+        say(f"goodput level {tried}/{g.max_levels}: {load:g} {g.unit}")
+        with _telemetry_window(setup, base_url, gpu_limit, say) as tel:
+            level_figures, per_request = probe(load)
+        level_figures = dict(level_figures)
+        level_telemetry[load] = _telemetry_figures(tel, level_figures, windows, load, out_dir)
+        return level_figures, per_request
+
+    found = search_goodput(
+        level, [c for c in setup.constraints if c.kind in ("latency", "throughput")], unit=g.unit, start=g.start,
+        max_levels=g.max_levels, upper=g.upper, min_load=g.min_load, resolution=g.resolution,
+        conservative=g.conservative, growth=g.growth,
+    )
+    chosen = found.best or found.levels[0]
+    figures = dict(chosen.figures)
+    figures["goodput"] = found.goodput
+    summary = found.to_json()
+    if out_dir is not None:
+        (out_dir / "goodput.json").write_text(json.dumps(summary, indent=2))
+    _first_error(figures, [r.get("error") for r in chosen.per_request])
+    return Measurement(figures, chosen.per_request, summary, level_telemetry.get(chosen.load))
+
+
+def measure_repeated(
+    setup: TrialSetup,
+    base_url: str,
+    out_dir: Path | None,
+    *,
+    repeats: int | None = None,
+    status: Say | None = None,
+    on_repeat: Callable[[int, Measurement], None] | None = None,
+    **kwargs: Any,
+) -> Measurement:
+    """``measure`` ``repeats`` times (default ``setup.repeats``) on one server, combined.
+
+    Each run draws fresh prompts (its own seed offset), so a prefix cache
+    cannot serve a later run from an earlier one, and keeps its artefacts in
+    ``out_dir/repeat-N``. ``on_repeat`` sees every run as it ends, so a caller
+    can keep what was measured before an interruption.
+    """
+    n = setup.repeats if repeats is None else repeats
+    if n <= 1:
+        one = measure(setup, base_url, out_dir, status=status, **kwargs)
+        if on_repeat is not None:
+            on_repeat(0, one)
+        return one
+    say = status or (lambda _msg: None)
+    runs: list[Measurement] = []
+    for i in range(n):
+        say(f"repeat {i + 1}/{n}")
+        run_dir = None if out_dir is None else out_dir / f"repeat-{i + 1}"
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        runs.append(measure(setup, base_url, run_dir, status=status, seed_offset=1000 * (i + 1), **kwargs))
+        if on_repeat is not None:
+            on_repeat(i, runs[-1])
+    combined = combine_repeats(runs)
+    if combined.goodput is not None and out_dir is not None:
+        (out_dir / "goodput.json").write_text(json.dumps(combined.goodput, indent=2))
+    return combined
+
+
+def combine_repeats(runs: list[Measurement]) -> Measurement:
+    """One trial's figures from several runs: each numeric figure's mean, with its spread beside.
+
+    ``loadgen_saturated`` is the worst run's, not the mean: one distorted run
+    taints the mean. The per-request view pools all runs, so attainment SLOs
+    are judged on every request measured.
+    """
+    all_figures = [r.figures for r in runs]
+    numeric = [k for k in dict.fromkeys(k for f in all_figures for k in f) if _is_number(all_figures, k)]
+    figures: dict[str, Any] = {k: v for f in reversed(all_figures) for k, v in f.items() if k not in numeric}
+    stats: dict[str, Any] = {}
+    for key in numeric:
+        summary = Summary.of(float(f[key]) for f in all_figures if key in f)
+        figures[key] = summary.mean
+        stats[key] = {"mean": summary.mean, "std": summary.std, "ci95": list(summary.ci95), "n": summary.n}
+    if "loadgen_saturated" in numeric:
+        figures["loadgen_saturated"] = max(float(f.get("loadgen_saturated", 0)) for f in all_figures)
+    windows = [r.telemetry for r in runs if isinstance(r.telemetry, dict)]
+    telemetry = None
+    if windows:
+        from autotune.telemetry import combine_windows
+
+        telemetry = combine_windows(windows)
+    repeats = {
+        "n": len(runs),
+        "summary": json_safe(stats),
+        "runs": [json_safe({k: f[k] for k in numeric if k in f}) for f in all_figures],
+    }
+    goodputs = [r.goodput for r in runs if r.goodput is not None]
+    goodput = None
+    if goodputs:
+        goodput = {
+            "goodput": figures.get("goodput"),
+            "unit": goodputs[0].get("unit"),
+            "repeats": [{"goodput": g.get("goodput"), "best": g.get("best")} for g in goodputs],
+            "levels": [{**level, "repeat": i + 1} for i, g in enumerate(goodputs) for level in g.get("levels", [])],
+        }
+    per_request = [row for r in runs for row in r.per_request]
+    return Measurement(figures, per_request, goodput, telemetry, repeats)
+
+
+def _is_number(runs: list[dict[str, Any]], key: str) -> bool:
+    return all(isinstance(f[key], (int, float)) and not isinstance(f[key], bool) for f in runs if key in f)
+
+
+def _telemetry_window(setup: TrialSetup, base_url: str, gpu_limit: int | None, say: Say) -> Any:
+    """A TelemetryWindow for one load run; a no-op context if even building it fails."""
+    try:
+        from autotune.telemetry import ENGINE_METRICS, TelemetryWindow, visible_gpus
+
+        metrics_path = setup.engine.metrics_path if setup.engine.capabilities.metrics else None
+        names = getattr(setup.engine, "metric_names", None)
+        prefix = getattr(setup.engine, "metric_prefix", None)
+        if names is not None and prefix:
+            names = {**ENGINE_METRICS.get(prefix, {}), **names}  # the adapter's names win
+        return TelemetryWindow(
+            base_url + metrics_path if metrics_path else None,
+            metric_names=names,
+            use_gpu=setup.device == "cuda",
+            gpus=visible_gpus(setup.extra_env),
+            gpu_limit=gpu_limit,
+            scrape_hz=4.0 if setup.device == "cuda" else 2.0,  # each scrape costs a CPU engine's server time
+            headers={"Authorization": f"Bearer {setup.api_key}"} if setup.api_key else None,
+            say=say,
+        )
+    except Exception:
+        return nullcontext(None)
+
+
+def _telemetry_figures(
+    tel: Any, figures: Mapping[str, Any], windows: list[dict[str, Any]], load: float | None, out_dir: Path | None
+) -> dict[str, Any]:
+    """The window's figures; its time series go to telemetry.json. Never raises."""
+    if tel is None:
+        return {"notes": ["telemetry unavailable"]}
+    try:
+        reduced = tel.figures(figures.get("total_output_tokens"))
+        windows.append({"load": load, "figures": reduced, "series": tel.series()})
+        if out_dir is not None:
+            (out_dir / "telemetry.json").write_text(json.dumps({"windows": windows}, default=str))
+        return reduced
+    except Exception as e:
+        return {"notes": [f"telemetry failed: {type(e).__name__}: {e}"]}
+
+
+def _first_error(figures: dict[str, Any], errors: list[str | None]) -> None:
+    first = next((e for e in errors if e), None)
+    if first:
+        figures["first_error"] = first
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(source: str):  # type: ignore[no-untyped-def]
+    return load_tokenizer(Path(source))
+
+
+def _write_requests(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,175 @@
+"""What stays fixed across the trials of a study, and the launch one configuration gets.
+
+A ``TrialSetup`` is built once from the spec; ``plan`` turns it and a
+configuration into the exact command that would run, and ``check`` answers,
+from that command, whether it can run at all before anything is started.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from autotune.engines import EngineAdapter, LaunchPlan, ModelRef, get_engine
+from autotune.environment import detect_device, gpus
+from autotune.errors import UserError
+from autotune.load.workload import Workload
+from autotune.models.resolve import resolve_model
+from autotune.space import Assessment, Capacity, SearchSpace, assess, deployment_from_argv, host_memory_gib
+from autotune.space import load_model_config
+from autotune.spec import Constraint, GoodputOptions, StudySpec
+
+__all__ = ["TrialSetup", "apply_template", "check", "feasibility", "plan", "setup_from_spec", "with_workload"]
+
+
+@dataclass
+class TrialSetup:
+    """Everything fixed across the trials of one study."""
+
+    engine: EngineAdapter
+    space: SearchSpace
+    model: ModelRef
+    workload: Workload
+    device: str
+    hardware: dict[str, float]
+    host: str = "127.0.0.1"
+    startup_timeout_s: float = 600.0
+    extra_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    launch_template: list[str] | None = None
+    constraints: list[Constraint] = field(default_factory=list)
+    goodput: GoodputOptions | None = None
+    api_key: str | None = None
+    # The hardware one trial may use and the model's config.json, for feasibility.
+    capacity: Capacity | None = None
+    model_config: dict[str, Any] | None = None
+    repeats: int = 1  # measurements on the same server; see autotune.trial.measurement
+
+
+def setup_from_spec(spec: StudySpec) -> TrialSetup:
+    """The setup a spec describes: its engine, the engine's space narrowed by the spec, the model, the GPUs."""
+    device = spec.hardware.device if spec.hardware.device != "auto" else detect_device()
+    engine = get_engine(spec.engine.name, spec.engine.options)
+    hardware = {"gpu_count": float(spec.hardware.gpu_count if device == "cuda" else 1)}
+    space = SearchSpace.load(engine.name).for_hardware(device, hardware).with_overrides(spec.space)
+    model = resolve_model(spec.model, max_model_len=spec.max_model_len)
+    capacity, gpu_env = hardware_capacity(spec, device)
+    extra_env = dict(spec.engine.env)
+    for key, value in gpu_env.items():
+        if extra_env.get(key, value) != value:
+            raise UserError(f"engine.env sets {key}={extra_env[key]} but hardware.gpu_ids says {value}")
+        extra_env[key] = value
+    return TrialSetup(
+        engine=engine,
+        space=space,
+        model=model,
+        workload=spec.workload,
+        device=device,
+        hardware=hardware,
+        host=spec.engine.host,
+        startup_timeout_s=spec.engine.startup_timeout_s,
+        extra_args=list(spec.engine.extra_args),
+        extra_env=extra_env,
+        launch_template=spec.engine.launch_template,
+        constraints=spec.constraints,
+        goodput=spec.goodput,
+        api_key=api_key(spec),
+        repeats=spec.repeats,
+        capacity=capacity,
+        model_config=load_model_config(model.source),
+    )
+
+
+def api_key(spec: StudySpec) -> str | None:
+    """The engine's API key, from the environment variable the spec names: never from the spec itself."""
+    name = spec.engine.api_key_env
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise UserError(f"engine.api_key_env: environment variable {name} is not set (the API key is read from it)")
+    return value
+
+
+def hardware_capacity(spec: StudySpec, device: str) -> tuple[Capacity, dict[str, str]]:
+    """GPU count and memory per GPU (the spec's, else NVML's for the GPUs given), and
+    the environment that binds the engine to ``hardware.gpu_ids``."""
+    hw = spec.hardware
+    if device != "cuda":
+        return Capacity(device=device, gpu_count=1, host_memory_gib=host_memory_gib()), {}
+    memory = hw.gpu_memory_gib
+    if memory is None:
+        found = {g["index"]: g.get("memory_gib") for g in gpus()}
+        ids = hw.gpu_ids if hw.gpu_ids is not None else list(range(hw.gpu_count))
+        sizes = [found[i] for i in ids if found.get(i)]
+        memory = min(sizes) if sizes and len(sizes) == len(ids) else None
+    return Capacity(device="cuda", gpu_count=hw.gpu_count, gpu_memory_gib=memory), hw.engine_env()
+
+
+def check(setup: TrialSetup, config: Mapping[str, Any]) -> list[str]:
+    """Reasons this configuration cannot run, found without starting anything:
+    the search space's rules between knobs, then the model-and-hardware arithmetic."""
+    return setup.space.check(config, setup.hardware) + feasibility(setup, config).reasons
+
+
+def feasibility(setup: TrialSetup, config: Mapping[str, Any]) -> Assessment:
+    """Reads TP, PP, dtypes and lengths from the exact command that would be launched,
+    so knobs, extra arguments and templates are all counted."""
+    launch = plan(setup, config, port=0)
+    capacity = setup.capacity or Capacity(device=setup.device, gpu_count=int(setup.hardware.get("gpu_count", 1)))
+    return assess(setup.model_config, deployment_from_argv(launch.argv, launch.env), capacity)
+
+
+def plan(setup: TrialSetup, config: Mapping[str, Any], port: int) -> LaunchPlan:
+    env = dict(setup.extra_env)
+    if Path(setup.model.source).exists():
+        env.setdefault("HF_HUB_OFFLINE", "1")
+    launch = setup.engine.plan(
+        setup.model,
+        setup.space.knob_specs(),
+        config,
+        host=setup.host,
+        port=port,
+        device=setup.device,
+        extra_args=setup.extra_args,
+        extra_env=env,
+    )
+    if setup.launch_template:
+        launch.argv = apply_template(setup.launch_template, launch.argv, setup.host, port)
+    return launch
+
+
+def apply_template(template: list[str], argv: list[str], host: str, port: int) -> list[str]:
+    """Wraps argv (``docker run ... {argv}``); placeholders fill list items, never a shell string.
+
+    ``{argv}`` is the whole command; ``{args}`` is its options without the program
+    (this machine's interpreter and module mean nothing inside a container image,
+    whose own entry point or command then comes first: ``IMAGE {args}``).
+    """
+    out: list[str] = []
+    for item in template:
+        if item == "{argv}":
+            out += argv
+        elif item == "{args}":
+            out += argv[_program_length(argv):]
+        else:
+            out.append(item.replace("{port}", str(port)).replace("{host}", host))
+    if "{argv}" not in template and "{args}" not in template:
+        raise UserError("launch_template must contain the item '{argv}' or '{args}'")
+    return out
+
+
+def _program_length(argv: list[str]) -> int:
+    """How many leading items name the program: ``python -m module`` is three, a binary one."""
+    return 3 if len(argv) >= 3 and argv[1] == "-m" else 1
+
+
+def with_workload(setup: TrialSetup, config: Mapping[str, Any]) -> TrialSetup:
+    """The setup with the workload fields this configuration sets (client-side knobs; the engine says which)."""
+    overrides = setup.engine.workload_overrides(config)
+    if not overrides:
+        return setup
+    workload = type(setup.workload).model_validate({**setup.workload.model_dump(), **overrides})
+    return replace(setup, workload=workload)
