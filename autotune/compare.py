@@ -13,7 +13,6 @@ beside the environment it ran in.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -22,25 +21,17 @@ from rich.table import Table
 
 from autotune.environment import describe, record
 from autotune.errors import UserError
+from autotune.figures import format_figure, label
 from autotune.load.stats import Summary
 from autotune.measure import MeasureReport, measure_config
 from autotune.spec import StudySpec, load_spec
 from autotune.trial import TrialSetup, plan, setup_from_spec
 from autotune.tuning import StudyResults
 
-# (figure, label, format) in table order; vllm bench serve names.
-ROWS: list[tuple[str, str, str]] = [
-    ("output_throughput", "output tok/s", "{:,.0f}"),
-    ("total_token_throughput", "total tok/s", "{:,.0f}"),
-    ("request_throughput", "requests/s", "{:,.2f}"),
-    ("median_ttft_ms", "p50 TTFT ms", "{:,.1f}"),
-    ("p99_ttft_ms", "p99 TTFT ms", "{:,.1f}"),
-    ("mean_tpot_ms", "mean TPOT ms", "{:,.2f}"),
-    ("p99_itl_ms", "p99 ITL ms", "{:,.2f}"),
-    ("p99_e2el_ms", "p99 E2E ms", "{:,.1f}"),
-    ("mean_output_tokens", "output tokens/request", "{:,.1f}"),
-    ("completed", "completed", "{:,.0f}"),
-    ("failed", "failed", "{:,.0f}"),
+# Figures in table order.
+ROWS = [
+    "output_throughput", "total_token_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms",
+    "mean_tpot_ms", "p99_itl_ms", "p99_e2el_ms", "mean_output_tokens", "completed", "failed",
 ]
 
 
@@ -53,21 +44,12 @@ class EngineResult:
     environment: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Summary]:
-        out: dict[str, Summary] = {}
-        for key, _, _ in ROWS:
-            values = [_figure(r, key) for r in self.report.repeats]
-            out[key] = Summary.of(values)
-        return out
+        return self.report.summary(ROWS, every=True)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "engine": self.engine,
-            "config": self.config,
-            "config_source": self.source,
-            "environment": self.environment,
-            "summary": {k: s.to_json() for k, s in self.summary().items()},
-            "measure": self.report.to_json(),
-        }
+        summary = {k: s.to_json() for k, s in self.summary().items()}
+        return {"engine": self.engine, "config": self.config, "config_source": self.source,
+                "environment": self.environment, "summary": summary, "measure": self.report.to_json()}
 
 
 @dataclass
@@ -82,14 +64,6 @@ class Comparison:
             "workload": self.workload,
             "engines": [r.to_json() for r in self.results],
         }
-
-
-def _figure(figures: Mapping[str, Any], key: str) -> float | None:
-    if key == "mean_output_tokens":
-        done, tokens = figures.get("completed"), figures.get("total_output_tokens")
-        return tokens / done if done else None
-    value = figures.get(key)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def best_config(study_dir: Path, engine: str) -> dict[str, Any]:
@@ -163,13 +137,13 @@ def table(comparison: Comparison) -> Table:
     for r in comparison.results:
         t.add_column(f"{r.engine} {r.environment.get('engine_version') or ''}".strip(), justify="right")
     summaries = [r.summary() for r in comparison.results]
-    for key, label, fmt in ROWS:
+    for key in ROWS:
         cells = []
         for s in summaries:
             cell = s[key]
-            cells.append("-" if cell.n == 0 else (f"{fmt.format(cell.mean)} ± {fmt.format(cell.std)}" if cell.n > 1
-                                                   else fmt.format(cell.mean)))
-        t.add_row(label, *cells)
+            mean = format_figure(key, cell.mean)
+            cells.append("-" if cell.n == 0 else (f"{mean} ± {format_figure(key, cell.std)}" if cell.n > 1 else mean))
+        t.add_row(label(key), *cells)
     t.add_row("engine start s", *[f"{r.report.startup_s:.1f}" if r.report.startup_s is not None else "-"
                                   for r in comparison.results])
     t.add_row("configuration", *[_config_text(r) for r in comparison.results])

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from autotune import __version__
+from autotune._version import __version__
 
 
 @lru_cache(maxsize=1)
@@ -60,7 +60,7 @@ def nvml_inventory() -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
-# --- topology: NVLink or the PCIe path between GPUs (begin) ---
+# Topology: NVLink or the PCIe path between GPUs.
 _PCIE_LEVELS = {
     0: "same board", 10: "PCIe switch", 20: "PCIe switches", 30: "PCIe host bridge",
     40: "PCIe, same NUMA node", 50: "PCIe across sockets (SMP)",
@@ -118,7 +118,6 @@ def _pair_link(pynvml: Any, handles: list[Any], found: list[dict[str, Any]], bus
         return "NVLink (NVSwitch)"
     level = _optional(lambda: pynvml.nvmlDeviceGetTopologyCommonAncestor(handles[i], handles[j]))
     return _PCIE_LEVELS.get(level, f"PCIe (level {level})") if level is not None else "unknown"
-# --- topology (end) ---
 
 
 def _text(value: bytes | str) -> str:
@@ -173,7 +172,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-# --- completeness: a result is only reported with its environment (begin) ---
+# Completeness: a result is only reported with its environment.
 REQUIRED = ("engine", "engine_version", "autotune", "python", "host", "device")
 REQUIRED_GPU = ("gpu", "gpu_count", "gpu_memory_gib", "topology", "driver", "cuda")
 
@@ -184,7 +183,6 @@ def missing(env: dict[str, Any] | None) -> list[str]:
         return ["environment"]
     need = REQUIRED + (REQUIRED_GPU if env.get("device") == "cuda" else ())
     return [k for k in need if env.get(k) in (None, "")]
-# --- completeness (end) ---
 
 
 def describe(env: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from autotune.engines.base import LaunchPlan
 from autotune.engines.launcher import free_port
 from autotune.engines.serving import serving
 from autotune.errors import EngineStartError, UserError
+from autotune.figures import figure
 from autotune.load.stats import Summary
 from autotune.trial import Measurement, TrialSetup, check, measure_repeated, plan
 
@@ -38,9 +39,10 @@ class MeasureReport:
     command: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self, keys: list[str] | None = None) -> dict[str, Summary]:
-        wanted = [k for k in (keys or KEY_FIGURES) if any(k in r for r in self.repeats)]
-        return {k: Summary.of(r.get(k) for r in self.repeats) for k in wanted}
+    def summary(self, keys: list[str] | None = None, *, every: bool = False) -> dict[str, Summary]:
+        """Each figure over the repeats; ``every``: a figure no repeat measured too (n = 0)."""
+        wanted = [k for k in (keys or KEY_FIGURES) if every or any(figure(r, k) is not None for r in self.repeats)]
+        return {k: Summary.of(figure(r, k) for r in self.repeats) for k in wanted}
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Protocol
 from autotune.cost import COST_KEY, cost_per_1k_tokens, gpus_used
 from autotune.environment import missing, record
 from autotune.errors import UserError
+from autotune.figures import label
 from autotune.json_safe import json_safe
 from autotune.load.goodput import wilson_interval
 from autotune.load.stats import Summary
@@ -330,11 +331,11 @@ def _check(
     scale, unit = (1000.0, "ms") if c.kind == "latency" else (1.0, "")
     limit = c.threshold * scale
     upper = c.op in ("<", "<=")
-    label = _label(key)
+    name = label(key)
     if s is None or s.n == 0:
-        return Check(c.text, f"{label}: not measured", None, limit, unit, False, f"{c.text}: {label} was not measured")
+        return Check(c.text, f"{name}: not measured", None, limit, unit, False, f"{c.text}: {name} was not measured")
     bound = s.ci95[1] if upper else s.ci95[0]
-    basis = f"{'upper' if upper else 'lower'} 95% bound of mean {label} over {s.n} starts"
+    basis = f"{'upper' if upper else 'lower'} 95% bound of mean {name} over {s.n} starts"
     if s.n < 2 or not math.isfinite(bound):
         return Check(c.text, basis, None, limit, unit, False,
                      f"{c.text}: one start gives no confidence interval (mean {_fmt(s.mean, unit)})")
@@ -371,17 +372,6 @@ def _quality_check(c: Constraint, quality: Mapping[str, Any]) -> Check:
     return Check(c.text, basis, float(value), c.threshold, "", holds, reason)
 
 
-FIGURE_LABELS = {
-    "goodput": "goodput", "output_throughput": "out tok/s", "request_throughput": "req/s",
-    COST_KEY: "$ / 1K tokens", "p50_ttft_ms": "p50 TTFT ms", "median_ttft_ms": "p50 TTFT ms",
-    "p99_ttft_ms": "p99 TTFT ms", "mean_ttft_ms": "mean TTFT ms", "mean_tpot_ms": "TPOT ms",
-    "p99_tpot_ms": "p99 TPOT ms", "p99_itl_ms": "p99 ITL ms", "p99_e2el_ms": "p99 E2E ms",
-    "startup_s": "start s",
-}
-
-
-def _label(key: str) -> str:
-    return FIGURE_LABELS.get(key, key)
 
 
 def _fmt(value: float | None, unit: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from autotune.cli import _options as opt
 from autotune.cli._app import app, console, err_console
 from autotune.cli.study import write_html_report
 from autotune.errors import UserError
@@ -20,7 +21,7 @@ def verify(
     top: Optional[int] = typer.Option(None, "--top", min=1, help="verify the best K trials instead of the Pareto front"),
     trials: list[int] = typer.Option([], "--trial", help="verify this trial (repeatable)"),
     repeats: int = typer.Option(10, "--repeats", "-r", min=1, help="fresh server starts per configuration"),
-    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", min=0, help="price for the cost figure"),
+    price: Optional[float] = opt.PRICE,
     fresh: bool = typer.Option(False, "--fresh", help="discard the starts stored by an earlier verify"),
 ) -> None:
     """Re-run the recommended configs with fresh server starts; verified only if the SLO holds at 95%."""
@@ -61,7 +62,7 @@ def verify(
 @app.command("report")
 def report_cmd(
     study_dir: Path = typer.Argument(..., help="the study folder"),
-    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", min=0, help="price for the cost figures"),
+    price: Optional[float] = opt.PRICE,
 ) -> None:
     """Write report.html (self-contained) and pareto.png into the study folder."""
     write_html_report(StudyResults.load(study_dir), study_dir, price)

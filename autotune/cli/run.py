@@ -8,33 +8,29 @@ from typing import Any, Optional
 
 import typer
 
+from autotune.cli import _options as opt
 from autotune.cli._app import app, console, status_lines
+from autotune.cli._options import with_flags
 from autotune.cli.study import warn_generator
 from autotune.errors import UserError
 from autotune.spec import flag_overrides, load_spec, parse_assignments, parse_engine_assignments
 
 
 @app.command("measure")
+@with_flags
 def measure_cmd(
-    spec_file: Optional[Path] = typer.Option(None, "--spec", help="study spec YAML (model, workload, SLO, goodput)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
-    slo: Optional[str] = typer.Option(None, "--slo"),
-    objectives: Optional[str] = typer.Option(None, "--objectives", "-o"),
+    spec_file: Optional[Path] = opt.SPEC,
     assignments: list[str] = typer.Option([], "--set", help="knob=value (repeatable); unset knobs keep the engine's defaults"),
     from_study: Optional[Path] = typer.Option(None, "--from-study", help="take the knobs of a trial of this study"),
     trial: Optional[int] = typer.Option(None, "--trial", help="the trial number, with --from-study"),
+    best: bool = typer.Option(False, "--best", help="with --from-study: take the best feasible trial"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="measure a server autotune did not start"),
     served_model: Optional[str] = typer.Option(None, "--served-model", help="model name the endpoint serves"),
     repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="measurements (the methodology asks for 10)"),
     out: Path = typer.Option(Path("autotune-runs/measure"), "--out", help="folder for measure.json and the engine log"),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency"),
-    rate: Optional[float] = typer.Option(None, "--rate"),
-    num_requests: Optional[int] = typer.Option(None, "--num-requests"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    scenario: Optional[str] = typer.Option(None, "--scenario", help="preset: chat, long-context, batch or a YAML file"),
-    best: bool = typer.Option(False, "--best", help="with --from-study: take the best feasible trial"),
     spec_set: list[str] = typer.Option([], "--spec-set", help="spec field=value, dotted (e.g. goodput.start=24); repeatable"),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the engine's API key"),
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Measure one configuration (or a running endpoint) with repeats: mean ± std and a 95% interval."""
     from rich.table import Table
@@ -44,10 +40,7 @@ def measure_cmd(
     from autotune.trial import setup_from_spec
     from autotune.tuning import StudyResults
 
-    overrides = flag_overrides(
-        model=model, slo=slo, objectives=objectives, concurrency=concurrency, rate=rate, num_requests=num_requests,
-        device=device, scenario=scenario, api_key_env=api_key_env,
-    )
+    overrides = flag_overrides(**flags)
     overrides.update(parse_assignments(spec_set, what="--spec-set"))
     spec = load_spec(spec_file, overrides)
     if endpoint is not None and spec.engine.name == "external":
@@ -85,31 +78,23 @@ def measure_cmd(
 
 
 @app.command()
+@with_flags
 def compare(
     engines: str = typer.Option(..., "--engines", help="engines to compare, e.g. vllm,transformers"),
-    spec_file: Optional[Path] = typer.Option(None, "--spec", help="spec YAML for model and workload"),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    spec_file: Optional[Path] = opt.SPEC,
     assignments: list[str] = typer.Option([], "--set", help="engine:knob=value (repeatable), e.g. vllm:max_num_seqs=8"),
     from_study: list[str] = typer.Option([], "--from-study", help="engine=DIR: take the best point of that study"),
     engine_options: list[str] = typer.Option([], "--engine-option", help="engine:name=value adapter settings (external: base_url ...)"),
     repeats: int = typer.Option(3, "--repeats", "-r", min=1, help="measurements per engine on one server start"),
     out: Path = typer.Option(Path("autotune-runs/compare"), "--out", help="folder for compare.json and engine logs"),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency"),
-    rate: Optional[float] = typer.Option(None, "--rate"),
-    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens"),
-    output_tokens: Optional[int] = typer.Option(None, "--output-tokens"),
-    num_requests: Optional[int] = typer.Option(None, "--num-requests"),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Measure one workload on each engine (given knobs, a study's best, or defaults) and print one table."""
     from autotune.compare import best_config, compare as run_compare, environment_lines, load_base_spec, table
 
     names = [e.strip() for e in engines.split(",") if e.strip()]
-    spec = load_base_spec(spec_file, flag_overrides(
-        model=model, concurrency=concurrency, rate=rate, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
-        num_requests=num_requests, max_model_len=max_model_len, device=device,
-    ))
+    spec = load_base_spec(spec_file, flag_overrides(**flags))
     configs = parse_engine_assignments(assignments, "--set")
     sources: dict[str, str] = {}
     for item in from_study:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from autotune.cli import _options as opt
 from autotune.cli._app import app, console, err_console
+from autotune.cli._options import with_flags
 from autotune.cli.progress import RichReporter
 from autotune.load.stats import generator_verdict
 from autotune.spec import flag_overrides, load_spec, redact_url
@@ -16,39 +18,28 @@ from autotune.tuning import StudyResults, budget_state, run_study, worker_spec
 
 
 @app.command()
+@with_flags
 def optimize(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="'tiny', 'shape:<name>', a local folder or a hub id"),
-    slo: Optional[str] = typer.Option(None, "--slo", help="e.g. 'p99(ttft)<300ms' or 'ttft<300ms@99%'"),
-    objectives: Optional[str] = typer.Option(None, "--objectives", "-o", help="e.g. 'max:output_tps,min:p99(ttft)'"),
     trials: Optional[int] = typer.Option(None, "--trials", "-n", help="trials to launch (resumed ones count)"),
-    spec_file: Optional[Path] = typer.Option(None, "--spec", help="study spec YAML; flags override it"),
+    spec_file: Optional[Path] = opt.SPEC,
     engine: Optional[str] = typer.Option(None, "--engine", help="engine adapter (default vllm)"),
     name: Optional[str] = typer.Option(None, "--name", help="study name (default: <model>-<engine>)"),
     study_dir: Optional[Path] = typer.Option(None, "--study-dir", help="where the study lives"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: SQLite in the study folder)"),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="requests in flight"),
-    rate: Optional[float] = typer.Option(None, "--rate", help="Poisson arrivals at this many requests/s"),
-    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens"),
-    output_tokens: Optional[int] = typer.Option(None, "--output-tokens"),
-    num_requests: Optional[int] = typer.Option(None, "--num-requests"),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe, gp, nsga2 or random"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs the engine may use"),
-    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    price: Optional[float] = opt.PRICE,
     wall_time: Optional[float] = typer.Option(None, "--wall-time", help="stop launching trials after this many seconds"),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the engine's API key"),
-    scenario: Optional[str] = typer.Option(None, "--scenario", help="preset: chat, long-context, batch or a YAML file"),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", min=1, help="measurements of each trial (mean, std, CI)"),
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Run (or resume) a tuning study and print the Pareto front."""
     t0 = time.monotonic()
     spec = load_spec(spec_file, flag_overrides(
-        model=model, slo=slo, objectives=objectives, trials=trials, engine=engine, name=name, study_dir=study_dir,
-        storage=storage, api_key_env=api_key_env, concurrency=concurrency, rate=rate, prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens, num_requests=num_requests, max_model_len=max_model_len, sampler=sampler,
-        seed=seed, gpus=gpus, price=price, device=device, wall_time=wall_time, scenario=scenario, repeats=repeats,
+        **flags, trials=trials, engine=engine, name=name, study_dir=study_dir, storage=storage, sampler=sampler,
+        seed=seed, gpus=gpus, price=price, wall_time=wall_time, repeats=repeats,
     ))
     assert spec.study_dir is not None
     console.print(
@@ -72,7 +63,7 @@ def optimize(
 @app.command()
 def review(
     study_dir: Path = typer.Argument(..., help="the study folder"),
-    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", min=0, help="price for the cost column"),
+    price: Optional[float] = opt.PRICE,
 ) -> None:
     """Print a study's Pareto front (with verification and cost) and write its recommended configs."""
     from autotune.report import importance_table, rounds_table
@@ -91,7 +82,7 @@ def worker(
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices this worker's engine uses, e.g. 0,1"),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="create the study from this spec if it does not exist"),
     study_dir: Optional[Path] = typer.Option(None, "--study-dir", help="this node's folder for logs (default autotune-runs/<study>)"),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the engine's API key"),
+    api_key_env: Optional[str] = opt.API_KEY_ENV,
 ) -> None:
     """Pull trials of a shared study until its budget is spent (run one per node)."""
     spec = worker_spec(storage, study, spec_file=spec_file, study_dir=study_dir, gpus=gpus, api_key_env=api_key_env)

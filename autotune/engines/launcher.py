@@ -109,7 +109,6 @@ class EngineServer:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.plan.env}
-        # --- capped log, parent-death signal, GPU baseline (begin) ---
         self._gpu_baseline = gpu_memory_used(_visible_gpus(env))
         self._log = CappedLog(self.log_path, self.log_max_bytes, secrets=_secret_values(env))
         self._log.write(f"$ {self.plan.command_line()}\n".encode())
@@ -125,7 +124,6 @@ class EngineServer:
         assert self.proc.stdout is not None
         self._pump = threading.Thread(target=self._log.pump, args=(self.proc.stdout,), daemon=True)
         self._pump.start()
-        # --- capped log (end) ---
 
     def wait_healthy(self, on_wait: Callable[[float], None] | None = None) -> float:
         """Blocks until the health endpoint answers 200; returns seconds taken."""
@@ -203,7 +201,6 @@ class EngineServer:
         deadline = time.monotonic() + 3
         while _signalable(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        # --- teardown checks (begin) ---
         self._drain()
         left = group_members(pgid)
         if left:
@@ -213,7 +210,6 @@ class EngineServer:
             for problem in self.teardown_problems:
                 self._log.write(f"autotune teardown: {problem}\n".encode())
             self._log.close()
-        # --- teardown checks (end) ---
 
     def __enter__(self) -> "EngineServer":
         self.start()
@@ -247,7 +243,6 @@ def _signalable(pgid: int) -> bool:
         return False
 
 
-# --- process groups, parent death, GPU memory, capped logs (begin) ---
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group.
 
@@ -434,4 +429,3 @@ class CappedLog:
     def close(self) -> None:
         with self._lock:
             self._file.close()
-# --- process groups, parent death, GPU memory, capped logs (end) ---

@@ -62,21 +62,24 @@ class _StreamFailed(Exception):
     """The server reported an error inside an otherwise healthy stream."""
 
 
+@dataclass
 class _StreamState:
-    """Accumulates timings from SSE lines as they arrive."""
+    """Accumulates timings from SSE lines as they arrive.
 
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.first_text: float | None = None
-        self.last_text: float | None = None
-        self.itl: list[float] = []
-        self.text_chunks = 0
-        self.usage_tokens: int | None = None
-        self.done_at: float | None = None
-        # --- servers that end the stream without [DONE] (transformers serve) (begin) ---
-        self.finished_at: float | None = None  # a choice's finish_reason arrived
-        self.finish_ends_stream = False  # set by the client where the server picks the length
-        # --- (end) ---
+    ``finished_at`` and ``finish_ends_stream`` serve servers that end the stream
+    without [DONE] (transformers serve): a choice's finish_reason arrived, and the
+    client says where the server picks the length.
+    """
+
+    start: float
+    first_text: float | None = None
+    last_text: float | None = None
+    itl: list[float] = field(default_factory=list)
+    text_chunks: int = 0
+    usage_tokens: int | None = None
+    done_at: float | None = None
+    finished_at: float | None = None
+    finish_ends_stream: bool = False
 
     def feed(self, line: bytes, now: float) -> None:
         """Consume one SSE line; ``now`` is when the bytes holding it arrived."""

@@ -23,14 +23,11 @@ downloaded, and cached beside it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
-from autotune.models.tiny import _publish, is_complete
+from autotune.models.cache import building, is_complete, model_cli, once
 
 #: Factor on keys and values; a power of two so that bf16 weights scale exactly. Keys reach
 #: about 4.7 x 4096 = 19,000 and values 2.3 x 4096 = 9,400: far past e4m3's 448, inside e5m2's 57,344.
@@ -68,10 +65,7 @@ def build_outlier_model(source: Path, dest: Path, *, scale: int = SCALE) -> Path
     dest = Path(dest).expanduser().absolute()
     if is_complete(dest):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp.chmod(0o755)
-    try:
+    with building(dest) as tmp:
         for path in Path(source).iterdir():
             if path.is_file() and path.name != "model.safetensors":
                 shutil.copy2(path, tmp / path.name)
@@ -86,38 +80,22 @@ def build_outlier_model(source: Path, dest: Path, *, scale: int = SCALE) -> Path
         recipe = json.loads(recipe_path.read_text()) if recipe_path.exists() else {}
         recipe["kv_outlier_scale"] = scale
         recipe_path.write_text(json.dumps(recipe, indent=2) + "\n")
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        _publish(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
 def ensure_outlier_model() -> Path:
-    """The trained model first (built once, shared), then this variant of it (file lock)."""
+    """The trained model first (built once, shared), then this variant of it."""
     from autotune.models.trained import ensure_trained_model
 
     dest = default_model_dir()
     if is_complete(dest):
         return dest
     source = ensure_trained_model()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            return build_outlier_model(source, dest)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return once(dest, lambda d: build_outlier_model(source, d))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args:
-        print("usage: python -m autotune.models.outliers", file=sys.stderr)
-        return 0 if args[0] in ("-h", "--help") else 2
-    print(ensure_outlier_model())
-    return 0
+    return model_cli("autotune.models.outliers", ensure_outlier_model, None, argv)
 
 
 if __name__ == "__main__":

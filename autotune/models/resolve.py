@@ -29,7 +29,7 @@ def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
 
         path = ensure_tiny_model()
         return ModelRef(str(path), "tiny", str(path), max_model_len=max_model_len or 512)
-    # --- a tiny model trained here, for quality figures that mean something (begin) ---
+    # A tiny model trained here, for quality figures that mean something.
     if name == "trained":
         from autotune.models.trained import MODEL_SHAPE, ensure_trained_model
 
@@ -43,7 +43,6 @@ def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
         path = ensure_outlier_model()
         length = max_model_len or MODEL_SHAPE["max_position_embeddings"]
         return ModelRef(str(path), "trained-outliers", str(path), max_model_len=length)
-    # --- trained (end) ---
     if name.startswith("shape:"):
         from autotune.models.shapes import SHAPES, build_shape_model
 

@@ -10,23 +10,16 @@ Run ``python -m autotune.models.tiny [DEST]`` to build one and print its path.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import shutil
-import sys
 import sysconfig
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autotune.models.cache import building, cache_root, is_complete, model_cli, once
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
-
-#: Files that make the folder usable; the build is atomic, so their presence means done.
-REQUIRED_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json")
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
@@ -56,14 +49,7 @@ _MODEL_SHAPE: dict[str, int] = {
 
 
 def default_model_dir() -> Path:
-    """One shared location, so every study and test reuses a single build."""
-    cache = os.environ.get("AUTOTUNE_CACHE") or str(Path("~/.cache/autotune").expanduser())
-    return Path(cache).expanduser() / "models" / "tiny-llama"
-
-
-def is_complete(dest: Path) -> bool:
-    """Builds are renamed into place whole, so the files' presence is proof enough."""
-    return all((dest / name).is_file() for name in REQUIRED_FILES)
+    return cache_root() / "models" / "tiny-llama"
 
 
 def _training_text(max_chars: int = TRAINING_TEXT_CHARS) -> Iterator[str]:
@@ -71,13 +57,16 @@ def _training_text(max_chars: int = TRAINING_TEXT_CHARS) -> Iterator[str]:
 
     Files are read in sorted order and capped, so the same interpreter gives the
     same text (and the same vocabulary); a different Python version may differ.
-    Invalid UTF-8 is dropped because the trainer stops on it.
     """
     stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for p in sorted(stdlib.rglob("*.py")) if "site-packages" not in p.parts and "dist-packages" not in p.parts]
+    return read_texts(files, max_chars)
+
+
+def read_texts(paths: Iterable[Path], max_chars: int) -> Iterator[str]:
+    """The files' texts until ``max_chars``; invalid UTF-8 is dropped because the trainer stops on it."""
     total = 0
-    for path in sorted(stdlib.rglob("*.py")):
-        if "site-packages" in path.parts or "dist-packages" in path.parts:
-            continue
+    for path in paths:
         try:
             text = path.read_bytes().decode("utf-8", errors="ignore")
         except OSError:
@@ -91,7 +80,14 @@ def _training_text(max_chars: int = TRAINING_TEXT_CHARS) -> Iterator[str]:
 
 
 def _train_tokenizer(vocab_size: int) -> Tokenizer:
-    """Byte-level BPE never meets an unknown character, so any prompt tokenizes."""
+    return train_bpe_tokenizer(_training_text(), vocab_size)
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE never meets an unknown character, so any prompt tokenizes.
+
+    Like Llama, prompts start with BOS, which the engine counts as a prompt token.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -103,13 +99,10 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_training_text(), trainer)
+    tokenizer.train_from_iterator(texts, trainer)
     bos_id = _token_id(tokenizer, BOS_TOKEN)
-    # Like Llama: prompts start with BOS, which the engine counts as a prompt token.
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A",
-        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
-        special_tokens=[(BOS_TOKEN, bos_id)],
+        single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B", special_tokens=[(BOS_TOKEN, bos_id)],
     )
     return tokenizer
 
@@ -155,7 +148,7 @@ def _write_model(tmp: Path, *, seed: int, vocab_size: int, bos_id: int, eos_id: 
     GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).save_pretrained(tmp)
 
 
-def _write_tokenizer(tmp: Path, tokenizer: Tokenizer) -> None:
+def write_tokenizer(tmp: Path, tokenizer: Tokenizer, max_length: int) -> None:
     """Written by hand rather than via save_pretrained, so the files do not depend
     on the transformers version and the chat template sits in tokenizer_config.json."""
     tokenizer.save(str(tmp / "tokenizer.json"))
@@ -164,7 +157,7 @@ def _write_tokenizer(tmp: Path, tokenizer: Tokenizer) -> None:
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
         "pad_token": PAD_TOKEN,
-        "model_max_length": _MODEL_SHAPE["max_position_embeddings"],
+        "model_max_length": max_length,
         "clean_up_tokenization_spaces": False,
         "chat_template": CHAT_TEMPLATE,
     }
@@ -179,13 +172,10 @@ def build_tiny_model(dest: Path, *, seed: int = 0, vocab_size: int = 2048) -> Pa
     dest = Path(dest).expanduser().absolute()
     if is_complete(dest):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a shared model cache should be readable
-    try:
+    with building(dest) as tmp:
         tokenizer = _train_tokenizer(vocab_size)
         ids = {tok: _token_id(tokenizer, tok) for tok in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)}
-        _write_tokenizer(tmp, tokenizer)
+        write_tokenizer(tmp, tokenizer, _MODEL_SHAPE["max_position_embeddings"])
         _write_model(
             tmp,
             seed=seed,
@@ -194,57 +184,15 @@ def build_tiny_model(dest: Path, *, seed: int = 0, vocab_size: int = 2048) -> Pa
             eos_id=ids[EOS_TOKEN],
             pad_id=ids[PAD_TOKEN],
         )
-        for path in tmp.iterdir():  # some writers create files 0600
-            path.chmod(0o644)
-        _publish(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
-def _publish(tmp: Path, dest: Path) -> None:
-    """rename() is atomic but refuses a non-empty target; a leftover incomplete
-    folder is moved aside first, and a finished one from a racing builder wins."""
-    if dest.exists() and not is_complete(dest):
-        stale = Path(tempfile.mkdtemp(prefix=f".{dest.name}.stale-", dir=dest.parent))
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(dest, stale / dest.name)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.rename(tmp, dest)
-    except OSError:
-        if not is_complete(dest):
-            raise
-
-
 def ensure_tiny_model() -> Path:
-    """Parallel test workers and studies share one build instead of racing to make it."""
-    dest = default_model_dir()
-    if is_complete(dest):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = dest.parent / f".{dest.name}.lock"
-    with open(lock_path, "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            return build_tiny_model(dest)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return once(default_model_dir(), build_tiny_model)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Lets CI or a user pre-build the model once, outside any study."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) > 1 or (args and args[0] in ("-h", "--help")):
-        print("usage: python -m autotune.models.tiny [DEST]", file=sys.stderr)
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    path = build_tiny_model(Path(args[0])) if args else ensure_tiny_model()
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return model_cli("autotune.models.tiny", ensure_tiny_model, build_tiny_model, argv)
 
 
 def _quiet_transformers() -> None:
@@ -258,3 +206,7 @@ def _quiet_transformers() -> None:
         disable_progress_bars()
     except ImportError:
         pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

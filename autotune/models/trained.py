@@ -17,27 +17,19 @@ same lock as the engines.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import random
-import shutil
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autotune.models.cache import building, cache_root, is_complete, model_cli, once
 from autotune.models.tiny import (
-    BOS_TOKEN,
-    CHAT_TEMPLATE,
-    EOS_TOKEN,
-    PAD_TOKEN,
-    _publish,
-    _token_id,
-    is_complete,
+    BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, _token_id, read_texts, train_bpe_tokenizer, write_tokenizer,
 )
 
 if TYPE_CHECKING:
@@ -75,9 +67,7 @@ TRAINING_TEXT_CHARS = 3_000_000
 
 
 def default_model_dir() -> Path:
-    from autotune.models.tiny import default_model_dir as tiny_dir
-
-    return tiny_dir().parent / NAME
+    return cache_root() / "models" / NAME
 
 
 def _training_files(seed: int) -> list[Path]:
@@ -97,38 +87,12 @@ def _training_files(seed: int) -> list[Path]:
 
 
 def _training_text(seed: int, max_chars: int) -> Iterator[str]:
-    total = 0
-    for path in _training_files(seed):
-        try:
-            text = path.read_bytes().decode("utf-8", errors="ignore")
-        except OSError:
-            continue
-        if text:
-            yield text
-            total += len(text)
-            if total >= max_chars:
-                return
+    return read_texts(_training_files(seed), max_chars)
 
 
 def _train_tokenizer(seed: int) -> Tokenizer:
     """Byte-level BPE like the tiny model's, learnt from the training text only."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=[BOS_TOKEN, EOS_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_training_text(seed, TOKENIZER_TEXT_CHARS), trainer)
-    bos_id = _token_id(tokenizer, BOS_TOKEN)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B", special_tokens=[(BOS_TOKEN, bos_id)]
-    )
-    return tokenizer
+    return train_bpe_tokenizer(_training_text(seed, TOKENIZER_TEXT_CHARS), VOCAB_SIZE)
 
 
 class _Rows:
@@ -215,22 +179,6 @@ def _train(tokenizer: Tokenizer, seed: int, log: Any) -> Any:
     return model
 
 
-def _write_tokenizer(dest: Path, tokenizer: Tokenizer) -> None:
-    tokenizer.save(str(dest / "tokenizer.json"))
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": BOS_TOKEN,
-        "eos_token": EOS_TOKEN,
-        "pad_token": PAD_TOKEN,
-        "model_max_length": MODEL_SHAPE["max_position_embeddings"],
-        "clean_up_tokenization_spaces": False,
-        "chat_template": CHAT_TEMPLATE,
-    }
-    (dest / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
-    (dest / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-
-
 def build_trained_model(dest: Path, *, seed: int = 0, log: Any = None) -> Path:
     """Built in a temporary folder and renamed into place, like the tiny model."""
     import torch
@@ -240,10 +188,7 @@ def build_trained_model(dest: Path, *, seed: int = 0, log: Any = None) -> Path:
     dest = Path(dest).expanduser().absolute()
     if is_complete(dest):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp.chmod(0o755)
-    try:
+    with building(dest) as tmp:
         t0 = time.monotonic()
         tokenizer = _train_tokenizer(seed)
         say(f"tokenizer trained ({time.monotonic() - t0:.0f}s)")
@@ -257,7 +202,7 @@ def build_trained_model(dest: Path, *, seed: int = 0, log: Any = None) -> Path:
         GenerationConfig(
             bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id
         ).save_pretrained(tmp)
-        _write_tokenizer(tmp, tokenizer)
+        write_tokenizer(tmp, tokenizer, MODEL_SHAPE["max_position_embeddings"])
         recipe = {
             "recipe_version": RECIPE_VERSION,
             "seed": seed,
@@ -268,36 +213,15 @@ def build_trained_model(dest: Path, *, seed: int = 0, log: Any = None) -> Path:
             "build_s": round(time.monotonic() - t0, 1),
         }
         (tmp / "autotune_recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        _publish(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
 def ensure_trained_model() -> Path:
-    """One build per cache, shared by parallel tests and studies (file lock)."""
-    dest = default_model_dir()
-    if is_complete(dest):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            return build_trained_model(dest)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return once(default_model_dir(), build_trained_model)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) > 1 or (args and args[0] in ("-h", "--help")):
-        print("usage: python -m autotune.models.trained [DEST]", file=sys.stderr)
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    path = build_trained_model(Path(args[0])) if args else ensure_trained_model()
-    print(path)
-    return 0
+    return model_cli("autotune.models.trained", ensure_trained_model, build_trained_model, argv)
 
 
 if __name__ == "__main__":

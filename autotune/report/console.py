@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from autotune.cost import COST_KEY, cost_figures, format_cost
+from autotune.figures import format_figure, label
 from autotune.spec import StudySpec
 from autotune.tuning import FEW_TRIALS, StudyResults, TrialRecord
 
@@ -15,15 +16,8 @@ __all__ = [
     "trial_cost",
 ]
 
-# Figures shown for every point, beside the objectives (vllm bench serve names).
-SHOWN = [
-    ("output_throughput", "out tok/s", "{:,.0f}"),
-    ("request_throughput", "req/s", "{:.2f}"),
-    ("p50_ttft_ms", "p50 TTFT ms", "{:,.0f}"),
-    ("p99_ttft_ms", "p99 TTFT ms", "{:,.0f}"),
-    ("mean_tpot_ms", "TPOT ms", "{:.1f}"),
-    ("p99_e2el_ms", "p99 E2E ms", "{:,.0f}"),
-]
+# Figures shown for every point, beside the objectives.
+SHOWN = ["output_throughput", "request_throughput", "p50_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_e2el_ms"]
 
 
 def trial_cost(trial: TrialRecord, spec: StudySpec, price_per_gpu_hour: float | None = None) -> float | None:
@@ -68,12 +62,11 @@ def pareto_table(results: StudyResults, price_per_gpu_hour: float | None = None)
     knobs = results.searched_knobs()
     for k in knobs:
         table.add_column(k, justify="right")
-    shown_keys = {key for key, _, _ in SHOWN}
     for o in objectives:
-        if o.metric not in shown_keys:
+        if o.metric not in SHOWN:
             table.add_column(o.metric, justify="right")
-    for _, label, _ in SHOWN:
-        table.add_column(label, justify="right")
+    for key in SHOWN:
+        table.add_column(label(key), justify="right")
     table.add_column("$/1K tok", justify="right")
     table.add_column("SLO", justify="center")
     table.add_column("verified", justify="center")
@@ -84,11 +77,9 @@ def pareto_table(results: StudyResults, price_per_gpu_hour: float | None = None)
         config = t.config
         row = [str(t.number)] + [fmt_value(config.get(k)) for k in knobs]
         for o, v in zip(objectives, t.values or ()):
-            if o.metric not in shown_keys:
+            if o.metric not in SHOWN:
                 row.append(f"{v:,.3g}")
-        for key, _, fmt in SHOWN:
-            value = figures.get(key)
-            row.append(fmt.format(value) if isinstance(value, (int, float)) else "-")
+        row += [format_figure(key, figures.get(key)) for key in SHOWN]
         row.append(format_cost(trial_cost(t, spec, price_per_gpu_hour)))
         slo = t.slo
         row.append(("met" if all(s["holds"] for s in slo.values()) else "missed") if slo else "-")
@@ -106,8 +97,8 @@ def transposed(table: Table) -> Table:
     columns = table.columns
     first = [str(c) for c in columns[0].cells]
     out.add_column(str(columns[0].header))
-    for label in first:
-        out.add_column(label, justify="right")
+    for heading in first:
+        out.add_column(heading, justify="right")
     for column in columns[1:]:
         out.add_row(str(column.header), *(str(c) for c in column.cells))
     return out

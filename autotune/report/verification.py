@@ -8,7 +8,8 @@ from rich.table import Table
 
 from autotune.cost import COST_KEY, format_cost
 from autotune.load.stats import Summary
-from autotune.verify import SHOWN_FIGURES, Verification, _fmt, _label, _pct
+from autotune.figures import label
+from autotune.verify import SHOWN_FIGURES, Verification, _fmt, _pct
 
 __all__ = ["figure_rows", "verdict_lines", "verify_table"]
 
@@ -20,16 +21,16 @@ def figure_rows(result: Verification) -> list[tuple[str, str, str, str]]:
     for key in SHOWN_FIGURES:
         s = summary.get(key)
         if key == COST_KEY and s is None and result.ok_starts:
-            rows.append((_label(key), "-", "-", "-"))  # no price: no cost, not a free 0
+            rows.append((label(key), "-", "-", "-"))  # no price: no cost, not a free 0
             continue
         if s is None:
             continue
         if key == COST_KEY:
-            rows.append((_label(key), f"{format_cost(s.mean)} ± {format_cost(s.std)}",
+            rows.append((label(key), f"{format_cost(s.mean)} ± {format_cost(s.std)}",
                          f"{format_cost(s.ci95[0])} .. {format_cost(s.ci95[1])}", str(s.n)))
         else:
             fmt = "{:,.2f}" if abs(s.mean) < 100 else "{:,.0f}"
-            rows.append((_label(key), s.text(fmt), _ci_text(s, fmt), str(s.n)))
+            rows.append((label(key), s.text(fmt), _ci_text(s, fmt), str(s.n)))
     for text, (met, n, lo, hi) in result.attainment().items():
         rows.append((f"attainment {text}", _pct(met / n) if n else "-", f"{_pct(lo)} .. {_pct(hi)}", f"{n} req"))
     return rows

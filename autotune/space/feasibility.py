@@ -60,7 +60,6 @@ CPU_RESERVE_GIB = 3.0
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
 
 
-
 @dataclass(frozen=True)
 class Deployment:
     """The settings of one launch that decide whether it fits (engine defaults where unset)."""

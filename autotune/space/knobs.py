@@ -73,12 +73,11 @@ class SearchSpace(BaseModel):
 
     @classmethod
     def load(cls, engine: str, path: Path | None = None) -> "SearchSpace":
-        # --- an adapter loaded from AUTOTUNE_ENGINE_PATH keeps its YAML beside it (begin) ---
+        # An adapter loaded from AUTOTUNE_ENGINE_PATH keeps its YAML beside it.
         if path is None:
             from autotune.engines import space_file
 
             path = space_file(engine) or SPACES_DIR / f"{engine}.yaml"
-        # --- (end) ---
         if not path.exists():
             raise UserError(f"no search space for engine {engine!r} (looked for {path})")
         try:

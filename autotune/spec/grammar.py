@@ -137,7 +137,6 @@ def _parse_quality(p: _Parser) -> Constraint:
     )
 
 
-# --- pass-key accuracy: passkey@32k>=0.9 (begin) ---
 _PASSKEY_HINT = "write e.g. passkey@32k>=0.9, passkey@4096>=90% or passkey>=0.9 (all lengths)"
 
 
@@ -183,7 +182,6 @@ def _parse_passkey(p: _Parser) -> Constraint:
         attainment=None,
         kind="passkey",
     )
-# --- pass-key (end) ---
 
 
 # Constraint forms that are not ``target op value``, keyed by their leading name.

@@ -128,10 +128,9 @@ class Constraint:
             return f"{self.stat}_{_TIME_FIGURE_NAME[self.metric]}_ms"
         if self.kind == "throughput":
             return _THROUGHPUT_FIGURE[self.metric]
-        # --- pass-key accuracy: one figure per prompt length, or over all lengths (begin) ---
+        # Pass-key accuracy: one figure per prompt length, or over all lengths.
         if self.kind == "passkey":
             return "passkey_acc" if self.stat is None else f"passkey_acc_{self.stat}"
-        # --- pass-key (end) ---
         return "ppl_rel_change" if self.relative else "ppl"
 
     def violation(

@@ -33,7 +33,7 @@ class Hardware(BaseModel):
     price_per_gpu_hour: float | None = Field(
         None, ge=0, description="price of one GPU-hour (of the machine-hour on CPU); gives cost per 1K tokens"
     )
-    # --- the GPUs this study (or worker) may use, and binding the engine to them (begin) ---
+    # The GPUs this study (or worker) may use, and binding the engine to them.
     gpu_ids: list[int] | None = Field(
         None, description="GPU indices (NVML / PCI bus order) the engine is bound to via CUDA_VISIBLE_DEVICES"
     )
@@ -59,7 +59,6 @@ class Hardware(BaseModel):
         if not self.gpu_ids:
             return {}
         return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpu_ids)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    # --- gpu_ids (end) ---
 
 
 class Budget(BaseModel):
@@ -83,23 +82,18 @@ class EngineOptions(BaseModel):
     launch_template: list[str] | None = Field(
         None, description="wraps the engine argv; placeholders {argv} {args} {port} {host} (list items only)"
     )
-    # --- settings of the adapter itself (begin) ---
     options: dict[str, Any] = Field(
         {}, description="keyword settings of the engine adapter (external: base_url, served_model, ignore_eos)"
     )
-    # --- (end) ---
 
-    # --- launch template validation (begin) ---
     @field_validator("launch_template")
     @classmethod
     def _template_wraps_argv(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and "{argv}" not in v and "{args}" not in v:
             raise ValueError("must contain the item '{argv}' or '{args}' (where the engine's own command goes)")
         return v
-    # --- launch template validation (end) ---
 
 
-# --- storage and heartbeats: many workers on one study (begin) ---
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 
 
@@ -144,10 +138,8 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
-# --- storage and heartbeats (end) ---
 
 
-# --- optimisation in rounds (begin) ---
 class RoundsOptions(BaseModel):
     """How the budget is cut into rounds, and what may change between them (see autotune.tuning.rounds)."""
 
@@ -162,7 +154,6 @@ class RoundsOptions(BaseModel):
     # 4 by default: on both recorded CPU surfaces 3 to 6 neighbours per round cut the engine time
     # to a near-best point against none (docs/benchmarks.md, search efficiency).
     neighbours: int = Field(4, ge=0, le=20, description="neighbours of the best trials enqueued per round")
-# --- optimisation in rounds (end) ---
 
 
 class GoodputOptions(BaseModel):
@@ -210,19 +201,15 @@ class StudySpec(BaseModel):
     storage: str | None = None
     heartbeat: Heartbeat = Heartbeat()
     study_dir: Path | None = None
-    # --- scenario presets and repeats (begin) ---
     scenario: str | None = Field(
         None, description="the preset (objectives/<name>.yaml or a file) under this spec; its fields are defaults"
     )
     repeats: int = Field(1, ge=1, le=100, description="measurements of each trial on the same server (mean, std, CI)")
-    # --- scenario presets and repeats (end) ---
 
-    # --- storage and launch template validation (begin) ---
     @field_validator("storage")
     @classmethod
     def _storage_parses(cls, v: str | None) -> str | None:
         return check_storage_url(v) if v else v
-    # --- storage and launch template validation (end) ---
 
     @field_validator("slo")
     @classmethod
@@ -248,11 +235,9 @@ class StudySpec(BaseModel):
         wants_goodput = any(o.metric == "goodput" for o in parse_objectives(self.objectives))
         if wants_goodput and self.goodput is None:
             self.goodput = GoodputOptions()
-        # --- cost needs a price (begin) ---
         if any(o.metric == "cost_per_1k_tokens" for o in parse_objectives(self.objectives)):
             if not self.hardware.price_per_gpu_hour:
                 raise ValueError("objective min:cost needs a price: hardware.price_per_gpu_hour or --price-per-gpu-hour")
-        # --- cost (end) ---
         if self.goodput is not None and not self.slo.strip():
             raise ValueError("goodput needs an SLO (--slo): it is the highest load at which the SLOs hold")
         return self
@@ -291,11 +276,10 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
         if not isinstance(loaded, dict):
             raise UserError(f"spec {path} must be a mapping at the top level")
         data = loaded
-    # --- scenario presets: preset < spec file < flags (begin) ---
+    # Scenario presets: preset < spec file < flags.
     scenario = (overrides or {}).get("scenario") or data.get("scenario")
     if scenario:
         data = {**deep_merge(load_scenario(str(scenario)), data), "scenario": str(scenario)}
-    # --- scenario presets (end) ---
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

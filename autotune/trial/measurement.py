@@ -112,14 +112,8 @@ def measure(
 
 
 def measure_repeated(
-    setup: TrialSetup,
-    base_url: str,
-    out_dir: Path | None,
-    *,
-    repeats: int | None = None,
-    status: Say | None = None,
-    on_repeat: Callable[[int, Measurement], None] | None = None,
-    **kwargs: Any,
+    setup: TrialSetup, base_url: str, out_dir: Path | None, *, repeats: int | None = None,
+    on_repeat: Callable[[int, Measurement], None] | None = None, **kwargs: Any,
 ) -> Measurement:
     """``measure`` ``repeats`` times (default ``setup.repeats``) on one server, combined.
 
@@ -130,18 +124,18 @@ def measure_repeated(
     """
     n = setup.repeats if repeats is None else repeats
     if n <= 1:
-        one = measure(setup, base_url, out_dir, status=status, **kwargs)
+        one = measure(setup, base_url, out_dir, **kwargs)
         if on_repeat is not None:
             on_repeat(0, one)
         return one
-    say = status or (lambda _msg: None)
+    say = kwargs.get("status") or (lambda _msg: None)
     runs: list[Measurement] = []
     for i in range(n):
         say(f"repeat {i + 1}/{n}")
         run_dir = None if out_dir is None else out_dir / f"repeat-{i + 1}"
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-        runs.append(measure(setup, base_url, run_dir, status=status, seed_offset=1000 * (i + 1), **kwargs))
+        runs.append(measure(setup, base_url, run_dir, seed_offset=1000 * (i + 1), **kwargs))
         if on_repeat is not None:
             on_repeat(i, runs[-1])
     combined = combine_repeats(runs)

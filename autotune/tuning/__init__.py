@@ -9,7 +9,8 @@ from autotune.tuning.budget import BudgetState, budget_state, counted, over_budg
 from autotune.tuning.importance import EVALUATORS, FEW_TRIALS, param_importances
 from autotune.tuning.loop import StudyReporter, StudyRun, TrialFailed, open_study, run_study
 from autotune.tuning.quality_cache import QUALITY_ATTR
-from autotune.tuning.records import StudyResults, TrialRecord, rank
+from autotune.tuning.records import TrialRecord, rank
+from autotune.tuning.results import StudyResults
 from autotune.tuning.rounds import RoundPlanner, planner_for
 from autotune.tuning.sampler import make_sampler, suggest
 from autotune.tuning.storage import SPEC_ATTR, fail_stale, load_study, make_storage, quiet_optuna, read_stored_spec

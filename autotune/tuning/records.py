@@ -1,10 +1,8 @@
-"""What a trial stores, and what a study holds: the one reader and writer of Optuna's attributes.
+"""What a trial stores: the one reader and writer of a trial's Optuna attributes.
 
-Every other part of autotune sees a trial as a ``TrialRecord`` and a study as
-``StudyResults``; the attribute names under which Optuna keeps figures,
-configurations, verdicts and verifications are known here alone. What a
-report draws (the front, the best trial, the importances) is computed here
-once, so the console, the HTML page and the PNG show the same thing.
+Every other part of autotune sees a trial as a ``TrialRecord``; the attribute
+names under which Optuna keeps figures, configurations and verdicts are known
+here alone (a study's own attributes: ``autotune.tuning.results``).
 """
 
 from __future__ import annotations
@@ -12,21 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autotune.environment import missing
 from autotune.json_safe import json_safe
-from autotune.spec import StudySpec
 from autotune.trial import TrialOutcome
 
-__all__ = ["StudyResults", "TrialRecord", "rank"]
+__all__ = ["TrialRecord", "mark_started", "mark_status", "rank", "record_outcome", "record_slo"]
 
-VERIFY_PREFIX = "verify:"  # study attribute of one trial's verification
 _STATE = {
     TrialState.COMPLETE: "complete", TrialState.FAIL: "fail", TrialState.PRUNED: "pruned",
     TrialState.RUNNING: "running", TrialState.WAITING: "waiting",
@@ -125,109 +119,6 @@ def rank(records: Sequence[TrialRecord], directions: Sequence[str]) -> list[Tria
     """Best first: feasible before infeasible, then by the first objective, then by trial number."""
     sign = -1.0 if directions[0] == "maximize" else 1.0
     return sorted(records, key=lambda r: (not r.feasible, sign * (r.values[0] if r.values else math.inf), r.number))
-
-
-class StudyResults:
-    """A study as the reports read it: its spec, its trials, and what is computed from them once.
-
-    ``spec`` is None only for a study autotune did not create (the figures still read).
-    """
-
-    def __init__(self, study: optuna.Study, spec: StudySpec | None = None) -> None:
-        self._study = study
-        self.spec: StudySpec = spec  # type: ignore[assignment]
-        self.name = study.study_name
-        self.directions = [d.name.lower() for d in study.directions]
-        self.trials = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False)]
-        try:
-            self._best_numbers = {t.number for t in study.best_trials}
-        except ValueError:  # a single-objective study with no feasible trial has no best
-            self._best_numbers = set()
-
-    @classmethod
-    def load(cls, study_dir: Path | None = None, *, storage: str | None = None, name: str | None = None) -> "StudyResults":
-        from autotune.tuning.storage import load_study
-
-        study, spec = load_study(study_dir, storage=storage, name=name)
-        return cls(study, spec)
-
-    def measured(self) -> list[TrialRecord]:
-        return [r for r in self.trials if r.measured]
-
-    def front(self) -> list[TrialRecord]:
-        """Feasible, non-dominated trials that carry their environment, best first by the first objective."""
-        front = [r for r in self.trials if r.number in self._best_numbers and r.feasible and r.reported]
-        reverse = self.directions[0] == "maximize"
-        return sorted(front, key=lambda r: r.values[0] if r.values else 0.0, reverse=reverse)
-
-    def ranked(self, records: Sequence[TrialRecord] | None = None) -> list[TrialRecord]:
-        return rank([r for r in (self.measured() if records is None else records) if r.values], self.directions)
-
-    def best(self) -> TrialRecord | None:
-        """What a user would deploy: the front's best point by the first objective."""
-        front = self.front()
-        return front[0] if front else None
-
-    def trial(self, number: int) -> TrialRecord | None:
-        return next((r for r in self.trials if r.number == number), None)
-
-    def counts(self) -> dict[str, int]:
-        """Measured (and how many of those broke an SLO), failed, and refused before launch."""
-        return {
-            "measured": sum(r.measured for r in self.trials),
-            "missed_slo": sum(r.measured and not r.feasible for r in self.trials),
-            "failed": sum(r.state == "fail" for r in self.trials),
-            "refused": sum(r.state == "pruned" for r in self.trials),
-        }
-
-    def unreported(self) -> list[str]:
-        """Notes on measured trials left out of every report for want of an environment record."""
-        notes = []
-        for r in self.measured():
-            lacking = missing(r.attrs.get("environment"))
-            if lacking:
-                notes.append(f"trial {r.number} is not reported: its result has no environment record ({', '.join(lacking)})")
-        return notes
-
-    def searched_knobs(self) -> list[str]:
-        """Every knob any trial searched (one the rounds froze later ran at a value all the same)."""
-        return sorted({k for r in self.trials for k in r.params})
-
-    def verifications(self) -> dict[int, dict[str, Any]]:
-        """Stored verifications by trial number, as their JSON (``autotune.verify.Verification.from_json``)."""
-        out = {}
-        for key, value in self._study.user_attrs.items():
-            if key.startswith(VERIFY_PREFIX) and isinstance(value, dict):
-                try:
-                    out[int(key[len(VERIFY_PREFIX):])] = value
-                except ValueError:
-                    continue
-        return dict(sorted(out.items()))
-
-    def save_verification(self, trial: int, data: Mapping[str, Any]) -> None:
-        self._study.set_user_attr(f"{VERIFY_PREFIX}{trial}", json_safe(dict(data)))
-
-    def round_decisions(self) -> list[dict[str, Any]]:
-        from autotune.tuning.rounds import decisions_of
-
-        return decisions_of(self._study)
-
-    def round_importances(self) -> list[dict[str, Any]]:
-        from autotune.tuning.rounds import importances_of
-
-        return importances_of(self._study)
-
-    @cached_property
-    def importances(self) -> dict[str, float]:
-        """Each knob's importance for the first objective over every measured trial (fANOVA)."""
-        from autotune.tuning.importance import param_importances
-
-        return param_importances(self._study)
-
-    def importances_by(self, evaluator: str, objective: int) -> dict[str, float]:
-        from autotune.tuning.importance import param_importances
-
-        return param_importances(self._study, evaluator=evaluator, objective=objective)
 
 
 def mark_started(trial: Trial, config: Mapping[str, Any], environment: Mapping[str, Any], model_source: str,

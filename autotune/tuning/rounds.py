@@ -302,7 +302,6 @@ def importances_of(study: optuna.Study) -> list[dict[str, Any]]:
     return list(study.user_attrs.get(IMPORTANCE_ATTR, []))
 
 
-
 def planner_for(
     study: optuna.Study,
     base: SearchSpace,
