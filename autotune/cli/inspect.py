@@ -1,4 +1,4 @@
-"""``verify``, ``report``, ``dashboard`` and ``locate``: what a finished study is worth, and why."""
+"""``review``, ``verify``, ``report``, ``dashboard`` and ``locate``: what a study found, what it is worth, and why."""
 
 from __future__ import annotations
 
@@ -10,9 +10,24 @@ import typer
 
 from autotune.cli import _options as opt
 from autotune.cli._app import app, console, err_console
-from autotune.cli.study import write_html_report
+from autotune.cli._results import print_results, write_html_report
 from autotune.errors import UserError
 from autotune.tuning import StudyResults
+
+
+@app.command()
+def review(
+    study_dir: Path = typer.Argument(..., help="the study folder"),
+    price: Optional[float] = opt.PRICE,
+) -> None:
+    """Print a study's Pareto front (with verification and cost) and write its recommended configs."""
+    from autotune.report import importance_table, rounds_table
+
+    results = StudyResults.load(study_dir)
+    print_results(results, study_dir, price)
+    for table in (rounds_table(results), importance_table(results)):
+        if table is not None:
+            console.print(table)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""``optimize``, ``review`` and ``worker``: running a study and reading its results."""
+"""``optimize`` and ``worker``: running a study, alone or as one node of many."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from autotune.cli import _options as opt
 from autotune.cli._app import app, console, err_console
 from autotune.cli._options import with_flags
+from autotune.cli._results import print_results, write_html_report
 from autotune.cli.progress import RichReporter
 from autotune.load.stats import generator_verdict
 from autotune.spec import flag_overrides, load_spec, redact_url
@@ -61,21 +62,6 @@ def optimize(
 
 
 @app.command()
-def review(
-    study_dir: Path = typer.Argument(..., help="the study folder"),
-    price: Optional[float] = opt.PRICE,
-) -> None:
-    """Print a study's Pareto front (with verification and cost) and write its recommended configs."""
-    from autotune.report import importance_table, rounds_table
-
-    results = StudyResults.load(study_dir)
-    print_results(results, study_dir, price)
-    for table in (rounds_table(results), importance_table(results)):
-        if table is not None:
-            console.print(table)
-
-
-@app.command()
 def worker(
     storage: str = typer.Option(..., "--storage", envvar="AUTOTUNE_STORAGE", help="e.g. postgresql://user@db-host/autotune"),
     study: str = typer.Option(..., "--study", help="the study's name"),
@@ -99,40 +85,6 @@ def worker(
             raise typer.Exit(130)
     state = budget_state(run.study)
     console.print(f"study {spec.name}: {state.done} of {spec.budget.trials} trials done, {state.running} running")
-
-
-def print_results(results: StudyResults, study_dir: Path, price: Optional[float] = None) -> None:
-    """Notes, failures, quality, then the front (transposed on a narrow terminal) and each recommendation's command."""
-    from autotune.report import failures_table, pareto_table, quality_table, transposed, write_configs
-
-    for note in results.unreported():
-        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    for extra in (failures_table(results), quality_table(results)):
-        if extra is not None:
-            console.print(extra)
-    table = pareto_table(results, price)
-    if table.row_count and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
-        table = transposed(table)  # a column per knob and figure would be cut to ellipses
-    console.print(table)
-    for rec in write_configs(results, study_dir):
-        console.print(f"trial {rec.trial.number}: {rec.config_path}")
-        console.print(f"  {rec.command}", highlight=False, soft_wrap=True)
-
-
-def write_html_report(results: StudyResults, study_dir: Path, price: Optional[float]) -> None:
-    try:
-        from autotune.report import write_report
-    except ImportError as exc:  # the report extra is optional; the study itself is complete
-        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')",
-                      highlight=False, markup=False)
-        return
-    try:
-        html_path, png_path = write_report(results, study_dir, price_per_gpu_hour=price)
-    except ImportError as exc:
-        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')",
-                      highlight=False, markup=False)
-        return
-    console.print(f"report: {html_path}  front: {png_path}", highlight=False, soft_wrap=True)
 
 
 def warn_generator(runs: list[tuple[str, dict]]) -> None:
