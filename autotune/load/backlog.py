@@ -27,7 +27,8 @@ its arrivals:
 Slopes are fitted to block means over windows of half a latency (at least
 0.5 s), so that neighbouring requests, which share a batch and its luck, do
 not pass for independent evidence, after the ramp-up (1.5 latencies from the
-first send).  A level too short for four blocks is not judged here: its
+first send; the latency of the first third of the level, before a backlog
+could inflate it).  A level too short for four blocks is not judged here: its
 latency SLOs decide.
 
 What the old check still caught truly is kept as a second test: a latency SLO
@@ -108,7 +109,9 @@ def backlog_verdict(
         return out
     first = min(r["start_s"] for r in timed)
     last = max(r["start_s"] for r in timed)
-    latency = float(np.median([r["e2e_s"] for r in done]))
+    # The ramp lasts about one latency of the requests that fill the batch; later ones include any backlog.
+    early = [r["e2e_s"] for r in done if r["start_s"] < first + (last - first) / 3]
+    latency = float(np.median(early if len(early) >= 5 else [r["e2e_s"] for r in done]))
     begin, block = first + _RAMP_LATENCIES * latency, max(0.5, latency / 2)
     out["window_s"] = [begin - first, last - first]
 

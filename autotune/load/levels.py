@@ -291,10 +291,16 @@ def judge_level(
     attainment: dict[str, dict[str, float]] = {}
     violations: dict[str, float] = {}
     for c in constraints:
-        violation = c.violation(figures, per_request)
+        counted = statistical(c) and (rows or c.attainment is not None)  # no rows: a percentile's figure decides
+        slo = _Rule(c, confidence).verdict(rows, planned) if counted else None
+        try:
+            violation = c.violation(figures, per_request)
+        except KeyError:  # no summary figure: the percentile of the requests at hand stands in
+            if slo is None:
+                raise
+            violation = (slo.estimate - c.threshold) / c.threshold * (1 if c.op in ("<", "<=") else -1)
         violations[c.text] = violation
-        if statistical(c) and (rows or c.attainment is not None):  # no rows: a percentile's figure decides
-            slo = _Rule(c, confidence).verdict(rows, planned)
+        if slo is not None:
             if c.attainment is not None:
                 attainment[c.text] = {"achieved": slo.estimate, "lower": slo.lower, "upper": slo.upper,  # type: ignore[dict-item]
                                       "n": slo.n, "target": c.attainment}
