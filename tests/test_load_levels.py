@@ -195,8 +195,9 @@ def test_the_prefix_decides_not_the_fastest_requests() -> None:
 # --------------------------------------------------------------------------- backlog
 
 
-def timed_rows(sends: Sequence[float], ttft: Callable[[float, int], float], e2e: Callable[[float, int], float]
-               ) -> list[dict[str, Any]]:
+def timed_rows(
+    sends: Sequence[float], ttft: Callable[[float, int], float], e2e: Callable[[float, int], float]
+) -> tuple[list[dict[str, Any]], list[RequestRecord]]:
     records = [
         RequestRecord(ok=True, error=None, prompt_tokens=1024, output_tokens=256, start=t, ttft_s=ttft(t, i),
                       e2e_s=e2e(t, i), tpot_s=0.01)
@@ -205,7 +206,7 @@ def timed_rows(sends: Sequence[float], ttft: Callable[[float, int], float], e2e:
     view = per_request_view(records)
     for row, r in zip(view, records, strict=True):
         row["start_s"] = r.start
-    return view, records  # type: ignore[return-value]
+    return view, records
 
 
 def test_a_level_with_margin_is_not_failed_by_the_sustained_check() -> None:
