@@ -102,6 +102,7 @@ def endpoint_measure(
     metrics_url: str | None = None,
     metric_names: Mapping[str, tuple[str, ...]] | None = None,
     metrics_headers: Mapping[str, str] | None = None,
+    metrics_hz: float = 4.0,
 ) -> Measure:
     """A ``measure`` for ``search_goodput`` that loads a live server; create one per engine start.
 
@@ -132,9 +133,10 @@ def endpoint_measure(
     ``extend`` times its planned requests.  Figures then carry
     ``planned_requests``, ``max_requests``, ``extended``, ``stopped_early``
     and ``stop_reason``.  With ``metrics_url`` (the engine's Prometheus
-    endpoint) the figures also carry ``engine_queue``: the engine's waiting
-    and running request counts over the level, on the clock of ``start_s``,
-    from which ``search_goodput`` judges a backlog.  Each call blocks on its
+    endpoint, polled ``metrics_hz`` times a second: each poll costs a CPU
+    engine some serving time) the figures also carry ``engine_queue``: the
+    engine's waiting and running request counts over the level, on the clock
+    of ``start_s``, from which ``search_goodput`` judges a backlog.  Each call blocks on its
     own event loop (``run_load``), so do not call it from inside a running one.
     """
     if unit not in _UNITS:
@@ -167,7 +169,7 @@ def endpoint_measure(
             plain_warmup = 0
         specs = build_requests(level, tokenizer, vocab_size, count=plain_warmup + at_load + cap, seed_offset=offset)
         run = level.model_copy(update={"warmup_requests": plain_warmup, "num_requests": cap})
-        with _QueueWatch(metrics_url, metric_names, metrics_headers) as queue:
+        with _QueueWatch(metrics_url, metric_names, metrics_headers, metrics_hz) as queue:
             result = run_load(
                 base_url, model, specs, run, ignore_eos=ignore_eos, api_key=api_key, progress=progress,
                 seed_offset=seed_offset, load_warmup=at_load, stop=stopper,
@@ -237,12 +239,12 @@ class _QueueWatch:
     """The engine's waiting and running counts over one level, if a metrics URL was given."""
 
     def __init__(self, url: str | None, names: Mapping[str, tuple[str, ...]] | None,
-                 headers: Mapping[str, str] | None) -> None:
+                 headers: Mapping[str, str] | None, hz: float) -> None:
         self.scraper: Any = None
         if url:
             from autotune.telemetry.engine_metrics import EngineMetricsScraper
 
-            self.scraper = EngineMetricsScraper(url, names=names, hz=4.0, headers=headers)
+            self.scraper = EngineMetricsScraper(url, names=names, hz=hz, headers=headers)
         # Snapshots are stamped with time.monotonic(), requests with time.perf_counter().
         self.shift = time.perf_counter() - time.monotonic()
 

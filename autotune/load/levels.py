@@ -354,7 +354,10 @@ class LevelStopper:
     stops if every statistical SLO is settled, or if the miss rate so far,
     carried to ``cap``, would still leave one uncertain (extending is then
     futile).  Between looks it stops as soon as the misses among the next
-    look's requests fail an SLO even if all the others meet it.  Judging a
+    look's requests fail an SLO with confidence even if all the others meet
+    it.  Misses merely above the point estimate's allowance (1% of the plan
+    for a p99) are not enough: 4 of 300 is within the reach of a true miss
+    rate under 1%, so that level is uncertain, not failed.  Judging a
     prefix in send order keeps the sample unbiased: requests that finished
     first are the fast ones.  Several looks at one level spend a little more
     than one look's error: at most their number times it, and far less since
