@@ -29,7 +29,16 @@ from tests.test_goodput import CrowdedEngine, WordTokenizer
 
 
 class MeteredEngine(CrowdedEngine):
-    """Also says, on /metrics, how many requests it is serving (vLLM's gauge names)."""
+    """Also says, on /metrics, how many requests it is serving (vLLM's gauge names),
+    and notes how many were in flight when each prompt arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy_at: dict[str, int] = {}
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        self.busy_at[(await request.json())["prompt"]] = self.in_flight
+        return await super().completions(request)
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = (
@@ -173,9 +182,13 @@ def test_a_capped_open_loop_says_so(server: tuple[str, MeteredEngine], caplog: p
 
 def test_warmup_at_load_feeds_straight_into_the_measured_phase(server: tuple[str, MeteredEngine]) -> None:
     url, engine = server
+    engine.cost_s = 0.05  # a warm-up request lives at least 50 ms, longer than a gap at 50 req/s
     workload = Workload(arrival="poisson", rate=50.0, num_requests=10, warmup_requests=1, concurrency=64)
-    result = run_load(url, "m", specs(1 + 25 + 10), workload, load_warmup=25)
+    sent = specs(1 + 25 + 10)
+    result = run_load(url, "m", sent, workload, load_warmup=25)
     assert len(engine.prompts) == 36 and len(result.records) == 10
+    assert engine.busy_at[sent[0].prompt] == 0 and engine.busy_at[sent[1].prompt] == 0  # the plain warm-up drained
+    assert engine.busy_at[sent[26].prompt] > 0  # the first measured request found the warm-up at work
     assert [r.prompt_tokens for r in result.records] == [3] * 10 and len(result.send_lag_s) == 10
     # The measured phase starts one gap after the warm-up's last send, not after it drained.
     assert result.scheduled_span_s == pytest.approx(arrival_offsets(10, 50.0, 0)[-1])
