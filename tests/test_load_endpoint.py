@@ -201,9 +201,9 @@ def test_the_first_level_is_warmed_up_at_its_own_load(server: tuple[str, Metered
     url, engine = server
     measure = endpoint_measure(url, "m", WordTokenizer(), 1000, WORKLOAD, unit="req/s", warmup_s=0.5)
     figures, rows = measure(40.0)
-    # Two requests gauge the idle latency (ms here), then 0.5 s at 40 req/s, then the 20 measured.
+    # Two requests, twice, gauge the idle latency (ms here), then 0.5 s at 40 req/s, then the 20 measured.
     assert figures["load_warmup_s"] == 0.5 and figures["load_warmup_requests"] == 20
-    assert len(engine.prompts) == 2 + 20 + 20 and len(rows) == figures["completed"] == 20
+    assert len(engine.prompts) == 4 + 20 + 20 and len(rows) == figures["completed"] == 20
     before = len(engine.prompts)
     figures, rows = measure(80.0)
     assert figures["load_warmup_s"] == 0.0 and figures["load_warmup_requests"] == 0
@@ -216,7 +216,7 @@ def test_a_closed_loop_warms_up_for_a_few_latencies(server: tuple[str, MeteredEn
     measure = endpoint_measure(url, "m", WordTokenizer(), 1000, WORKLOAD, unit="concurrency", warmup_s=0.2)
     figures, rows = measure(3)
     assert 0 < figures["load_warmup_requests"] <= 3 * 50 and figures["load_warmup_s"] >= 0.2
-    assert len(rows) == 20 and len(engine.prompts) == 2 + figures["load_warmup_requests"] + 20
+    assert len(rows) == 20 and len(engine.prompts) == 4 + figures["load_warmup_requests"] + 20
 
 
 def test_an_uncertain_level_is_extended_on_the_wire(server: tuple[str, MeteredEngine]) -> None:

@@ -29,8 +29,11 @@ _UNITS: tuple[str, ...] = ("req/s", "concurrency")
 # In an open loop the in-flight cap should never bind at a load the server can
 # sustain; see workload_at_level.
 DEFAULT_INFLIGHT_HORIZON_S = 8.0
-# A warm-up at load runs one closed-loop request set at most this many times over.
+# A warm-up at load runs one closed-loop request set at most this many times over,
+# and, unless asked for more, no longer than this (a probe slowed by a stall must not
+# turn into minutes of warm-up).
 _MAX_WARMUP_ROUNDS = 50
+_MAX_WARMUP_S = 60.0
 
 
 def workload_at_level(
@@ -121,9 +124,10 @@ def endpoint_measure(
     samples the arrival process anew.
 
     Warm-up: before the first level, ``workload.warmup_requests`` requests
-    gauge the end-to-end latency ``L`` of an idle server; then the first level
-    runs a warm-up at its own load for ``max(warmup_s, warmup_latencies * L)``
-    seconds straight into its measured requests, so that first-batch
+    (twice) gauge the end-to-end latency ``L`` of an idle server; then the
+    first level runs a warm-up at its own load for ``max(warmup_s,
+    warmup_latencies * L)`` seconds (at most a minute unless ``warmup_s``
+    says more) straight into its measured requests, so that first-batch
     allocation and compilation never land in a measured level.
     ``warmup_s=0`` turns that off (later levels keep the plain warm-up).
 
@@ -160,7 +164,7 @@ def endpoint_measure(
         if warm[0]:
             warm[0] = False
             latency = _idle_latency(base_url, model, tokenizer, vocab_size, level, offset, ignore_eos, api_key)
-            warm_for = max(warmup_s, warmup_latencies * latency)
+            warm_for = min(max(warmup_s, warmup_latencies * latency), max(warmup_s, _MAX_WARMUP_S))
             if level.open_loop:
                 at_load = math.ceil(float(level.rate or 0) * warm_for)
             else:
@@ -223,13 +227,18 @@ def _idle_latency(
     base_url: str, model: str, tokenizer: PromptTokenizer, vocab_size: int, level: Workload, offset: int,
     ignore_eos: bool, api_key: str | None,
 ) -> float:
-    """Median end-to-end latency (s) of the workload's warm-up requests sent together; 0.0 if none finished."""
+    """Median end-to-end latency (s) of the workload's warm-up requests sent together; 0.0 if none finished.
+
+    The requests go twice, and only the second round is timed: the first
+    request of a cold engine carries its one-off compilation, which would
+    otherwise stretch the warm-up by a multiple of it.
+    """
     n = max(1, level.warmup_requests)
     probe = level.model_copy(
-        update={"arrival": "concurrency", "concurrency": n, "num_requests": n, "warmup_requests": 0, "duration_s": None}
+        update={"arrival": "concurrency", "concurrency": n, "num_requests": n, "warmup_requests": n, "duration_s": None}
     )
     # Its own prompts: offsets above 2**20 are out of reach of the levels' (seed_offset + call count).
-    specs = build_requests(probe, tokenizer, vocab_size, count=n, seed_offset=offset + 2**20)
+    specs = build_requests(probe, tokenizer, vocab_size, count=2 * n, seed_offset=offset + 2**20)
     result = run_load(base_url, model, specs, probe, ignore_eos=ignore_eos, api_key=api_key)
     latencies = [r.e2e_s for r in result.records if r.ok and r.e2e_s is not None]
     return statistics.median(latencies) if latencies else 0.0
