@@ -30,6 +30,7 @@ from autotune.load.goodput import (
     wilson_interval,
     workload_at_level,
 )
+from autotune.load.levels import clopper_pearson, confidence_of
 from autotune.load.workload import Workload
 from autotune.spec import parse_slos
 
@@ -135,7 +136,7 @@ def test_judge_attainment_rules(
     info = attainment[slo]
     assert info["n"] == n
     assert info["achieved"] == pytest.approx(good / n if n else 0.0)
-    assert (info["lower"], info["upper"]) == pytest.approx(wilson_interval(good, n))
+    assert (info["lower"], info["upper"]) == pytest.approx(clopper_pearson(good, n, confidence_of(1.96)))
     assert info["target"] == parse_slos(slo)[0].attainment
     assert violations[slo] == parse_slos(slo)[0].violation({}, per_request)
 
@@ -156,7 +157,8 @@ def test_judge_needs_every_slo() -> None:
     slos = parse_slos("ttft<300ms@95%, p99(tpot)<40ms")
     per_request = _mix(100, 0)
     assert judge(slos, {"p99_tpot_ms": 30.0}, per_request)[0]
-    assert not judge(slos, {"p99_tpot_ms": 50.0}, per_request)[0]
+    slow = [{**row, "tpot_s": 0.05} for row in per_request]  # every token 50 ms apart
+    assert not judge(slos, {"p99_tpot_ms": 50.0}, slow)[0]
     assert not judge(slos, {"p99_tpot_ms": 30.0}, _mix(80, 20))[0]
     with pytest.raises(ValueError, match="per-request"):
         judge(slos, {"p99_tpot_ms": 30.0}, None)
@@ -388,7 +390,7 @@ def test_on_level_and_to_json() -> None:
     def measure(load: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
         figures, _ = queue(load)
         figures["p90_ttft_ms"] = math.nan  # non-finite figures must not break JSON
-        return figures, _mix(100, 0)
+        return figures, _requests([figures["p99_ttft_ms"] / 1000] * 100)  # every request at the p99
 
     slos = parse_slos("p99(ttft)<200ms, ttft<300ms@95%")
     result = search_goodput(measure, slos, unit="req/s", start=4.0, on_level=seen.append)
@@ -398,7 +400,12 @@ def test_on_level_and_to_json() -> None:
     assert doc["goodput"] == result.goodput and doc["unit"] == "req/s"
     assert [lv["load"] for lv in doc["levels"]] == queue.calls
     first = doc["levels"][0]
-    assert set(first) == {"load", "holds", "output_throughput", "request_throughput", "p99_ttft_ms", "sustained_ratio", "violations", "attainment"}
+    assert set(first) == {
+        "load", "holds", "verdict", "requests", "extended", "stopped_early", "stop_reason", "output_throughput",
+        "request_throughput", "p99_ttft_ms", "sustained_ratio", "violations", "attainment", "slos", "backlog",
+    }
+    assert first["requests"] == 100 and first["slos"]["ttft<300ms@95%"]["kind"] == "attainment"
+    assert doc["incumbent"] is None and doc["stopped"] is None and doc["goodput_upper_bound"] is None
     assert first["request_throughput"] == 4.0 and first["output_throughput"] == 256.0
     assert first["p99_ttft_ms"] == pytest.approx(50 / 0.8)
     assert first["attainment"]["ttft<300ms@95%"]["n"] == 100
@@ -553,7 +560,7 @@ def test_endpoint_rate_levels_use_fresh_prompts(live: tuple[str, CrowdedEngine])
     url, engine = live
     engine.cost_s = 0.001
     workload = LIVE_WORKLOAD.model_copy(update={"num_requests": 10})
-    measure = endpoint_measure(url, "m", WordTokenizer(), 1000, workload, unit="req/s")
+    measure = endpoint_measure(url, "m", WordTokenizer(), 1000, workload, unit="req/s", warmup_s=0)
     batches: list[set[str]] = []
     for rate in (40.0, 80.0):
         before = len(engine.prompts)

@@ -8,63 +8,51 @@ request rate in req/s, or a closed-loop concurrency) and keeping the highest
 level at which all SLOs hold.
 
 The search (``search_goodput``) is pure logic over a caller-supplied
-``measure(load) -> (figures, per_request)``; ``endpoint_measure`` builds such a
-function for a live OpenAI-compatible server.  Keeping HTTP and asyncio out of
-the search keeps it testable against a synthetic latency curve and lets a
-caller wrap ``measure`` (caching, logging, a different load generator).
+``measure(load) -> (figures, per_request)``; ``endpoint_measure``
+(``autotune.load.endpoint``) builds such a function for a live
+OpenAI-compatible server.  Keeping HTTP and asyncio out of the search keeps it
+testable against a synthetic latency curve and lets a caller wrap ``measure``
+(caching, logging, a different load generator).
 
 Search, at most ``max_levels`` measurements and never the same level twice:
 
-1. Bracket.  Start at ``start``; while the level holds, double it (capped at
-   ``upper``); while it fails, halve it (floored at ``min_load``).
+1. Bracket.  Start at ``start``; while the level holds, multiply it by
+   ``growth`` (capped at ``upper``); while it fails, divide (floored at ``min_load``).
 2. Bisect between the highest level that held and the lowest failing level
    above it until their relative gap ``(hi - lo) / lo`` is below
    ``resolution`` (for concurrency: also until they are adjacent integers), or
    the budget is spent.  The reported goodput is the highest level that held,
    so with a monotone system the true crossing lies within ``resolution`` above it.
 
-The search assumes SLOs get harder to meet as load rises (true of latency
-bounds).  A throughput *floor* such as ``output_tps>100`` is the opposite: it
-fails at low load, and halving will not rescue it; goodput is then 0 unless
-some bracketed level meets both kinds.
+With an ``incumbent`` (the best goodput a study has found so far) the search
+starts there instead: a trial that fails the incumbent's load with confidence
+cannot beat it, and its own goodput is not worth three more levels to learn,
+so the search stops at once with ``goodput_upper_bound`` set.  One that holds
+searches upward as usual; an uncertain one is searched as if no incumbent had
+been given.
 
-Attainment SLOs (``ttft<300ms@99%``) are judged on a sample of requests, so
-their achieved fraction is noisy; ``judge`` reports the Wilson score interval
-for every such SLO and decides by one of two rules:
-
-* default: the SLO holds iff the point estimate meets the target *and* the
-  Wilson upper bound does (the target is not confidently missed).  Because the
-  Wilson interval always contains the point estimate, the second clause
-  follows from the first: in effect this is the plain point-estimate rule,
-  the same verdict ``Constraint.violation`` gives.  It is the default because
-  the strict rule below cannot pass a high target at the request counts a
-  tuning trial can afford: with zero misses the Wilson lower bound is
-  ``n / (n + z**2)``, so ``@99%`` needs ``n >= 0.99 * z**2 / 0.01``, i.e.
-  381 requests at z=1.96 (73 for ``@95%``), and a rule that fails every level
-  reports a goodput of 0 for every configuration, which ranks nothing.
-* ``conservative=True``: the SLO holds iff the Wilson *lower* bound meets the
-  target, i.e. the pass is statistically confident and a lucky sample cannot
-  pass.  Use it with enough requests per level (see the figures above).
-
-``violations`` always holds ``Constraint.violation`` as the SLO module defines
-it (target minus achieved fraction for attainment SLOs), whichever rule judged.
+Each level is judged as a statistical test (``autotune.load.levels``):
+``holds``, ``fails`` or ``uncertain``, with the interval behind it; an
+uncertain level acts on its point estimates (by default) or fails
+(``conservative=True``).  The search assumes SLOs get harder to meet as load
+rises (true of latency bounds).  A throughput *floor* such as
+``output_tps>100`` is the opposite: it fails at low load, and halving will not
+rescue it; goodput is then 0 unless some bracketed level meets both kinds.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from autotune.load.runner import run_load
-from autotune.load.stats import per_request_view, summarize
-from autotune.load.prompts import PromptTokenizer, build_requests
-from autotune.load.workload import Workload
+from autotune.load.endpoint import DEFAULT_INFLIGHT_HORIZON_S, endpoint_measure, workload_at_level
+from autotune.load.levels import SloVerdict, confidence_of, judge, judge_level, wilson_interval
 from autotune.spec.slo import Constraint
 
 __all__ = [
+    "DEFAULT_INFLIGHT_HORIZON_S",
     "GoodputResult",
     "LevelResult",
     "Unit",
@@ -79,42 +67,89 @@ Unit = Literal["req/s", "concurrency"]
 Measure = Callable[[float], tuple[dict[str, float], list[dict[str, Any]]]]
 
 _UNITS: tuple[str, ...] = ("req/s", "concurrency")
-# Same tolerance as autotune.slo: 0.95 vs 19/20 is float noise, not a miss.
-_ATTAINMENT_EPS = 1e-12
-# In an open loop the in-flight cap should never bind at a load the server can
-# sustain; see workload_at_level.
-DEFAULT_INFLIGHT_HORIZON_S = 8.0
+BELOW_INCUMBENT = "below incumbent"
 # Figures copied into the compact JSON of each level and of the best level.
 _THROUGHPUT_KEYS: tuple[str, ...] = ("output_throughput", "request_throughput", "total_token_throughput")
-# The load generator's health at each level: a saturated level offered less than its load.
+# The load generator's health at each level: a saturated level offered less than its load,
+# a capped one held requests back and started their clocks late.
 _LOADGEN_KEYS: tuple[str, ...] = (
     "loadgen_saturated", "loadgen_cpu_percent", "loadgen_cpu_wait_percent", "loadgen_send_lag_p90_ms",
+    "inflight_capped_requests", "inflight_capped_wait_max_ms",
 )
-
-
-# --------------------------------------------------------------------------- results
+# How the level was run: its plan, whether it was extended or cut short, its warm-up at load.
+_PLAN_KEYS: tuple[str, ...] = ("planned_requests", "max_requests", "load_warmup_s", "load_warmup_requests")
 
 
 @dataclass
 class LevelResult:
-    """One measured load level and the verdict on it."""
+    """One measured load level and the verdict on it.
+
+    ``verdict`` is the statistical one (``holds``, ``fails`` or
+    ``uncertain``); ``holds`` is what the search acted on.  ``slos`` holds each
+    SLO's verdict and interval, ``requests`` how many requests it rests on.
+    """
 
     load: float  # the rate (req/s) or concurrency tried
     figures: dict[str, float]  # summarize() output at that level
     per_request: list[dict[str, Any]]  # per_request_view() output
-    holds: bool  # every SLO holds here (attainment judged as in the module docstring)
+    holds: bool  # what the search acted on (see the module docstring)
     attainment: dict[str, dict[str, float]] = field(default_factory=dict)
     violations: dict[str, float] = field(default_factory=dict)
+    verdict: str = ""  # empty: taken from ``holds``, for a level judged elsewhere
+    slos: dict[str, SloVerdict] = field(default_factory=dict)
+    backlog: dict[str, Any] = field(default_factory=dict)
+    requests: int = -1  # -1: len(per_request)
+    stop_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict = "holds" if self.holds else "fails"
+        if self.requests < 0:
+            self.requests = len(self.per_request)
+
+    def to_json(self) -> dict[str, Any]:
+        """Compact, strictly JSON-safe summary of the level (NaN and inf become None)."""
+        f = self.figures
+        return {
+            "load": self.load,
+            "holds": self.holds,
+            "verdict": self.verdict,
+            "requests": self.requests,
+            **{k: _num(f.get(k)) for k in _PLAN_KEYS if k in f},
+            "extended": bool(f.get("extended")),
+            "stopped_early": bool(f.get("stopped_early")),
+            "stop_reason": self.stop_reason or None,
+            "output_throughput": _num(f.get("output_throughput")),
+            "request_throughput": _num(f.get("request_throughput")),
+            "p99_ttft_ms": _num(f.get("p99_ttft_ms")),
+            "sustained_ratio": _num(f.get("sustained_ratio")),
+            "violations": {text: _num(v) for text, v in self.violations.items()},
+            **{k: _num(f.get(k)) for k in _LOADGEN_KEYS if k in f},
+            **({"inflight_capped": bool(f["inflight_capped"])} if "inflight_capped" in f else {}),
+            "attainment": {text: {k: _num(v) for k, v in info.items()} for text, info in self.attainment.items()},
+            "slos": {text: slo.to_json() for text, slo in self.slos.items()},
+            "backlog": _clean(self.backlog),
+        }
 
 
 @dataclass
 class GoodputResult:
-    """The outcome of a goodput search; ``best`` is the highest level that held."""
+    """The outcome of a goodput search; ``best`` is the highest level that held.
+
+    ``stopped == "below incumbent"``: the first level, at the incumbent's
+    load, failed with confidence; ``goodput`` is then 0.0 (no level held) and
+    ``goodput_upper_bound`` the incumbent's load: the trial's goodput lies
+    below it, unmeasured.  ``incumbent`` records the load started from, its
+    verdict and what the search did about it.
+    """
 
     goodput: float  # best load that held, 0.0 if none did
     unit: str  # "req/s" or "concurrency"
     levels: list[LevelResult]  # in the order tried
     best: LevelResult | None
+    incumbent: dict[str, Any] | None = None
+    stopped: str | None = None
+    goodput_upper_bound: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Compact, strictly JSON-safe summary (NaN and inf become None)."""
@@ -125,22 +160,10 @@ class GoodputResult:
             "goodput": self.goodput,
             "unit": self.unit,
             "best": best,
-            "levels": [
-                {
-                    "load": level.load,
-                    "holds": level.holds,
-                    "output_throughput": _num(level.figures.get("output_throughput")),
-                    "request_throughput": _num(level.figures.get("request_throughput")),
-                    "p99_ttft_ms": _num(level.figures.get("p99_ttft_ms")),
-                    "sustained_ratio": _num(level.figures.get("sustained_ratio")),
-                    "violations": {text: _num(v) for text, v in level.violations.items()},
-                    **{k: _num(level.figures.get(k)) for k in _LOADGEN_KEYS if k in level.figures},
-                    "attainment": {
-                        text: {k: _num(v) for k, v in info.items()} for text, info in level.attainment.items()
-                    },
-                }
-                for level in self.levels
-            ],
+            "incumbent": self.incumbent,
+            "stopped": self.stopped,
+            "goodput_upper_bound": self.goodput_upper_bound,
+            "levels": [level.to_json() for level in self.levels],
         }
 
 
@@ -153,85 +176,14 @@ def _num(value: Any) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion ``successes / n``.
-
-    Unlike the normal (Wald) interval it stays inside [0, 1] and does not
-    collapse to a point at 0 or n successes, which is exactly where SLO
-    attainment lives (99% targets, few misses).  ``n == 0`` gives ``(0, 1)``:
-    nothing is known.  z=1.96 is a two-sided 95% interval.
-    """
-    if n < 0 or successes < 0 or successes > n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
-    if z < 0:
-        raise ValueError("z must be >= 0")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    lower = 0.0 if successes == 0 else max(0.0, center - half)
-    upper = 1.0 if successes == n else min(1.0, center + half)
-    return lower, upper
-
-
-def judge(
-    constraints: Sequence[Constraint],
-    figures: Mapping[str, Any],
-    per_request: Sequence[Mapping[str, Any]] | None,
-    *,
-    confidence_z: float = 1.96,
-    conservative: bool = False,
-    min_sustained: float = 0.85,
-) -> tuple[bool, dict[str, dict[str, float]], dict[str, float]]:
-    """Do all ``constraints`` hold at one measured level?
-
-    Aggregate SLOs hold iff ``violation <= 0``.  Attainment SLOs are judged on
-    the Wilson interval of their achieved fraction, by the default or the
-    conservative rule (module docstring).  Returns ``(holds, attainment,
-    violations)``: ``attainment`` maps each attainment SLO's text to
-    ``{"achieved", "lower", "upper", "n", "target"}``; ``violations`` maps every
-    SLO's text to ``Constraint.violation``.
-    """
-    holds = True
-    attainment: dict[str, dict[str, float]] = {}
-    violations: dict[str, float] = {}
-    for c in constraints:
-        violation = c.violation(figures, per_request)
-        violations[c.text] = violation
-        if c.attainment is None:
-            holds = holds and violation <= 0
-            continue
-        assert per_request is not None  # c.violation raised otherwise
-        n = len(per_request)
-        achieved = c.achieved_fraction(per_request)
-        lower, upper = wilson_interval(round(achieved * n), n, confidence_z)
-        target = c.attainment
-        attainment[c.text] = {"achieved": achieved, "lower": lower, "upper": upper, "n": n, "target": target}
-        holds = holds and _attainment_holds(achieved, lower, upper, target, conservative)
-    sustained = figures.get("sustained_ratio")
-    if isinstance(sustained, (int, float)) and math.isfinite(sustained):
-        # An open-loop rate the server could not keep up with is no goodput, whatever the latency says.
-        violations["sustained"] = min_sustained - sustained
-        holds = holds and sustained >= min_sustained
-    return holds, attainment, violations
-
-
-def _attainment_holds(achieved: float, lower: float, upper: float, target: float, conservative: bool) -> bool:
-    if conservative:
-        return lower >= target - _ATTAINMENT_EPS
-    # Not confidently below (upper) and not below on the point estimate; the first
-    # is implied by the second (the interval contains the estimate) but is stated
-    # so the rule reads as documented.
-    return upper >= target - _ATTAINMENT_EPS and achieved >= target - _ATTAINMENT_EPS
-
-
-# --------------------------------------------------------------------------- search
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float):
+        return _num(value)
+    return value
 
 
 def search_goodput(
@@ -248,6 +200,8 @@ def search_goodput(
     conservative: bool = False,
     confidence_z: float = 1.96,
     growth: float = 2.0,
+    incumbent: float | None = None,
+    min_sustained: float = 0.85,
 ) -> GoodputResult:
     """Find the highest load at which every SLO holds; see the module docstring.
 
@@ -259,7 +213,11 @@ def search_goodput(
     as ``summarize`` and ``per_request_view`` give them; it is called at most
     ``max_levels`` times, never twice with the same load.  For ``"concurrency"``
     loads are integers (``start`` rounded, ``upper`` floored, ``min_load``
-    ceiled and at least 1).  ``on_level`` sees each level as soon as it is judged.
+    ceiled and at least 1).  ``on_level`` sees each level as soon as it is
+    judged.  ``confidence_z`` sets the two-sided confidence of every interval
+    (1.96: 95%); ``min_sustained`` the share of an open-loop rate a server
+    must confidently keep up with.  ``incumbent``, when given, replaces
+    ``start`` (clamped to ``min_load`` and ``upper``).
     """
     constraints = list(constraints)
     if not constraints:
@@ -272,25 +230,42 @@ def search_goodput(
         raise ValueError("resolution must be > 0")
     if not growth > 1:
         raise ValueError("growth must be > 1")
+    if incumbent is not None:
+        if not incumbent > 0:
+            raise ValueError("incumbent must be > 0")
+        start = max(min(incumbent, upper if upper is not None else incumbent), min_load or 0.0)
     integer = unit == "concurrency"
     first, floor, ceiling = _limits(start, min_load, upper, integer)
+    confidence = confidence_of(confidence_z)
 
     levels: list[LevelResult] = []
 
-    def probe(load: float) -> bool:
+    def probe(load: float) -> LevelResult:
         figures, per_request = measure(int(load) if integer else load)
-        holds, attainment, violations = judge(
-            constraints, figures, per_request, confidence_z=confidence_z, conservative=conservative
-        )
-        level = LevelResult(float(load), dict(figures), list(per_request), holds, attainment, violations)
+        figures = dict(figures)
+        queue = figures.pop("engine_queue", None)
+        reason = figures.pop("stop_reason", "")
+        v = judge_level(constraints, figures, per_request, confidence=confidence, conservative=conservative,
+                        min_sustained=min_sustained, queue=queue)
+        level = LevelResult(float(load), figures, list(per_request), v.holds, v.attainment, v.violations,
+                            v.verdict, v.slos, v.backlog, v.requests, str(reason or ""))
         levels.append(level)
         if on_level is not None:
             on_level(level)
-        return holds
+        return level
 
-    # Phase 1: bracket by doubling up from a pass or halving down from a failure.
+    # Phase 1: bracket by growing from a pass or shrinking from a failure.
     load = first
-    going_up = probe(load)
+    opening = probe(load)
+    seen: dict[str, Any] | None = None
+    if incumbent is not None:
+        outcome = {"fails": BELOW_INCUMBENT, "holds": "searched up from the incumbent"}.get(
+            opening.verdict, "uncertain at the incumbent: searched as without one"
+        )
+        seen = {"load": opening.load, "verdict": opening.verdict, "outcome": outcome}
+        if opening.verdict == "fails":
+            return GoodputResult(0.0, unit, levels, None, seen, BELOW_INCUMBENT, opening.load)
+    going_up = opening.holds
     while len(levels) < max_levels:
         if going_up:
             up = max(load + 1, round(load * growth)) if integer else load * growth
@@ -303,7 +278,7 @@ def search_goodput(
             if nxt >= load or nxt <= 0:
                 break  # failed at the floor
         load = nxt
-        if probe(load) != going_up:
+        if probe(load).holds != going_up:
             break
 
     # Phase 2: bisect the bracket (highest pass, lowest failure above it).
@@ -320,7 +295,7 @@ def search_goodput(
         probe(mid)
 
     best = max((level for level in levels if level.holds), key=lambda level: level.load, default=None)
-    return GoodputResult(goodput=best.load if best is not None else 0.0, unit=unit, levels=levels, best=best)
+    return GoodputResult(best.load if best is not None else 0.0, unit, levels, best, seen)
 
 
 def _limits(start: float, min_load: float | None, upper: float | None, integer: bool) -> tuple[Any, Any, Any]:
@@ -362,102 +337,3 @@ def _bracket(levels: Sequence[LevelResult]) -> tuple[float, float] | None:
     if not failing:
         return None
     return lo, min(failing)
-
-
-# --------------------------------------------------------------------------- live server
-
-
-def workload_at_level(
-    workload: Workload,
-    unit: Unit,
-    load: float,
-    *,
-    inflight_horizon_s: float = DEFAULT_INFLIGHT_HORIZON_S,
-    min_duration_s: float | None = None,
-) -> Workload:
-    """The workload to offer at one level, re-validated.
-
-    ``"concurrency"``: a closed loop with ``int(load)`` requests in flight.
-
-    ``"req/s"``: Poisson arrivals at ``rate=load`` (gamma arrivals with the
-    workload's burstiness, if it has them).  ``concurrency`` stays the
-    in-flight cap (so an overloaded server cannot make the client open
-    unbounded connections) but is raised to at least
-    ``ceil(rate * inflight_horizon_s)``.  The cap must not bind at a load the
-    server can sustain: a request waiting for a slot is queued client-side and
-    its latency clock starts only when sent, so a binding cap hides the
-    server's queueing and flatters TTFT exactly where goodput is decided.  By
-    Little's law the mean number in flight is ``rate * mean lifetime``, so the
-    cap binds only once requests live about ``inflight_horizon_s`` (8 s) on
-    average, by which point interactive latency SLOs have long failed.  For
-    workloads whose requests last longer by design (long outputs), pass a
-    larger horizon or a larger ``workload.concurrency``.
-    """
-    if unit not in _UNITS:
-        raise ValueError(f"unit must be one of {', '.join(_UNITS)}, got {unit!r}")
-    if not load > 0:
-        raise ValueError("load must be > 0")
-    fields = workload.model_dump()
-    if min_duration_s and unit == "req/s":
-        # Long enough at this rate for a queue to build if the server cannot keep up.
-        fields["num_requests"] = max(workload.num_requests, math.ceil(load * min_duration_s))
-    if unit == "concurrency":
-        if int(load) < 1:
-            raise ValueError("a concurrency level must be >= 1")
-        fields.update(arrival="concurrency", concurrency=int(load))
-    else:
-        cap = max(workload.concurrency, math.ceil(load * inflight_horizon_s))
-        # A gamma workload keeps its burstiness at every rate; anything else is Poisson.
-        arrival = "gamma" if workload.arrival == "gamma" else "poisson"
-        fields.update(arrival=arrival, rate=float(load), concurrency=cap)
-    return Workload.model_validate(fields)
-
-
-def endpoint_measure(
-    base_url: str,
-    model: str,
-    tokenizer: PromptTokenizer,
-    vocab_size: int,
-    workload: Workload,
-    *,
-    unit: Unit,
-    ignore_eos: bool = True,
-    api_key: str | None = None,
-    inflight_horizon_s: float = DEFAULT_INFLIGHT_HORIZON_S,
-    progress: Callable[[int, int], None] | None = None,
-    min_duration_s: float | None = None,
-    seed_offset: int = 0,
-) -> Measure:
-    """A ``measure`` for ``search_goodput`` that loads a live server.
-
-    Each call offers ``workload_at_level(workload, unit, load)`` (warm-up
-    included) and returns ``(summarize(result), per_request_view(records))``.
-    Every call draws its prompts with its own ``seed_offset`` (``seed_offset``
-    + 1, + 2, ... in call order; 0 is what a plain trial run uses; a repeat
-    passes its own ``seed_offset``), so no level re-sends
-    prompts an earlier level left in the prefix cache, which would flatter
-    later levels.  Poisson arrival times depend only on ``workload.seed``, so
-    every req/s level replays the same arrival pattern, scaled: differences
-    between levels come from the load, not from a luckier draw.  Each call
-    blocks on its own event loop (``run_load``), so do not call it from
-    inside a running one.
-    """
-    if unit not in _UNITS:
-        raise ValueError(f"unit must be one of {', '.join(_UNITS)}, got {unit!r}")
-    calls = itertools.count(seed_offset + 1)
-
-    def measure(load: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        level = workload_at_level(
-            workload, unit, load, inflight_horizon_s=inflight_horizon_s, min_duration_s=min_duration_s
-        )
-        specs = build_requests(
-            level,
-            tokenizer,
-            vocab_size,
-            count=level.warmup_requests + level.num_requests,
-            seed_offset=next(calls),
-        )
-        result = run_load(base_url, model, specs, level, ignore_eos=ignore_eos, api_key=api_key, progress=progress)
-        return summarize(result), per_request_view(result.records)
-
-    return measure

@@ -7,21 +7,29 @@ latency under a load the server does not control; gamma's ``burstiness``
 makes arrivals clump, below 1, or even out, above 1).  Warm-up requests go
 first and are discarded so that one-off costs (CUDA graph capture,
 first-request compilation, connection set-up) do not land in the figures.
+A warm-up *at load* (``load_warmup``) runs under the measured policy itself
+and hands over to the measured requests without a pause, so the measured
+phase starts with the batch already full, not from an idle server.
 
-The load generator watches itself: a run records its own CPU use and, in an
-open loop, how late each send left against its schedule.  When the event loop
-was nearly always busy, or sends fell behind the schedule, the offered load
-was not the requested one and the run says so (``loadgen_saturated``) instead
-of reporting a server's figures that the client distorted.
+The load generator watches itself: its CPU use, how late each open-loop send
+left against its schedule (``loadgen_saturated`` when it fell behind: the
+offered load was not the requested one) and how many sends waited for the
+in-flight cap (``inflight_capped``: such a request starts its latency clock
+late).  A caller judging the run as it goes can end it early: ``stop`` sees
+each measured request as it finishes; True ends sending and abandons the
+requests still in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -32,16 +40,23 @@ __all__ = [
     "SATURATED_LOOP_CPU",
     "SEND_LAG_TOLERANCE_S",
     "LoadResult",
+    "StopFn",
     "arrival_offsets",
     "poisson_offsets",
     "run_load",
     "run_load_async",
 ]
 
+log = logging.getLogger("autotune.load")
+
 ProgressFn = Callable[[int, int], None]
+# Sees (index among the measured requests, its record) as each one finishes; True ends the run.
+StopFn = Callable[[int, RequestRecord], bool]
 
 # Mixed into the workload seed so arrival times and prompts use unrelated streams.
 _ARRIVAL_STREAM = 0x41525256
+# The warm-up at load draws its own gaps, so the measured schedule is the same with or without it.
+_WARMUP_STREAM = 0x57524D55
 # The event loop is one thread: above this share of one core it is the bottleneck,
 # and its timestamps lag the network by however long each callback waited.
 SATURATED_LOOP_CPU = 0.90
@@ -57,16 +72,17 @@ _LAG_QUANTILE = 90
 class LoadResult:
     """Figures of the measured phase only; warm-up leaves no trace here.
 
-    ``records`` are the measured requests actually sent, in the order given
-    (a ``duration_s`` bound can leave the tail unsent).  ``duration_s`` runs
-    from the first measured send to the last measured completion.
-    ``client_cpu_s`` is this process's CPU time over the measured phase and
-    ``loop_cpu_s`` that of the event loop's thread alone; ``loop_cpu_wait_s``
-    is how long that thread was ready to run but waited for a core (Linux
-    only; NaN elsewhere), the mark of an engine that starves its own load
-    generator on a shared machine.  ``send_lag_s`` holds, for an open loop,
-    how late each send left against its schedule (waits for the in-flight cap
-    excluded; ``capped_sends`` counts those).
+    ``records`` are the measured requests that finished, in the order given
+    (a ``duration_s`` bound or a ``stop`` leaves the tail ``unsent``; a
+    ``stop`` abandons those in flight, counted in ``cancelled``).
+    ``duration_s`` runs from the first measured send to the last measured
+    completion.  ``client_cpu_s`` is this process's CPU time over the measured
+    phase, ``loop_cpu_s`` that of the event loop's thread alone and
+    ``loop_cpu_wait_s`` how long that thread waited for a core (Linux only;
+    NaN elsewhere), the mark of an engine that starves its own load generator.
+    ``send_lag_s``: in an open loop, how late each send left against its
+    schedule (waits for the in-flight cap excluded); ``capped_wait_s``: how
+    long each send that found the cap full waited (``capped_sends`` of them).
     """
 
     records: list[RequestRecord]
@@ -80,6 +96,11 @@ class LoadResult:
     capped_sends: int = 0
     burstiness: float | None = None
     scheduled_span_s: float | None = None
+    capped_wait_s: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+    cancelled: int = 0
+    unsent: int = 0
+    indices: list[int] = field(default_factory=list)  # of each record among the measured requests
 
     def health(self) -> dict[str, float]:
         """The load generator's own figures, and whether it kept up (1) or not (0)."""
@@ -97,12 +118,17 @@ class LoadResult:
             lag = np.asarray(self.send_lag_s or [0.0]) * 1000.0
             typical = float(np.percentile(lag, _LAG_QUANTILE))
             tolerance_ms = 1000.0 * max(SEND_LAG_TOLERANCE_S, 1.0 / self.offered_rate)
+            waits = self.capped_wait_s or [0.0]
             out.update(
                 loadgen_send_lag_mean_ms=float(np.mean(lag)),
                 loadgen_send_lag_p90_ms=typical,
                 loadgen_send_lag_max_ms=float(np.max(lag)),
                 loadgen_send_lag_tolerance_ms=tolerance_ms,
                 loadgen_capped_sends=float(self.capped_sends),
+                inflight_capped=1.0 if self.capped_sends else 0.0,
+                inflight_capped_requests=float(self.capped_sends),
+                inflight_capped_wait_max_ms=1000.0 * max(waits),
+                inflight_capped_wait_total_s=float(sum(waits)),
             )
             saturated = saturated or typical > tolerance_ms
         out["loadgen_saturated"] = 1.0 if saturated else 0.0
@@ -126,31 +152,46 @@ def send_rate_ratio(result: LoadResult) -> float | None:
     return result.scheduled_span_s / sent if sent > 0 else None
 
 
-def arrival_offsets(count: int, rate: float, seed: int, burstiness: float = 1.0) -> list[float]:
+def arrival_offsets(count: int, rate: float, seed: int, burstiness: float = 1.0, stream: int = 0) -> list[float]:
     """Scheduled send times (s from the start) of a seeded gamma renewal process.
 
     The first request goes at 0; gaps are gamma with shape ``burstiness`` and
     scale ``1 / (rate * burstiness)`` (``vllm bench serve``'s convention), so
     their mean is ``1/rate`` whatever the burstiness and their coefficient of
     variation ``1/sqrt(burstiness)``.  ``burstiness=1`` is a Poisson process.
+
+    ``stream`` picks one of many independent schedules of one seed: repeats
+    pass their own (their seed offset) so that they sample the arrival process
+    instead of replaying one draw, while runs with the same stream (trials of
+    one study, levels of one goodput search) share it on purpose: common random
+    numbers, so two configurations differ by their own doing, not by a luckier
+    draw.  Gaps scale with ``1/rate``, and a longer schedule starts with the
+    shorter one, so a run extended past its plan keeps the arrivals it had.
     """
     if rate <= 0:
         raise ValueError("rate must be > 0")
     if burstiness <= 0:
         raise ValueError("burstiness must be > 0")
+    if stream < 0:
+        raise ValueError("stream must be >= 0")
     if count <= 0:
         return []
-    rng = np.random.default_rng([seed, _ARRIVAL_STREAM])
+    # Stream 0 keeps the key the schedules had before streams existed.
+    rng = np.random.default_rng([seed, _ARRIVAL_STREAM] if stream == 0 else [seed, _ARRIVAL_STREAM, stream])
+    return _schedule(rng, count, rate, burstiness)
+
+
+def poisson_offsets(count: int, rate: float, seed: int, stream: int = 0) -> list[float]:
+    """Scheduled send times of a seeded Poisson process: exponential gaps of mean ``1/rate``."""
+    return arrival_offsets(count, rate, seed, 1.0, stream)
+
+
+def _schedule(rng: np.random.Generator, count: int, rate: float, burstiness: float) -> list[float]:
     if burstiness == 1.0:
         gaps = rng.exponential(1.0 / rate, size=count - 1)  # exponential draws keep seeded Poisson schedules stable
     else:
         gaps = rng.gamma(burstiness, 1.0 / (rate * burstiness), size=count - 1)
     return [0.0, *np.cumsum(gaps).tolist()]
-
-
-def poisson_offsets(count: int, rate: float, seed: int) -> list[float]:
-    """Scheduled send times of a seeded Poisson process: exponential gaps of mean ``1/rate``."""
-    return arrival_offsets(count, rate, seed, 1.0)
 
 
 async def run_load_async(
@@ -162,73 +203,92 @@ async def run_load_async(
     ignore_eos: bool = True,
     api_key: str | None = None,
     progress: ProgressFn | None = None,
+    seed_offset: int = 0,
+    load_warmup: int = 0,
+    stop: StopFn | None = None,
 ) -> LoadResult:
     """Send warm-up then measured requests; see the module docstring for policies.
 
-    The first ``workload.warmup_requests`` items of ``requests`` are warm-up,
-    sent in a closed loop at ``workload.concurrency``; the rest are measured.
-    ``progress(done, total)`` is called as each measured request finishes.
+    ``requests`` holds, in order, ``workload.warmup_requests`` warm-up
+    requests (sent in a closed loop at ``workload.concurrency``, then drained),
+    ``load_warmup`` requests of warm-up at load (sent under the measured
+    policy, straight into the measured phase) and the measured requests.
+    ``seed_offset`` picks the arrival schedule (``arrival_offsets``'s
+    ``stream``).  ``progress(done, total)`` is called as each measured request
+    finishes, then ``stop(index, record)``.
     """
     n_warmup = workload.warmup_requests
-    if len(requests) <= n_warmup:
-        raise ValueError(f"{len(requests)} requests leave none to measure after {n_warmup} warm-up")
-    warmup, measured = requests[:n_warmup], requests[n_warmup:]
+    if load_warmup < 0:
+        raise ValueError("load_warmup must be >= 0")
+    if len(requests) <= n_warmup + load_warmup:
+        raise ValueError(f"{len(requests)} requests leave none to measure after {n_warmup + load_warmup} warm-up")
+    warmup, at_load = requests[:n_warmup], requests[n_warmup : n_warmup + load_warmup]
+    measured = requests[n_warmup + load_warmup :]
 
     client = CompletionsClient(
         base_url, model, ignore_eos=ignore_eos, api_key=api_key, timeout_s=workload.request_timeout_s
     )
-    lag: list[float] = []
-    capped = [0]
+    offsets: list[float] = []
     async with client:
         if warmup:
-            await _closed_loop(client, warmup, workload.concurrency, None, None)
-        cpu_before, loop_before, wait_before = time.process_time(), time.thread_time(), _run_delay_s()
+            await _closed_loop(client, warmup, workload.concurrency, _Tally(len(warmup), None, None), None)
+        tally = _Tally(len(measured), progress, stop, discard=len(at_load))
         if workload.open_loop:
             assert workload.rate is not None  # enforced by Workload's validator
-            offsets = arrival_offsets(len(measured), workload.rate, workload.seed, workload.burstiness)
+            offsets = arrival_offsets(len(measured), workload.rate, workload.seed, workload.burstiness, seed_offset)
             if workload.duration_s is not None:
                 offsets = [o for o in offsets if o <= workload.duration_s]
-            outcomes = await _open_loop(
-                client, measured[: len(offsets)], offsets, workload.concurrency, progress, lag, capped
-            )
+            warm = _warmup_offsets(len(at_load), workload, seed_offset)
+            start = warm[-1] if warm else 0.0
+            schedule = [*warm[:-1], *(start + o for o in offsets)]
+            await _open_loop(client, [*at_load, *measured[: len(offsets)]], schedule, workload.concurrency, tally)
         else:
-            outcomes = await _closed_loop(client, measured, workload.concurrency, progress, workload.duration_s)
-        client_cpu_s = time.process_time() - cpu_before
-        loop_cpu_s = time.thread_time() - loop_before
-        loop_cpu_wait_s = _run_delay_s() - wait_before
+            await _closed_loop(client, [*at_load, *measured], workload.concurrency, tally, workload.duration_s)
+        cpu, loop_cpu, loop_wait = tally.cpu_since_measured()
 
-    records = [record for record, _ in outcomes]
-    duration = max(done for _, done in outcomes) - min(r.start for r in records)
-    scheduled_span = offsets[len(records) - 1] - offsets[0] if workload.open_loop and records else None
+    done = tally.collected()
+    records = [record for _, (record, _) in done]
+    duration = max(end for _, (_, end) in done) - min(r.start for r in records)
+    scheduled_span = offsets[done[-1][0]] - offsets[done[0][0]] if workload.open_loop else None
+    if tally.capped:
+        log.warning(
+            "open loop at %g req/s hit its in-flight cap of %d: %d requests were held client-side for up to "
+            "%.0f ms, and their latencies start late by that much",
+            workload.rate, workload.concurrency, len(tally.capped), 1000 * max(tally.capped),
+        )
     return LoadResult(
         records=records,
         duration_s=duration,
-        client_cpu_s=client_cpu_s,
+        client_cpu_s=cpu,
         offered_rate=workload.rate if workload.open_loop else None,
         achieved_rate=len(records) / duration if duration > 0 else 0.0,
-        loop_cpu_s=loop_cpu_s,
-        loop_cpu_wait_s=loop_cpu_wait_s,
-        send_lag_s=lag,
-        capped_sends=capped[0],
+        loop_cpu_s=loop_cpu,
+        loop_cpu_wait_s=loop_wait,
+        send_lag_s=tally.lag,
+        capped_sends=len(tally.capped),
         burstiness=workload.burstiness if workload.arrival == "gamma" else None,
         scheduled_span_s=scheduled_span,
+        capped_wait_s=tally.capped,
+        stopped_early=tally.stopped.is_set(),
+        cancelled=tally.sent - tally.done,
+        unsent=len(measured) - tally.sent,
+        indices=[i for i, _ in done],
     )
 
 
 def run_load(
-    base_url: str,
-    model: str,
-    requests: list[RequestSpec],
-    workload: Workload,
-    *,
-    ignore_eos: bool = True,
-    api_key: str | None = None,
-    progress: ProgressFn | None = None,
+    base_url: str, model: str, requests: list[RequestSpec], workload: Workload, **options: Any
 ) -> LoadResult:
-    """Blocking form of ``run_load_async`` for callers without an event loop."""
-    return asyncio.run(
-        run_load_async(base_url, model, requests, workload, ignore_eos=ignore_eos, api_key=api_key, progress=progress)
-    )
+    """Blocking form of ``run_load_async``, with the same keyword options, for callers without an event loop."""
+    return asyncio.run(run_load_async(base_url, model, requests, workload, **options))
+
+
+def _warmup_offsets(count: int, workload: Workload, stream: int) -> list[float]:
+    """``count`` warm-up send times and, last, when the measured schedule starts (one more gap)."""
+    if count == 0:
+        return []
+    rng = np.random.default_rng([workload.seed, _WARMUP_STREAM, stream])
+    return _schedule(rng, count + 1, float(workload.rate or 0), workload.burstiness)
 
 
 def _run_delay_s() -> float:
@@ -244,50 +304,73 @@ _Outcome = tuple[RequestRecord, float]  # the record and when its send() returne
 
 
 class _Tally:
-    """Collects outcomes by index and reports progress as they land."""
+    """Collects measured outcomes by index as they land; items below ``discard`` are warm-up, never kept."""
 
-    def __init__(self, total: int, progress: ProgressFn | None) -> None:
+    def __init__(self, total: int, progress: ProgressFn | None, stop: StopFn | None, discard: int = 0) -> None:
         self.outcomes: list[_Outcome | None] = [None] * total
+        self.discard = discard
         self.done = 0
+        self.sent = 0
         self.progress = progress
+        self.stop = stop
+        self.stopped = asyncio.Event()
+        self.lag: list[float] = []
+        self.capped: list[float] = []
+        self._clocks: tuple[float, float, float] | None = None
 
-    async def send(self, client: CompletionsClient, index: int, spec: RequestSpec) -> None:
+    def measured(self, item: int) -> bool:
+        return item >= self.discard
+
+    async def send(self, client: CompletionsClient, item: int, spec: RequestSpec) -> None:
+        if not self.measured(item):
+            await client.send(spec)
+            return
+        if self._clocks is None:
+            self._clocks = (time.process_time(), time.thread_time(), _run_delay_s())
+        index = item - self.discard
+        self.sent += 1
         record = await client.send(spec)
         self.outcomes[index] = (record, time.perf_counter())
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, len(self.outcomes))
+        if self.stop is not None and not self.stopped.is_set() and self.stop(index, record):
+            self.stopped.set()
 
-    def collected(self) -> list[_Outcome]:
-        """Outcomes of the requests sent, in the order given (a deadline can leave some unsent)."""
-        return [o for o in self.outcomes if o is not None]
+    def cpu_since_measured(self) -> tuple[float, float, float]:
+        cpu, loop, wait = self._clocks or (time.process_time(), time.thread_time(), _run_delay_s())
+        return time.process_time() - cpu, time.thread_time() - loop, _run_delay_s() - wait
+
+    def collected(self) -> list[tuple[int, _Outcome]]:
+        """Finished measured requests with their indices, in the order given."""
+        return [(i, o) for i, o in enumerate(self.outcomes) if o is not None]
 
 
 async def _closed_loop(
     client: CompletionsClient,
     specs: Sequence[RequestSpec],
     concurrency: int,
-    progress: ProgressFn | None,
+    tally: _Tally,
     duration_s: float | None,
-) -> list[_Outcome]:
+) -> None:
     """``concurrency`` workers, each sending its next request as soon as one ends.
 
-    With ``duration_s`` no worker starts a request after that many seconds;
-    those in flight finish.
+    With ``duration_s`` no worker starts a measured request after that many
+    seconds from the first one; those in flight finish.
     """
-    tally = _Tally(len(specs), progress)
     queue: asyncio.Queue[tuple[int, RequestSpec]] = asyncio.Queue()
     for item in enumerate(specs):
         queue.put_nowait(item)
-    deadline = math.inf if duration_s is None else time.perf_counter() + duration_s
+    deadline = [math.inf]
 
     async def worker() -> None:
-        while not queue.empty() and time.perf_counter() < deadline:
-            index, spec = queue.get_nowait()
-            await tally.send(client, index, spec)
+        while not queue.empty() and time.perf_counter() < deadline[0] and not tally.stopped.is_set():
+            item, spec = queue.get_nowait()
+            if item == tally.discard and duration_s is not None:
+                deadline[0] = time.perf_counter() + duration_s
+            await tally.send(client, item, spec)
 
-    await _all_or_none([worker() for _ in range(concurrency)])
-    return tally.collected()
+    await _until_done_or_stopped([asyncio.ensure_future(worker()) for _ in range(concurrency)], tally.stopped)
 
 
 async def _open_loop(
@@ -295,53 +378,70 @@ async def _open_loop(
     specs: Sequence[RequestSpec],
     offsets: Sequence[float],
     concurrency: int,
-    progress: ProgressFn | None,
-    lag: list[float],
-    capped: list[int],
-) -> list[_Outcome]:
+    tally: _Tally,
+) -> None:
     """Launch each request at its scheduled time, whatever the server's state.
 
     Lateness does not accumulate: each launch aims at ``t0 + offset``, so a
     slow wake-up is caught up on the next request.  The semaphore only bounds
     in-flight requests; a request waiting on it is queued client-side and its
-    latency clock starts when it is actually sent.  Each launch appends its
-    lateness against the schedule to ``lag`` (the event loop's own delay,
-    before any wait for a slot) and counts a wait for a slot in ``capped[0]``.
+    latency clock starts when it is actually sent.  Measured launches log their
+    lateness (before any wait for a slot) in ``tally.lag``, slot waits in ``tally.capped``.
     """
-    tally = _Tally(len(specs), progress)
     slots = asyncio.Semaphore(concurrency)
     t0 = time.perf_counter()
 
-    async def launch(index: int, spec: RequestSpec, due: float) -> None:
-        lag.append(max(0.0, time.perf_counter() - due))
-        if slots.locked():
-            capped[0] += 1
+    async def launch(item: int, spec: RequestSpec, due: float) -> None:
+        measured = tally.measured(item)
+        if measured:
+            tally.lag.append(max(0.0, time.perf_counter() - due))
+        held = time.perf_counter() if slots.locked() else None
         async with slots:
-            await tally.send(client, index, spec)
+            if measured and held is not None:
+                tally.capped.append(time.perf_counter() - held)
+            await tally.send(client, item, spec)
 
     tasks: list[asyncio.Task[None]] = []
     try:
-        for index, (spec, offset) in enumerate(zip(specs, offsets, strict=True)):
+        for item, (spec, offset) in enumerate(zip(specs, offsets, strict=True)):
             due = t0 + offset
             delay = due - time.perf_counter()
             if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(launch(index, spec, due)))
+                await _sleep(delay, tally.stopped if tally.stop is not None else None)
+            if tally.stopped.is_set():
+                break
+            tasks.append(asyncio.create_task(launch(item, spec, due)))
     except BaseException:
         await _cancel(tasks)
         raise
-    await _all_or_none(tasks)
-    return tally.collected()
+    await _until_done_or_stopped(tasks, tally.stopped)
 
 
-async def _all_or_none(aws: Sequence[Awaitable[None]]) -> None:
-    """Await all; if one raises (e.g. a progress callback) or we are cancelled, stop the rest."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
+async def _sleep(delay: float, wake: asyncio.Event | None) -> None:
+    """Sleep, or less if ``wake`` is set first (only runs that can stop pay for the extra timer)."""
+    if wake is None:
+        return await asyncio.sleep(delay)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(wake.wait(), delay)
+
+
+async def _until_done_or_stopped(tasks: Sequence[asyncio.Future[None]], stopped: asyncio.Event) -> None:
+    """Await every task, but abandon those still running once ``stopped`` is set.
+
+    If one raises (e.g. a progress callback) or we are cancelled, the rest are stopped too.
+    """
+    gathered = asyncio.gather(*tasks)
+    waiter = asyncio.ensure_future(stopped.wait())
     try:
-        await asyncio.gather(*tasks)
+        await asyncio.wait({gathered, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if gathered.done():
+            gathered.result()  # re-raises a task's exception
     except BaseException:
-        await _cancel(tasks)
+        await _cancel([*tasks, waiter])
         raise
+    await _cancel([*tasks, waiter])
+    if not gathered.cancelled():
+        gathered.exception()  # retrieved, so asyncio does not log it as lost
 
 
 async def _cancel(tasks: Sequence[asyncio.Future[None]]) -> None:

@@ -1,0 +1,416 @@
+"""One load level as a statistical test: does the SLO hold at this load, fail, or is it too close to tell?
+
+A level sends a few hundred requests, so its p99 TTFT is one draw of a noisy
+statistic: at the H200 goodput the same configuration measured 287, 291 and
+504 ms at one rate.  Reading the point estimate as a verdict makes the search
+flip between runs; treating each level as a test says when the evidence is
+enough and buys more only where it is not.
+
+Percentile and attainment SLOs both come down to counting: ``p99(ttft)<300ms``
+holds iff more than 99% of requests would have a TTFT under 300 ms, and
+``ttft<300ms@99%`` iff at least 99% do.  With ``k`` of ``n`` requests meeting
+the bound, distribution-free intervals follow from the binomial law alone:
+
+* percentiles: the order statistics ``X(l) <= q-quantile <= X(u)`` with
+  ``l``, ``u`` from ``Binomial(n, q)``, the number of samples below the true
+  quantile (``scipy.stats.binom``); the SLO holds if ``X(u)`` is under the
+  bound, fails if ``X(l)`` is not;
+* attainment: the Clopper-Pearson interval of the fraction meeting the bound
+  (``scipy.stats.beta``), exact where the Wilson interval is approximate and
+  never narrower than its nominal level; holds if its lower end reaches the
+  target, fails if its upper end does not.
+
+Anything between is ``uncertain``.  A failed request met no latency promise:
+it counts as infinitely slow.  Other SLOs (a mean, a throughput) keep their
+point judgement, as do ITL percentiles (gaps within one request are not
+independent samples).
+
+The price of confidence is requests: with no miss at all, a 97.5% one-sided
+bound on p99 needs 368 of them, one miss 555.  So an uncertain level is
+extended (``LevelStopper``) rather than failed, and one whose misses already
+condemn it stops at once.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from scipy import stats
+
+from autotune.load.backlog import backlog_verdict, percentile_of
+from autotune.load.client import RequestRecord
+from autotune.spec.slo import Constraint
+
+__all__ = [
+    "LevelStopper",
+    "LevelVerdict",
+    "SloVerdict",
+    "Verdict",
+    "clopper_pearson",
+    "confidence_of",
+    "judge",
+    "judge_level",
+    "quantile_interval",
+    "wilson_interval",
+]
+
+Verdict = Literal["holds", "fails", "uncertain"]
+
+# Same tolerance as autotune.slo: 0.95 vs 19/20 is float noise, not a miss.
+_EPS = 1e-12
+_OPS: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+# Canonical latency metric -> field of a per-request record (seconds); ITL percentiles stay aggregate.
+_FIELD = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s", "itl": "itl_s"}
+
+
+def confidence_of(z: float) -> float:
+    """The two-sided confidence of a normal ``z`` (1.96 -> 0.95): the scale ``search_goodput`` has always taken."""
+    return float(2 * stats.norm.cdf(z) - 1)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``successes / n``.
+
+    Unlike the normal (Wald) interval it stays inside [0, 1] and does not
+    collapse to a point at 0 or n successes, which is exactly where SLO
+    attainment lives (99% targets, few misses).  ``n == 0`` gives ``(0, 1)``:
+    nothing is known.  z=1.96 is a two-sided 95% interval.
+    """
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if z < 0:
+        raise ValueError("z must be >= 0")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    lower = 0.0 if successes == 0 else max(0.0, center - half)
+    upper = 1.0 if successes == n else min(1.0, center + half)
+    return lower, upper
+
+
+def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided interval for ``successes / n``; ``(0, 1)`` when ``n == 0``."""
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    tail = (1 - confidence) / 2
+    lower = 0.0 if successes == 0 else float(stats.beta.ppf(tail, successes, n - successes + 1))
+    upper = 1.0 if successes == n else float(stats.beta.ppf(1 - tail, successes + 1, n - successes))
+    return lower, upper
+
+
+def _ranks(n: int, q: float, confidence: float) -> tuple[int, int]:
+    """1-based ranks ``l``, ``u`` with ``X(l) <= q-quantile <= X(u)`` at ``confidence``; 0 or n+1 when unbounded.
+
+    The number of samples below the true quantile is ``Binomial(n, q)``:
+    ``P(X(l) > xi) = P(B < l)`` and ``P(X(u) < xi) = P(B >= u)``, each kept
+    within half the error.
+    """
+    tail = (1 - confidence) / 2
+    j = int(stats.binom.ppf(tail, n, q))
+    lower = j if stats.binom.cdf(j, n, q) > tail else j + 1  # largest l with P(B <= l-1) <= tail
+    upper = int(stats.binom.ppf(1 - tail, n, q)) + 1
+    return max(lower, 0), min(upper, n + 1)
+
+
+def quantile_interval(values: Sequence[float], q: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval of the ``q``-quantile from order statistics (-inf / inf where unbounded)."""
+    xs = sorted(values)
+    lo, hi = _ranks(len(xs), q, confidence)
+    return (xs[lo - 1] if lo >= 1 else -math.inf), (xs[hi - 1] if hi <= len(xs) else math.inf)
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    """numpy's linear-interpolation quantile of sorted ``xs``, where an infinite neighbour makes it infinite."""
+    if not xs:
+        return math.nan
+    h = (len(xs) - 1) * q
+    i = math.floor(h)
+    if i + 1 >= len(xs) or h == i:
+        return xs[i]
+    a, b = xs[i], xs[i + 1]
+    return math.inf if math.isinf(b) else a + (h - i) * (b - a)
+
+
+@dataclass
+class SloVerdict:
+    """One SLO at one level: the verdict, its interval (seconds or fraction) and what it rests on."""
+
+    text: str
+    kind: Literal["percentile", "attainment", "aggregate"]
+    verdict: Verdict
+    estimate: float
+    lower: float | None = None
+    upper: float | None = None
+    n: int = 0
+    bound: float = math.nan  # the latency threshold (s) of a percentile, the target of an attainment SLO
+    point_holds: bool = False  # the plain reading, used where the test cannot decide
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _num(v) if isinstance(v, float) else v for k, v in self.__dict__.items() if k != "text"}
+
+
+def _num(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class _Rule:
+    """How one statistical SLO turns ``k`` of ``n`` requests meeting its bound into a verdict."""
+
+    def __init__(self, c: Constraint, confidence: float) -> None:
+        self.c, self.confidence = c, confidence
+        self.field = _FIELD[c.metric]
+        self.compare = _OPS[c.op]
+        self.upward = c.op in ("<", "<=")  # a ceiling; a floor (">") mirrors the order statistics
+        if c.attainment is not None:
+            self.kind, self.q = "attainment", c.attainment
+        else:
+            self.kind, self.q = "percentile", percentile_of(c.stat)  # type: ignore[assignment]
+
+    def meets(self, row: Mapping[str, Any] | RequestRecord) -> bool:
+        get = row.get if isinstance(row, Mapping) else lambda key, default=None: getattr(row, key, default)
+        if get("success", True) is False or get("ok", True) is False or get("e2e_s", 0.0) is None:
+            return False  # a request that never completed met no promise
+        value = get(self.field)
+        if value is None:
+            return False
+        if self.field == "itl_s":
+            return all(self.compare(float(gap), self.c.threshold) for gap in value)
+        return self.compare(float(value), self.c.threshold)
+
+    def decide(self, k: int, n: int) -> Verdict:
+        if n == 0:
+            return "fails" if self.kind == "attainment" else "uncertain"  # nothing served attained nothing
+        if self.kind == "attainment":
+            lower, upper = clopper_pearson(k, n, self.confidence)
+            if lower >= self.q - _EPS:
+                return "holds"
+            return "fails" if upper < self.q - _EPS else "uncertain"
+        # Ceiling: holds iff X(u) meets, i.e. k >= u; fails iff X(l) does not, k < l.
+        # Floor: the same on -X, whose quantile 1-q is the mirror image.
+        lo, hi = _ranks(n, self.q if self.upward else 1 - self.q, self.confidence)
+        if hi <= n and k >= hi:
+            return "holds"
+        return "fails" if lo >= 1 and k < lo else "uncertain"
+
+    def misses_to_fail(self, n: int) -> int:
+        """Fewest misses among ``n`` that fail the SLO even if every other request meets it."""
+        lo, hi = 0, n + 1  # decide(n - m, n) is monotone in m
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.decide(n - mid, n) == "fails":
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def verdict(self, rows: Sequence[Mapping[str, Any]], planned: int | None) -> SloVerdict:
+        n = len(rows)
+        k = sum(1 for row in rows if self.meets(row))
+        verdict = self.decide(k, n)
+        if planned is not None and planned > n and verdict != "fails":
+            # Cut short: only a failure that the unsent requests could not have rescued counts.
+            verdict = "fails" if self.decide(k + planned - n, planned) == "fails" else "uncertain"
+        if self.kind == "attainment":
+            lower, upper = clopper_pearson(k, n, self.confidence)
+            achieved = k / n if n else 0.0
+            return SloVerdict(self.c.text, "attainment", verdict, achieved, lower, upper, n, self.q,
+                              achieved >= self.q - _EPS)
+        bad = math.inf if self.upward else -math.inf  # where a request that missed everything sorts
+        values = sorted(v if (v := _value(r, self.field)) is not None else bad for r in rows)
+        lower, upper = quantile_interval(values, self.q, self.confidence)
+        estimate = _quantile(values, self.q)
+        return SloVerdict(self.c.text, "percentile", verdict, estimate, lower, upper, n, self.c.threshold,
+                          not math.isnan(estimate) and self.compare(estimate, self.c.threshold))
+
+
+def _value(row: Mapping[str, Any], key: str) -> float | None:
+    if row.get("e2e_s", 0.0) is None:
+        return None
+    value = row.get(key)
+    return None if value is None else float(value)
+
+
+def statistical(c: Constraint) -> bool:
+    """Is ``c`` judged by counting requests (a percentile or attainment SLO on a per-request latency)?"""
+    if c.kind != "latency" or c.metric not in _FIELD:
+        return False
+    if c.attainment is not None:
+        return True
+    return c.metric != "itl" and percentile_of(c.stat) is not None
+
+
+@dataclass
+class LevelVerdict:
+    """Everything ``judge_level`` concluded about one level."""
+
+    verdict: Verdict
+    holds: bool  # what the search acts on: the verdict, or the plain reading where it is uncertain
+    slos: dict[str, SloVerdict] = field(default_factory=dict)
+    attainment: dict[str, dict[str, float]] = field(default_factory=dict)
+    violations: dict[str, float] = field(default_factory=dict)
+    backlog: dict[str, Any] = field(default_factory=dict)
+    requests: int = 0
+
+
+def judge_level(
+    constraints: Sequence[Constraint],
+    figures: Mapping[str, Any],
+    per_request: Sequence[Mapping[str, Any]] | None,
+    *,
+    confidence: float = 0.95,
+    conservative: bool = False,
+    min_sustained: float = 0.85,
+    queue: Mapping[str, Sequence[float | None]] | None = None,
+) -> LevelVerdict:
+    """Holds, fails or uncertain; see the module docstring.
+
+    ``holds`` is the verdict where it is certain; where it is uncertain, the
+    point estimates decide (every SLO met as measured), or, with
+    ``conservative``, the level fails.  A level cut short
+    (``figures["stopped_early"]``, with ``cut_short_of`` the requests it was
+    collecting) fails only if the requests it did not finish could not have
+    saved it.  An open-loop level also fails when the server
+    confidently fell behind its rate (``autotune.load.backlog``): from the
+    engine's own ``queue`` series if given, else from the client's latencies.
+    ``violations`` keeps ``Constraint.violation`` for every SLO (what Optuna
+    sees) and ``"sustained"``: how far the served fraction's upper bound is
+    below ``min_sustained`` (<= 0: no confident shortfall).
+    """
+    short = figures.get("cut_short_of")
+    planned = int(short) if isinstance(short, (int, float)) and figures.get("stopped_early") else None
+    rows = list(per_request or [])
+    slos: dict[str, SloVerdict] = {}
+    attainment: dict[str, dict[str, float]] = {}
+    violations: dict[str, float] = {}
+    for c in constraints:
+        counted = statistical(c) and (rows or c.attainment is not None)  # no rows: a percentile's figure decides
+        slo = _Rule(c, confidence).verdict(rows, planned) if counted else None
+        try:
+            violation = c.violation(figures, per_request)
+        except KeyError:  # no summary figure: the percentile of the requests at hand stands in
+            if slo is None:
+                raise
+            violation = (slo.estimate - c.threshold) / c.threshold * (1 if c.op in ("<", "<=") else -1)
+        violations[c.text] = violation
+        if slo is not None:
+            if c.attainment is not None:
+                attainment[c.text] = {"achieved": slo.estimate, "lower": slo.lower, "upper": slo.upper,  # type: ignore[dict-item]
+                                      "n": slo.n, "target": c.attainment}
+        else:
+            verdict: Verdict = "holds" if violation <= 0 else "fails"
+            slo = SloVerdict(c.text, "aggregate", verdict, violation, point_holds=violation <= 0)
+        slos[c.text] = slo
+    backlog: dict[str, Any] = {}
+    rate = figures.get("offered_rate")
+    if isinstance(rate, (int, float)) and rate > 0 and rows:
+        backlog = backlog_verdict(
+            rows, float(rate), [c for c in constraints if statistical(c)], queue=queue,
+            confidence=confidence, min_sustained=min_sustained,
+        )
+        if backlog.get("served_upper") is not None:
+            violations["sustained"] = min_sustained - backlog["served_upper"]
+    verdicts = [s.verdict for s in slos.values()]
+    if "fails" in verdicts or backlog.get("verdict") == "fails":
+        level: Verdict = "fails"
+    elif all(v == "holds" for v in verdicts):
+        level = "holds"
+    else:
+        level = "uncertain"
+    holds = level == "holds" or (
+        level == "uncertain" and not conservative and all(s.point_holds for s in slos.values())
+    )
+    return LevelVerdict(level, holds, slos, attainment, violations, backlog, len(rows))
+
+
+def judge(
+    constraints: Sequence[Constraint],
+    figures: Mapping[str, Any],
+    per_request: Sequence[Mapping[str, Any]] | None,
+    *,
+    confidence_z: float = 1.96,
+    conservative: bool = False,
+    min_sustained: float = 0.85,
+) -> tuple[bool, dict[str, dict[str, float]], dict[str, float]]:
+    """``judge_level`` in the shape of the first goodput search: ``(holds, attainment, violations)``."""
+    v = judge_level(constraints, figures, per_request, confidence=confidence_of(confidence_z),
+                    conservative=conservative, min_sustained=min_sustained)
+    return v.holds, v.attainment, v.violations
+
+
+class LevelStopper:
+    """Decides, as the requests of a level finish, whether its verdict is settled (a ``runner.StopFn``).
+
+    The level is planned at ``planned`` requests and may run to ``cap``.  It
+    is looked at when the first ``planned`` requests (in send order) have all
+    finished, then every ``step * planned`` more, up to ``cap``: at a look it
+    stops if every statistical SLO is settled, or if the miss rate so far,
+    carried to ``cap``, would still leave one uncertain (extending is then
+    futile).  Between looks it stops as soon as the misses among the next
+    look's requests fail an SLO with confidence even if all the others meet
+    it.  Misses merely above the point estimate's allowance (1% of the plan
+    for a p99) are not enough: 4 of 300 is within the reach of a true miss
+    rate under 1%, so that level is uncertain, not failed.  Judging a
+    prefix in send order keeps the sample unbiased: requests that finished
+    first are the fast ones.  Several looks at one level spend a little more
+    than one look's error: at most their number times it, and far less since
+    the samples are nested.
+    """
+
+    def __init__(self, constraints: Sequence[Constraint], planned: int, cap: int, *,
+                 confidence: float = 0.95, step: float = 0.5) -> None:
+        if planned < 1 or cap < planned:
+            raise ValueError("need 1 <= planned <= cap")
+        self.rules = [_Rule(c, confidence) for c in constraints if statistical(c)]
+        self.cap = cap
+        gap = max(1, math.ceil(step * planned))
+        self.looks = [*range(planned, cap, gap), cap]
+        self.met: list[list[bool | None]] = [[None] * cap for _ in self.rules]
+        self.finished = [False] * cap
+        self.prefix = 0  # requests 0..prefix-1 have all finished
+        self.look = 0  # index into self.looks
+        self.misses = [0] * len(self.rules)  # among requests below the current look
+        self._limits = [r.misses_to_fail(self.looks[0]) for r in self.rules]
+        self.decided_at: int | None = None  # the look that settled the level; None if cut short or never
+        self.reason = ""
+
+    def __call__(self, index: int, record: RequestRecord) -> bool:
+        if not self.rules or index >= self.cap:
+            return False
+        n = self.looks[self.look]
+        for i, rule in enumerate(self.rules):
+            met = rule.meets(record)
+            self.met[i][index] = met
+            if not met and index < n:
+                self.misses[i] += 1
+        self.finished[index] = True
+        if any(m >= limit for m, limit in zip(self.misses, self._limits)):
+            self.reason = f"fails whatever the rest of its first {n} requests do"
+            return True
+        while self.prefix < self.cap and self.finished[self.prefix]:
+            self.prefix += 1
+        return self.prefix >= n and self._at_look(n)
+
+    def _at_look(self, n: int) -> bool:
+        ks = [sum(1 for m in met[:n] if m) for met in self.met]
+        verdicts = [rule.decide(k, n) for rule, k in zip(self.rules, ks)]
+        if "fails" in verdicts or all(v == "holds" for v in verdicts):
+            self.decided_at, self.reason = n, f"{'fails' if 'fails' in verdicts else 'holds'} at {n} requests"
+            return True
+        projected = [rule.decide(round(k * self.cap / n), self.cap) for rule, k in zip(self.rules, ks)]
+        if self.look + 1 >= len(self.looks) or "uncertain" in projected:
+            self.decided_at = n
+            self.reason = f"uncertain at {n} requests" + ("" if n == self.cap else "; more would not settle it")
+            return True
+        self.look += 1
+        nxt = self.looks[self.look]
+        self.misses = [sum(1 for m in met[:nxt] if m is False) for met in self.met]
+        self._limits = [r.misses_to_fail(nxt) for r in self.rules]
+        return False
