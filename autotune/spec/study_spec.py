@@ -172,6 +172,10 @@ class GoodputOptions(BaseModel):
     min_duration_s: float | None = Field(
         20.0, gt=0, description="each rate level sends at least rate x this many requests, so overload shows"
     )
+    warmup_s: float = Field(5.0, ge=0, description="discarded load at the first level's rate before it, at least")
+    warmup_latencies: float = Field(
+        3.0, ge=0, description="...and at least this many end-to-end latencies, so the batch fills before measuring"
+    )
 
 
 class StudySpec(BaseModel):

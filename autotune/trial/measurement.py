@@ -50,10 +50,15 @@ def measure(
     progress: Progress | None = None,
     seed_offset: int = 0,
     gpu_limit: int | None = None,
+    incumbent: float | None = None,
+    warm_up: bool = True,
 ) -> Measurement:
     """Drives the workload at a running server: one fixed load, or a goodput search.
 
     ``gpu_limit`` is how many GPUs the engine uses, for the telemetry of the window.
+    ``incumbent``: the best goodput so far; a search starts there and stops at
+    once below it (``autotune.load.goodput.search_goodput``). ``warm_up``: warm
+    the engine at the first level's load first; once per engine start is enough.
     """
     say = status or (lambda _msg: None)
     windows: list[dict[str, Any]] = []
@@ -69,6 +74,7 @@ def measure(
             result = run_load(
                 base_url, setup.engine.request_model(setup.model), requests, workload,
                 ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
+                seed_offset=seed_offset,
             )
         figures: dict[str, Any] = dict(summarize(result))
         telemetry = _telemetry_figures(tel, figures, windows, None, out_dir)
@@ -78,10 +84,15 @@ def measure(
         return Measurement(figures, per_request_view(result.records), None, telemetry)
 
     g = setup.goodput
+    judged = [c for c in setup.constraints if c.kind in ("latency", "throughput")]
+    metrics_url = _metrics_url(setup, base_url)
     probe = endpoint_measure(
         base_url, setup.engine.request_model(setup.model), tokenizer, vocab, workload, unit=g.unit,
         ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
-        min_duration_s=g.min_duration_s, seed_offset=seed_offset,
+        min_duration_s=g.min_duration_s, seed_offset=seed_offset, constraints=judged,
+        warmup_s=g.warmup_s if warm_up else 0.0, warmup_latencies=g.warmup_latencies if warm_up else 0.0,
+        metrics_url=metrics_url, metric_names=_metric_names(setup) if metrics_url else None,
+        metrics_headers=_auth(setup), metrics_hz=_scrape_hz(setup),
     )
     tried = 0
     level_telemetry: dict[float, dict[str, Any]] = {}
@@ -97,9 +108,8 @@ def measure(
         return level_figures, per_request
 
     found = search_goodput(
-        level, [c for c in setup.constraints if c.kind in ("latency", "throughput")], unit=g.unit, start=g.start,
-        max_levels=g.max_levels, upper=g.upper, min_load=g.min_load, resolution=g.resolution,
-        conservative=g.conservative, growth=g.growth,
+        level, judged, unit=g.unit, start=g.start, max_levels=g.max_levels, upper=g.upper, min_load=g.min_load,
+        resolution=g.resolution, conservative=g.conservative, growth=g.growth, incumbent=incumbent,
     )
     chosen = found.best or found.levels[0]
     figures = dict(chosen.figures)
@@ -135,7 +145,7 @@ def measure_repeated(
         run_dir = None if out_dir is None else out_dir / f"repeat-{i + 1}"
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-        runs.append(measure(setup, base_url, run_dir, seed_offset=1000 * (i + 1), **kwargs))
+        runs.append(measure(setup, base_url, run_dir, seed_offset=1000 * (i + 1), warm_up=i == 0, **kwargs))
         if on_repeat is not None:
             on_repeat(i, runs[-1])
     combined = combine_repeats(runs)
@@ -189,25 +199,38 @@ def _is_number(runs: list[dict[str, Any]], key: str) -> bool:
     return all(isinstance(f[key], (int, float)) and not isinstance(f[key], bool) for f in runs if key in f)
 
 
+def _metrics_url(setup: TrialSetup, base_url: str) -> str | None:
+    path = setup.engine.metrics_path if setup.engine.capabilities.metrics else None
+    return base_url + path if path else None
+
+
+def _metric_names(setup: TrialSetup) -> Any:
+    from autotune.telemetry import ENGINE_METRICS
+
+    names = getattr(setup.engine, "metric_names", None)
+    prefix = getattr(setup.engine, "metric_prefix", None)
+    if names is not None and prefix:
+        names = {**ENGINE_METRICS.get(prefix, {}), **names}  # the adapter's names win
+    return names
+
+
+def _auth(setup: TrialSetup) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {setup.api_key}"} if setup.api_key else None
+
+
+def _scrape_hz(setup: TrialSetup) -> float:
+    return 4.0 if setup.device == "cuda" else 2.0  # each scrape costs a CPU engine's server time
+
+
 def _telemetry_window(setup: TrialSetup, base_url: str, gpu_limit: int | None, say: Say) -> Any:
     """A TelemetryWindow for one load run; a no-op context if even building it fails."""
     try:
-        from autotune.telemetry import ENGINE_METRICS, TelemetryWindow, visible_gpus
+        from autotune.telemetry import TelemetryWindow, visible_gpus
 
-        metrics_path = setup.engine.metrics_path if setup.engine.capabilities.metrics else None
-        names = getattr(setup.engine, "metric_names", None)
-        prefix = getattr(setup.engine, "metric_prefix", None)
-        if names is not None and prefix:
-            names = {**ENGINE_METRICS.get(prefix, {}), **names}  # the adapter's names win
         return TelemetryWindow(
-            base_url + metrics_path if metrics_path else None,
-            metric_names=names,
-            use_gpu=setup.device == "cuda",
-            gpus=visible_gpus(setup.extra_env),
-            gpu_limit=gpu_limit,
-            scrape_hz=4.0 if setup.device == "cuda" else 2.0,  # each scrape costs a CPU engine's server time
-            headers={"Authorization": f"Bearer {setup.api_key}"} if setup.api_key else None,
-            say=say,
+            _metrics_url(setup, base_url), metric_names=_metric_names(setup), use_gpu=setup.device == "cuda",
+            gpus=visible_gpus(setup.extra_env), gpu_limit=gpu_limit, scrape_hz=_scrape_hz(setup),
+            headers=_auth(setup), say=say,
         )
     except Exception:
         return nullcontext(None)
