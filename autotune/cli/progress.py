@@ -73,6 +73,10 @@ class RichReporter(_TwoBars):
         self._open("trials", total, done)
 
     def trial_started(self, number: int, config: dict[str, Any]) -> None:
+        if number < 0:  # the engine's own defaults, measured first
+            self.console.print("[bold]engine defaults[/] (no knob set): the reference every trial is read against")
+            self._begin("  defaults")
+            return
         self.console.print(f"[bold]trial {number}[/] {_fmt_config(config)}")
         self._begin(f"  trial {number}")
 
@@ -83,19 +87,23 @@ class RichReporter(_TwoBars):
         self._end()
         if outcome.status == "infeasible":
             self.console.print(f"  [yellow]infeasible[/], not launched: {outcome.reason}")
-            return
-        if outcome.status != "ok":
+        elif outcome.status != "ok":
             self.console.print(f"  [red]failed[/]: {outcome.reason}")
         else:
             f = outcome.figures
             verdict = "" if feasible is None else (" [green]SLO met[/]" if feasible else " [red]SLO missed[/]")
+            if f.get("goodput_upper_bound") is not None:
+                verdict = f", goodput < {f['goodput_upper_bound']:g}: below the best so far, not searched further"
+            elif f.get("goodput") is not None:
+                verdict = f", goodput {f['goodput']:g}" + verdict
             self.console.print(
                 f"  {f.get('output_throughput', 0):,.0f} out tok/s"
                 + (f" ({format_cost(f[COST_KEY])}/1K tok)" if f.get(COST_KEY) else "")
                 + f", p99 TTFT {f.get('p99_ttft_ms', 0):,.0f} ms, "
                 f"TPOT {f.get('mean_tpot_ms', 0):.1f} ms, engine up in {outcome.startup_s or 0:.0f}s{verdict}"
             )
-        self._advance()
+        if number >= 0:  # the defaults are measured on top of the budget
+            self._advance()
 
 
 class RichVerifyReporter(_TwoBars):

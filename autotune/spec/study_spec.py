@@ -172,6 +172,9 @@ class GoodputOptions(BaseModel):
     min_duration_s: float | None = Field(
         20.0, gt=0, description="each rate level sends at least rate x this many requests, so overload shows"
     )
+    from_incumbent: bool = Field(
+        True, description="start each trial's search at the best goodput so far and stop at once below it"
+    )
     warmup_s: float = Field(5.0, ge=0, description="discarded load at the first level's rate before it, at least")
     warmup_latencies: float = Field(
         3.0, ge=0, description="...and at least this many end-to-end latencies, so the batch fills before measuring"
@@ -194,6 +197,9 @@ class StudySpec(BaseModel):
     space: dict[str, Any] = {}
     goodput: GoodputOptions | None = None
     budget: Budget = Budget()
+    baseline: bool = Field(
+        True, description="measure the engine's own defaults (no knob set) first, the reference of every ratio"
+    )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list,
         description="configurations a new study measures first (a known-good config, a colleague's pick); "

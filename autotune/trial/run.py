@@ -67,9 +67,12 @@ def run_trial(
     status: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     quality: QualityHook | None = None,
+    incumbent: float | None = None,
+    recheck_below: float | None = None,
 ) -> TrialOutcome:
     """``quality``, when given, is called with the server's URL once the load is measured
-    and returns ``{"figures": ..., ...}``: its figures join the trial's."""
+    and returns ``{"figures": ..., ...}``: its figures join the trial's. ``incumbent`` and
+    ``recheck_below`` shape a goodput search (``autotune.trial.measurement.measure``)."""
     say = status or (lambda _msg: None)
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True))
@@ -98,7 +101,8 @@ def run_trial(
             outcome.startup_s = server.startup_s
             t0 = time.monotonic()
             measured = measure_repeated(
-                setup, launch.base_url, trial_dir, status=say, progress=progress, gpu_limit=gpus_per_engine(config)
+                setup, launch.base_url, trial_dir, status=say, progress=progress, gpu_limit=gpus_per_engine(config),
+                incumbent=incumbent, recheck_below=recheck_below,
             )
             outcome.measure_s = time.monotonic() - t0
             if launch.metrics_path:

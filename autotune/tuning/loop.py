@@ -24,6 +24,7 @@ from autotune.environment import record
 from autotune.errors import UserError, root_cause_line
 from autotune.spec import Constraint, Objective, StudySpec
 from autotune.trial import TrialOutcome, TrialSetup, check, run_trial, setup_from_spec
+from autotune.tuning.baseline import goodput_reference, measure_baseline
 from autotune.tuning.budget import budget_state, done, over_budget, worker_id
 from autotune.tuning.quality_cache import quality_hook
 from autotune.tuning.records import mark_started, mark_status, record_outcome, record_slo
@@ -121,6 +122,7 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
     deadline = time.monotonic() + spec.budget.wall_time_s if spec.budget.wall_time_s else None
     attempts = 0
     reporter.study_opened(spec, done(study), budget)
+    measure_baseline(study, spec, setup, env, reporter, worker_id())
     planner = planner_for(
         study, setup.space, setup.engine.name, setup.device, setup.hardware, spec.rounds, budget,
         check=lambda config: check(run.setup, config),
@@ -172,11 +174,13 @@ def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter) -> list[flo
     mark_started(trial, config, run.environment, run.setup.model.source, worker_id(),
                  retry_of(run.study, trial.number))
     reporter.trial_started(trial.number, config)
+    incumbent, recheck_below = goodput_reference(run.study, run.spec, config)
     try:
         outcome = run_trial(
             run.setup, config, trial_dir, status=reporter.trial_status, progress=reporter.requests_progress,
             quality=quality_hook(run.study, run.setup, run.constraints, run.objectives, trial.number, config,
                                  trial_dir, reporter.trial_status),
+            incumbent=incumbent, recheck_below=recheck_below,
         )
     except KeyboardInterrupt:
         mark_status(trial, "interrupted", "interrupted by the user")
@@ -193,11 +197,18 @@ def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter) -> list[flo
     if outcome.status != "ok":
         reporter.trial_finished(trial.number, outcome, None)
         raise TrialFailed(outcome.reason)
-    values = [o.value(outcome.figures) for o in run.objectives]
+    bound = outcome.figures.get("goodput_upper_bound")
+    # Below the incumbent, goodput is a bound, not a measurement: Optuna sees the bound (never better than the
+    # best so far) with a violated constraint, so the samplers steer away without taking it for a figure.
+    judged = {**outcome.figures, "goodput": bound} if bound is not None else outcome.figures
+    values = [o.value(judged) for o in run.objectives]
     if any(math.isnan(v) for v in values):
         mark_status(trial, "failed", "an objective could not be computed (no completed request)")
         reporter.trial_finished(trial.number, outcome, None)
         raise TrialFailed("objective is NaN")
-    feasible = record_slo(trial, {c.text: c.violation(outcome.figures, outcome.per_request) for c in run.constraints})
+    violations = {c.text: c.violation(judged, outcome.per_request) for c in run.constraints}
+    if bound is not None:
+        violations[f"goodput above the incumbent {bound:g}"] = 1.0
+    feasible = record_slo(trial, violations)
     reporter.trial_finished(trial.number, outcome, feasible)
     return values

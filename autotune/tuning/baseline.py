@@ -1,0 +1,111 @@
+"""The engine's own defaults, measured first: the reference every trial is read against.
+
+Kept as the study attribute ``baseline`` rather than as an Optuna trial: a
+configuration with no knob set has no parameters, and a completed trial
+without parameters would empty the search space that the GP and multivariate
+TPE samplers model jointly. It is measured on top of the trial budget, once
+per study (a resumed study, or another worker, finds it stored).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+from autotune.cost import cost_figures
+from autotune.json_safe import json_safe
+from autotune.spec import StudySpec
+from autotune.trial import TrialSetup, run_trial
+from autotune.tuning.records import TrialRecord
+
+__all__ = ["BASELINE_ATTR", "goodput_reference", "measure_baseline"]
+
+BASELINE_ATTR = "baseline"
+_CLAIM_ATTR = "baseline_claimed_by"
+#: A goodput this far under a configuration one knob away (or the defaults) is measured again.
+SUSPICIOUS_SHARE = 0.85
+
+
+def measure_baseline(
+    study: optuna.Study, spec: StudySpec, setup: TrialSetup, environment: Mapping[str, Any], reporter: Any,
+    worker: str,
+) -> dict[str, Any] | None:
+    """Measures the defaults unless the spec opts out, the engine is not autotune's to start, or it is stored."""
+    if not spec.baseline or not setup.engine.capabilities.launches:
+        return None
+    stored = study.user_attrs.get(BASELINE_ATTR)
+    if stored is not None:
+        return stored
+    if study.user_attrs.get(_CLAIM_ATTR) not in (None, worker):
+        return None  # another worker measures it
+    study.set_user_attr(_CLAIM_ATTR, worker)
+    assert spec.study_dir is not None
+    trial_dir = spec.study_dir / "trials" / "baseline"
+    reporter.trial_started(-1, {})
+    outcome = run_trial(setup, {}, trial_dir, status=reporter.trial_status, progress=reporter.requests_progress)
+    figures = dict(outcome.figures)
+    values: list[float] | None = None
+    feasible: bool | None = None
+    slo: dict[str, Any] = {}
+    if outcome.status == "ok":
+        figures.update(cost_figures(figures, {}, gpu_count=spec.hardware.gpu_count, device=setup.device,
+                                    price_per_gpu_hour=spec.hardware.price_per_gpu_hour))
+        try:
+            values = [o.value(figures) for o in spec.objective_list]
+        except KeyError:
+            values = None
+        violations = {c.text: c.violation(figures, outcome.per_request) for c in spec.constraints}
+        slo = {text: {"violation": v, "holds": v <= 0} for text, v in violations.items()}
+        feasible = all(v <= 0 for v in violations.values())
+    data = {
+        "config": {}, "status": outcome.status, "reason": outcome.reason, "figures": figures, "values": values,
+        "feasible": feasible, "slo": slo, "environment": dict(environment), "command": outcome.command,
+        "config_file": outcome.config_file, "env": outcome.env, "startup_s": outcome.startup_s,
+        "measure_s": outcome.measure_s, "goodput": outcome.goodput, "telemetry": outcome.telemetry,
+        "trial_dir": str(trial_dir.resolve()),
+    }
+    study.set_user_attr(BASELINE_ATTR, json_safe(data))
+    reporter.trial_finished(-1, outcome, feasible)
+    return data
+
+
+def goodput_reference(
+    study: optuna.Study, spec: StudySpec, config: Mapping[str, Any]
+) -> tuple[float | None, float | None]:
+    """(incumbent, recheck_below) for a goodput search of ``config``; (None, None) outside goodput studies.
+
+    The incumbent is the best feasible goodput so far, the defaults' included; a
+    trial that fails there with confidence is a loser, not worth its exact
+    figure. Only a study whose one objective is goodput starts from it: with
+    several objectives a lower goodput may still be on the front. ``recheck_below``
+    is a share of the best goodput among the defaults and the configurations one
+    knob away: a reading under it is more likely bad luck than a bad knob.
+    """
+    if spec.goodput is None:
+        return None, None
+    measured = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    baseline = study.user_attrs.get(BASELINE_ATTR) or {}
+    feasible_goodputs = [_goodput(r.figures) for r in measured if r.feasible]
+    if baseline.get("feasible"):
+        feasible_goodputs.append(_goodput(baseline.get("figures") or {}))
+    known = [g for g in feasible_goodputs if g is not None and g > 0]
+    single = [o.metric for o in spec.objective_list] == ["goodput"]
+    incumbent = max(known) if known and single and spec.goodput.from_incumbent else None
+    near = [_goodput(r.figures) for r in measured if _one_knob_apart(r.config, config)]
+    near.append(_goodput(baseline.get("figures") or {}) if baseline.get("status") == "ok" else None)
+    near_known = [g for g in near if g is not None and g > 0]
+    recheck = SUSPICIOUS_SHARE * max(near_known) if near_known else None
+    return incumbent, recheck
+
+
+def _goodput(figures: Mapping[str, Any]) -> float | None:
+    value = figures.get("goodput")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _one_knob_apart(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    keys = set(a) | set(b)
+    return sum(a.get(k) != b.get(k) for k in keys) == 1
