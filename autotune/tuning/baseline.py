@@ -21,7 +21,7 @@ from autotune.spec import StudySpec
 from autotune.trial import TrialSetup, run_trial
 from autotune.tuning.records import TrialRecord
 
-__all__ = ["BASELINE_ATTR", "goodput_reference", "measure_baseline"]
+__all__ = ["BASELINE_ATTR", "goodput_reference", "measure_baseline", "versus_defaults"]
 
 BASELINE_ATTR = "baseline"
 _CLAIM_ATTR = "baseline_claimed_by"
@@ -65,6 +65,7 @@ def measure_baseline(
         "feasible": feasible, "slo": slo, "environment": dict(environment), "command": outcome.command,
         "config_file": outcome.config_file, "env": outcome.env, "startup_s": outcome.startup_s,
         "measure_s": outcome.measure_s, "goodput": outcome.goodput, "telemetry": outcome.telemetry,
+        "repeats": outcome.repeats,
         "trial_dir": str(trial_dir.resolve()),
     }
     study.set_user_attr(BASELINE_ATTR, json_safe(data))
@@ -109,3 +110,51 @@ def _goodput(figures: Mapping[str, Any]) -> float | None:
 def _one_knob_apart(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     keys = set(a) | set(b)
     return sum(a.get(k) != b.get(k) for k in keys) == 1
+
+
+def versus_defaults(best: TrialRecord | None, baseline: Mapping[str, Any] | None, metric: str, maximize: bool) -> str:
+    """The study's last word: how far the best trial beat the defaults, with an interval, or that it did not.
+
+    The interval comes from what each reading knows of its own uncertainty: a
+    goodput lies between the highest level that held and the lowest that failed,
+    and a figure measured with repeats has its Student-t interval. Without
+    either there is no interval, and the line says so rather than invent one.
+    """
+    if baseline is None:
+        return "the engine's defaults were not measured: no ratio to them"
+    base = (baseline.get("figures") or {}) if baseline.get("status") == "ok" else {}
+    if best is None:
+        return "no trial met every SLO: nothing to set against the defaults"
+    b = _span(best.figures, best.get("goodput"), best.get("repeats"), metric)
+    a = _span(base, baseline.get("goodput"), baseline.get("repeats"), metric)
+    if b is None or a is None or not a[0] > 0:
+        return f"best: trial {best.number}; the defaults' {metric} was not measured, so no ratio"
+    ratio = b[0] / a[0] if maximize else a[0] / b[0]
+    low, high = (b[1] / a[2], b[2] / a[1]) if maximize else (a[1] / b[2], a[2] / b[1])
+    what = f"{metric}" if maximize else f"lower {metric}"
+    if not (math.isfinite(low) and low > 0) or (low == high == ratio):
+        return (f"best: trial {best.number}, {ratio:.2f}x the defaults' {what} (one reading each, no interval: "
+                "`autotune verify` measures one)")
+    interval = f"95% CI {low:.2f}..{high:.2f}" if math.isfinite(high) else f"95% CI above {low:.2f}"
+    if low > 1:
+        return f"best: trial {best.number}, {ratio:.2f}x the defaults' {what} ({interval})"
+    return (f"nothing beat the defaults beyond the measurement's noise (best: trial {best.number}, "
+            f"{ratio:.2f}x the defaults' {what}, {interval})")
+
+
+def _span(
+    figures: Mapping[str, Any], goodput: Mapping[str, Any] | None, repeats: Mapping[str, Any] | None, metric: str,
+) -> tuple[float, float, float] | None:
+    """(value, low, high) of one reading: a goodput's bracket, a repeated figure's interval, else the value alone."""
+    value = figures.get(metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if metric == "goodput" and goodput:
+        failing = [lv.get("load") for lv in goodput.get("levels", []) if not lv.get("holds") and lv.get("load")]
+        above = [f for f in failing if f > value]
+        return float(value), float(value), float(min(above)) if above else math.inf
+    repeated = ((repeats or {}).get("summary") or {}).get(metric) or {}
+    ci = repeated.get("ci95")
+    if ci and None not in ci:
+        return float(value), float(ci[0]), float(ci[1])
+    return float(value), float(value), float(value)
