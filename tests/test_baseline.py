@@ -1,0 +1,89 @@
+"""The engine's defaults as the study's reference: the incumbent a goodput search starts from,
+the reading that is measured again, and the study's last word against the defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.distributions import IntDistribution
+from optuna.trial import create_trial
+
+from autotune.spec import load_spec
+from autotune.tuning.baseline import BASELINE_ATTR, goodput_reference, versus_defaults
+from autotune.tuning.records import TrialRecord
+
+DIST = {"max_num_seqs": IntDistribution(1, 64)}
+LEVELS = lambda good, bad: {"levels": [{"load": good, "holds": True}, {"load": bad, "holds": False}]}  # noqa: E731
+
+
+def _study(objectives: list[str], tmp_path: Path, name: str = "s") -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name=name, directions=objectives)
+
+
+def _add(study: optuna.Study, mns: int, goodput: float, feasible: bool = True) -> None:
+    study.add_trial(create_trial(
+        params={"max_num_seqs": mns}, distributions=DIST, values=[goodput] * len(study.directions),
+        user_attrs={"feasible": feasible, "config": {"max_num_seqs": mns}, "figures": {"goodput": goodput}},
+    ))
+
+
+def _spec(objectives: str, **goodput: object):  # type: ignore[no-untyped-def]
+    return load_spec(None, {"slo": "p99(ttft)<300ms", "objectives": objectives, "goodput": {"start": 4, **goodput}})
+
+
+def test_the_incumbent_is_the_best_feasible_goodput_the_defaults_included(tmp_path: Path) -> None:
+    study = _study(["maximize"], tmp_path)
+    study.set_user_attr(BASELINE_ATTR, {"status": "ok", "feasible": True, "figures": {"goodput": 12.0}})
+    _add(study, 8, 10.0)
+    _add(study, 16, 30.0, feasible=False)  # missed an SLO: it is no incumbent
+    incumbent, _ = goodput_reference(study, _spec("max:goodput"), {"max_num_seqs": 32})
+    assert incumbent == 12.0
+    _add(study, 24, 14.0)
+    assert goodput_reference(study, _spec("max:goodput"), {"max_num_seqs": 32})[0] == 14.0
+    # Switched off, or a study with another objective beside goodput: every trial is searched in full.
+    assert goodput_reference(study, _spec("max:goodput", from_incumbent=False), {})[0] is None
+    multi = _study(["maximize", "minimize"], tmp_path, name="multi")
+    _add(multi, 8, 10.0)
+    assert goodput_reference(multi, _spec("max:goodput, min:p99(ttft)"), {"max_num_seqs": 9})[0] is None
+
+
+def test_a_reading_far_below_a_one_knob_neighbour_is_measured_again(tmp_path: Path) -> None:
+    study = _study(["maximize"], tmp_path)
+    _add(study, 8, 20.0)
+    _, recheck = goodput_reference(study, _spec("max:goodput"), {"max_num_seqs": 9})
+    assert recheck == 0.85 * 20.0
+    # Two knobs away is no neighbour; with nothing one knob away, nor defaults, nothing to compare with.
+    _, none = goodput_reference(study, _spec("max:goodput"), {"max_num_seqs": 9, "block_size": 32})
+    assert none is None
+    study.set_user_attr(BASELINE_ATTR, {"status": "ok", "feasible": False, "figures": {"goodput": 40.0}})
+    assert goodput_reference(study, _spec("max:goodput"), {"max_num_seqs": 9, "block_size": 32})[1] == 0.85 * 40.0
+
+
+def _record(number: int, goodput: float, good: float, bad: float) -> TrialRecord:
+    return TrialRecord(number, "complete", (goodput,), {}, {"figures": {"goodput": goodput}, "goodput": LEVELS(good, bad)})
+
+
+def test_versus_defaults_gives_the_interval_of_the_goodput_brackets() -> None:
+    base = {"status": "ok", "figures": {"goodput": 10.0}, "goodput": LEVELS(10.0, 12.0)}
+    beat = versus_defaults(_record(3, 15.0, 15.0, 16.0), base, "goodput", maximize=True)
+    # The best lies in [15, 16), the defaults in [10, 12): the ratio in (15/12, 16/10).
+    assert beat == "best: trial 3, 1.50x the defaults' goodput (95% CI 1.25..1.60)"
+    close = versus_defaults(_record(4, 11.0, 11.0, 13.0), base, "goodput", maximize=True)
+    assert close.startswith("nothing beat the defaults beyond the measurement's noise (best: trial 4, 1.10x")
+
+
+def test_versus_defaults_says_when_there_is_no_interval() -> None:
+    base = {"status": "ok", "figures": {"output_throughput": 100.0}}
+    best = TrialRecord(2, "complete", (130.0,), {}, {"figures": {"output_throughput": 130.0}})
+    line = versus_defaults(best, base, "output_throughput", maximize=True)
+    assert "1.30x" in line and "no interval" in line
+    repeated = TrialRecord(2, "complete", (130.0,), {}, {
+        "figures": {"output_throughput": 130.0},
+        "repeats": {"summary": {"output_throughput": {"ci95": [120.0, 140.0]}}},
+    })
+    base_rep = {**base, "repeats": {"summary": {"output_throughput": {"ci95": [95.0, 105.0]}}}}
+    assert versus_defaults(repeated, base_rep, "output_throughput", maximize=True) == (
+        f"best: trial 2, 1.30x the defaults' output_throughput (95% CI {120 / 105:.2f}..{140 / 95:.2f})")
+    assert "not measured" in versus_defaults(best, None, "output_throughput", True)
