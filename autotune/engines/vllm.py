@@ -214,7 +214,8 @@ def read_startup(log_lines: list[str], total_s: float | None = None) -> StartupB
             elif mark == "cache_stale" and not stale:
                 stale = True
                 notes.append(f"vLLM found this configuration's compiled graph in its cache but could not "
-                             f"load it ({match[1].strip()}) and compiled again")
+                             f"load it ({match[1].strip()}) and compiled again, reusing the kernels cached "
+                             f"beside it")
             elif mark == "cache_dir":
                 compile_hash = compile_hash or match[1]
             elif mark == "aot_dir":
