@@ -159,3 +159,60 @@ def test_engines_whose_log_is_not_read_bill_nothing(engine: str) -> None:
     bill = adapter.startup_phases(_lines(H100 / "server.log"), total_s=12.5)
     assert bill.phases == {} and bill.total_s == 12.5 and bill.compile_cache_hit is None
     assert adapter.compile_key({"max_num_seqs": 8}) == ""
+
+
+# SGLang and TGI: no recorded start of either is kept here, so their lines are written
+# from the engines' own format strings (SGLang's model_runner.py / scheduler logger.info
+# calls; TGI's launcher `tracing::info!("Shard ready in {:?}", ..)` and router messages).
+
+
+def _sglang(when: str, msg: str, ranks: str = " TP0") -> str:
+    return f"[2025-03-08 {when}{ranks}] {msg}"
+
+
+def test_sglang_bill_from_rank_zero() -> None:
+    lines = [
+        _sglang("12:29:05", "server_args=ServerArgs(model_path='m', tp_size=2)", ranks=""),
+        _sglang("12:29:13", "Load weight begin. avail mem=21.63 GB"),
+        _sglang("12:29:13", "Load weight begin. avail mem=21.63 GB", ranks=" TP1"),
+        _sglang("12:29:21", "Load weight end. type=Qwen2ForCausalLM, dtype=torch.bfloat16, avail mem=6.09 GB"),
+        _sglang("12:29:29", "Load weight end. type=Qwen2ForCausalLM, dtype=torch.bfloat16", ranks=" TP1"),
+        _sglang("12:29:28", f"Capture cuda graph end. Time elapsed: {7.23:.2f} s. avail mem=0.53 GB."),
+        _sglang("12:29:28", f"Capture cuda graph end. Time elapsed: {9.99:.2f} s.", ranks=" TP1"),
+        _sglang("12:29:33", "The server is fired up and ready to roll!", ranks=""),
+    ]
+    bill = get_engine("sglang").startup_phases(lines, total_s=40.0)
+    assert bill.phases["weights"] == 8.0  # begin -> end on rank 0; TP1's lines are left out
+    assert bill.phases["cuda_graphs"] == pytest.approx(7.23)
+    assert bill.phases["imports"] == pytest.approx(40.0 - 28.0) and bill.total_s == 40.0
+    newer = [
+        _sglang("10:00:00", "Load weight begin. avail mem=80.00 GB", ranks=" DP0 TP0 EP0"),
+        _sglang("10:01:40", f"Load weight end. elapsed={100.34:.2f} s, type=Qwen3ForCausalLM", ranks=" DP0 TP0 EP0"),
+        _sglang("10:01:40", f"Load weight end. elapsed={101.5:.2f} s, type=Qwen3ForCausalLM", ranks=" DP1 TP1 EP1"),
+        _sglang("10:02:40", f"Capture target decode CUDA graph end. elapsed={16.40:.2f} s", ranks=" DP0 TP0 EP0"),
+        _sglang("10:03:00", f"Capture draft decode CUDA graph end. elapsed={5.60:.2f} s", ranks=" DP0 TP0 EP0"),
+    ]
+    unfinished = get_engine("sglang").startup_phases(newer)
+    assert unfinished.phases["weights"] == pytest.approx(100.34)
+    assert unfinished.phases["cuda_graphs"] == pytest.approx(22.0)
+    assert unfinished.total_s == 180.0 and "did not finish" in unfinished.notes[0]
+
+
+def test_tgi_bill_from_the_launcher_and_router() -> None:
+    def tgi(when: str, target: str, msg: str) -> str:
+        return f"2024-03-04T16:{when}Z  INFO {target}: {msg}"
+
+    lines = [
+        tgi("37:46.101000", "text_generation_launcher", "Starting shard rank=0"),
+        tgi("37:56.587319", "shard-manager: text_generation_launcher", "Waiting for shard to be ready... rank=0"),
+        tgi("38:09.496633", "shard-manager: text_generation_launcher", "Shard ready in 22.918174777s rank=0"),
+        tgi("38:09.512000", "shard-manager: text_generation_launcher", "Shard ready in 23.4s rank=1"),
+        tgi("38:09.593469", "text_generation_launcher", "Starting Webserver"),
+        tgi("38:09.663104", "text_generation_router: router/src/main.rs:213", "Warming up model"),
+        tgi("38:11.273934", "text_generation_router: router/src/main.rs:247", "Connected"),
+    ]
+    bill = get_engine("tgi").startup_phases(lines)
+    assert bill.phases["shards"] == pytest.approx(23.4)  # the slowest shard
+    assert bill.phases["warmup"] == pytest.approx(11.273934 - 9.663104)
+    assert bill.total_s == pytest.approx(60 + 11.273934 - 46.101)  # 16:37:46.101 -> 16:38:11.274
+    assert bill.notes == []
