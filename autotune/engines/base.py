@@ -235,7 +235,7 @@ class EngineAdapter(ABC):
 
     def program_length(self, argv: list[str]) -> int:
         """How many leading argv items name the program (``python -m module`` is three)."""
-        return 3 if len(argv) >= 3 and argv[1] == "-m" else min(1, len(argv))
+        return 3 if len(argv) >= 3 and argv[1] == "-m" else 1
 
     def version(self) -> str | None:
         """The installed engine version, recorded with every result."""

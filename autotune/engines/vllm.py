@@ -120,8 +120,7 @@ class VLLMAdapter(EngineAdapter):
     ) -> dict[str, Any]:
         """Every option after the model, as ``vllm serve MODEL --config FILE`` reads it; the
         trial's address (host, port) is left to whoever deploys it."""
-        start = argv.index(PROGRAM[-1], 1) + 2 if PROGRAM[-1] in argv[1:] else len(argv)
-        out = options_as_config(argv[start:])
+        out = options_as_config(argv[self.program_length(argv) + 1:])
         out.pop("host", None)
         out.pop("port", None)
         for key, value in self.config_file(knobs, config).items():
