@@ -71,10 +71,13 @@ def vllm_parser() -> Any:
 
 
 def _vllm_parse(parser: Any, argv: list[str]) -> Any:
+    """``vllm serve``'s arguments (the model first), parsed as the subcommand does."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
 
     args = parser.parse_args(argv)
+    if getattr(args, "model_tag", None) is not None:
+        args.model = args.model_tag  # what `vllm serve` does with its positional model
     validate_parsed_serve_args(args)
     AsyncEngineArgs.from_cli_args(args)  # every parsed field lands on the engine's arguments
     return args
@@ -86,10 +89,11 @@ def test_vllm_accepts_every_generated_argv(
 ) -> None:
     engine = get_engine("vllm")
     launch = engine.plan(MODEL, space.knob_specs(), config, host="127.0.0.1", port=8000, device=device)
-    assert launch.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert launch.argv[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", MODEL.source]
     spec = space.knobs[knob]
 
-    args = _vllm_parse(vllm_parser, launch.argv[3:])
+    args = _vllm_parse(vllm_parser, launch.argv[4:])
+    assert args.model == MODEL.source and args.max_model_len == MODEL.max_model_len
     if spec.arg is not None:
         parsed = getattr(args, dest(spec.arg))
         if value is None or (value is False and spec.flag):
@@ -105,10 +109,14 @@ def test_vllm_accepts_every_generated_argv(
     # The recommended config file (`vllm serve MODEL --config trial-N.yaml`) says the same.
     config_path = tmp_path / "trial.yaml"
     config_path.write_text(yaml.safe_dump(launch.config_file))
-    from_file = _vllm_parse(vllm_parser, ["--model", MODEL.source, "--config", str(config_path)])
+    from_file = _vllm_parse(vllm_parser, [MODEL.source, "--config", str(config_path)])
     for name, k in space.knobs.items():
         if k.arg is not None and not (config[name] is False and k.flag) and config[name] is not None:
             assert getattr(from_file, dest(k.arg)) == config[name], name
+    # ... and so does every other launch option: the file starts what the trial measured.
+    for option in ("max_model_len", "load_format", "served_model_name"):
+        assert getattr(from_file, option) == getattr(args, option), option
+    assert "host" not in launch.config_file and "port" not in launch.config_file
 
 
 def test_parallel_sizes_reach_vllm(vllm_parser: Any) -> None:
@@ -124,7 +132,7 @@ def test_parallel_sizes_reach_vllm(vllm_parser: Any) -> None:
             if space.check(config, {"gpu_count": 4.0}):
                 continue
             argv = engine.plan(MODEL, space.knob_specs(), config, host="127.0.0.1", port=8000, device="cuda").argv
-            args = _vllm_parse(vllm_parser, argv[3:])
+            args = _vllm_parse(vllm_parser, argv[4:])
             seen.append((args.tensor_parallel_size, args.pipeline_parallel_size))
     assert seen == [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (4, 1)]
 

@@ -208,7 +208,7 @@ def test_vllm_on_ray_for_multi_node_tensor_parallelism() -> None:
     })
     argv = plan(setup, {"tensor_parallel_size": 16, "max_num_seqs": 64}, 8100).argv
     assert argv[:7] == ["ray", "job", "submit", "--address", "http://head:8265", "--", sys.executable]
-    assert argv[7:10] == ["-m", "vllm.entrypoints.openai.api_server", "--model"]
+    assert argv[7:11] == ["-m", "vllm.entrypoints.cli.main", "serve", setup.model.source]
     tail = argv[argv.index("--tensor-parallel-size"):]
     assert tail == ["--tensor-parallel-size", "16", "--max-num-seqs", "64", "--distributed-executor-backend", "ray"]
 
@@ -266,10 +266,10 @@ def test_tgi_metric_names_match_recorded_text() -> None:
 
 def test_vllm_capture_and_adapters_agree_with_the_scraper() -> None:
     """The scraper reads each adapter's declared names; vLLM's come from a real capture."""
-    from autotune.telemetry import ENGINE_METRICS, parse_metrics
+    from autotune.telemetry import parse_metrics
 
     vllm = (METRICS / "vllm.txt").read_text()
-    got = _resolve(vllm, dict(ENGINE_METRICS["vllm:"]))
+    got = _resolve(vllm, dict(get_engine("vllm").metric_names or {}))
     for signal in ("kv_cache_usage", "running", "waiting", "preemptions", "queue_time", "prefix_cache_hits"):
         assert signal in got, signal
     for engine, file in (("sglang", "sglang.txt"), ("tgi", "tgi.txt")):

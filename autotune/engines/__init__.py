@@ -18,12 +18,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from autotune.engines.base import Capabilities, EngineAdapter, KnobSpec, LaunchPlan, ModelRef
+from autotune.engines.base import Capabilities, EngineAdapter, KnobSpec, LaunchPlan, ModelRef, StartupBill
 from autotune.errors import UserError
 
 __all__ = [
-    "ENGINE_PATH_ENV", "Capabilities", "EngineAdapter", "KnobSpec", "LaunchPlan", "ModelRef",
-    "engine_names", "get_engine", "space_file",
+    "ENGINE_PATH_ENV", "Capabilities", "EngineAdapter", "KnobSpec", "LaunchPlan", "ModelRef", "StartupBill",
+    "engine_names", "get_engine", "metric_tables", "space_file",
 ]
 
 ENGINE_PATH_ENV = "AUTOTUNE_ENGINE_PATH"
@@ -82,6 +82,16 @@ def _registry() -> dict[str, type[EngineAdapter]]:
 
 def engine_names() -> list[str]:
     return sorted(_registry())
+
+
+def metric_tables() -> dict[str, dict[str, tuple[str, ...]]]:
+    """Every adapter's metric names by prefix, for a /metrics endpoint whose engine is not
+    known beforehand (an external endpoint): the exposition text picks one."""
+    return {
+        cls.metric_prefix: {k: tuple(v) for k, v in cls.metric_names.items()}
+        for _, cls in sorted(_registry().items())
+        if cls.metric_prefix and cls.metric_names
+    }
 
 
 def space_file(name: str) -> Path | None:

@@ -10,6 +10,7 @@ module, so adding an engine is one adapter file plus one YAML.
 
 from __future__ import annotations
 
+import json
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -25,9 +26,7 @@ class Capabilities:
     metrics: bool = False
     dummy_weights: bool = False
     token_id_prompts: bool = False
-    # --- engines autotune does not start, or that serve under a name of their own (begin) ---
     launches: bool = True  # False: an endpoint that is already running; nothing is started or stopped
-    # --- (end) ---
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,14 @@ class ModelRef:
 
 @dataclass
 class LaunchPlan:
-    """One engine start, fully resolved: nothing is left to a shell."""
+    """One engine start, fully resolved: nothing is left to a shell.
+
+    ``config_file`` is the launch as the engine's own config file would say it
+    (``vllm serve MODEL --config FILE``): every option the trial ran with, so a
+    recommendation serves what was measured. ``housekeeping_env`` names the
+    variables in ``env`` that only serve autotune's running of the engine (a
+    cache folder) and are no part of what it recommends.
+    """
 
     argv: list[str]
     env: dict[str, str]
@@ -63,6 +69,8 @@ class LaunchPlan:
     metrics_path: str | None
     config_file: dict[str, Any] = field(default_factory=dict)
     endpoint: str | None = None  # the server's root URL when autotune does not start it
+    program_len: int = 1  # leading argv items that name the program; the rest are its arguments
+    housekeeping_env: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -73,6 +81,118 @@ class LaunchPlan:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
         return (env + " " if env else "") + shlex.join(self.argv)
 
+    def recommended_env(self) -> dict[str, str]:
+        """The environment a deployment of this configuration needs (housekeeping left out)."""
+        return {k: v for k, v in self.env.items() if k not in self.housekeeping_env}
+
+
+@dataclass
+class StartupBill:
+    """Where one engine start's seconds went, as far as the engine's own log tells.
+
+    The start-up is paid again by every trial, and a knob that changes a compiled
+    graph pays the compile again too; the bill says which part was which.
+    ``phases`` are in the order they happen. A phase the log does not show is
+    absent, not zero. The log cannot see its own process start: the caller,
+    who timed the whole start, passes ``total_s``; the time before the log's
+    first line is then ``imports`` and whatever the named phases leave is ``other``.
+    """
+
+    phases: dict[str, float] = field(default_factory=dict)
+    total_s: float | None = None
+    compile_cache_hit: bool | None = None  # None: the log says nothing of a compile cache
+    compile_hash: str | None = None  # the engine's own compile-cache key, as its log names it
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def settle(
+        cls, phases: Mapping[str, float], *, span_s: float | None, total_s: float | None, **rest: Any
+    ) -> "StartupBill":
+        """Completes phases read inside the log (``span_s`` long) against the caller's total."""
+        out = {k: max(0.0, float(v)) for k, v in phases.items()}
+        notes: list[str] = list(rest.pop("notes", []))
+        if total_s is not None and span_s is not None:
+            if total_s >= span_s:
+                out = {"imports": total_s - span_s, **out}
+            else:
+                notes.append(f"the log spans {span_s:.1f} s, more than the {total_s:.1f} s measured")
+        total = total_s if total_s is not None else span_s
+        if total is not None and out:
+            other = total - sum(out.values())
+            if other < -1.0:  # timestamps in whole seconds round each phase by up to one
+                notes.append(f"the phases add up to {-other:.1f} s more than the total")
+            out["other"] = max(0.0, other)
+        return cls(phases=out, total_s=total, notes=notes, **rest)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored with a trial."""
+        return {
+            "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
+            "total_s": None if self.total_s is None else round(self.total_s, 3),
+            "compile_cache_hit": self.compile_cache_hit,
+            "compile_hash": self.compile_hash,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StartupBill":
+        return cls(
+            phases=dict(data.get("phases_s") or {}),
+            total_s=data.get("total_s"),
+            compile_cache_hit=data.get("compile_cache_hit"),
+            compile_hash=data.get("compile_hash"),
+            notes=list(data.get("notes") or []),
+        )
+
+
+def options_as_config(options: list[str]) -> dict[str, Any]:
+    """Command-line options as config-file keys, the way ``vllm serve --config`` reads them back.
+
+    ``--x v`` gives ``x: v``, a bare ``--x`` gives ``x: true``, ``--x a b`` a
+    list, ``--x=v`` the same as ``--x v``; a later occurrence wins, as with
+    argparse. Values keep the type they read as (int, float, a JSON object), so
+    the file says 512, not '512'.
+    """
+    out: dict[str, Any] = {}
+    key: str | None = None
+    for item in options:
+        if item.startswith("-") and len(item) > 1 and not _is_number(item):
+            name, eq, value = item.lstrip("-").partition("=")
+            out.pop(name, None)  # a repeated option moves to where it last appeared
+            out[name] = _typed(value) if eq else True
+            key = None if eq else name
+        elif key is None:
+            raise ValueError(f"{item!r} follows no option")
+        elif out[key] is True:
+            out[key] = _typed(item)
+        elif isinstance(out[key], list):
+            out[key].append(_typed(item))
+        else:
+            out[key] = [out[key], _typed(item)]
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _typed(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
 
 class EngineAdapter(ABC):
     """Base class for engine adapters; subclasses are discovered by their ``name``."""
@@ -81,10 +201,10 @@ class EngineAdapter(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     health_path: ClassVar[str] = "/health"
     metrics_path: ClassVar[str | None] = "/metrics"
-    # --- engine metrics and request naming (begin) ---
     # The prefix of the engine's Prometheus names, and canonical signal -> its metric
     # family names, first present wins, counters without "_total" (kv_cache_usage,
     # running, waiting, preemptions, queue_time, ttft, itl, e2e, prefix_hit_rate ...).
+    # The adapter is the one place these names are written down; telemetry is given them.
     metric_prefix: ClassVar[str | None] = None
     metric_names: ClassVar[Mapping[str, tuple[str, ...]] | None] = None
 
@@ -95,7 +215,6 @@ class EngineAdapter(ABC):
     def workload_overrides(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """Workload fields a configuration sets (client-side knobs such as concurrency)."""
         return {}
-    # --- (end) ---
 
     @abstractmethod
     def base_argv(self, model: ModelRef, host: str, port: int) -> list[str]:
@@ -105,6 +224,19 @@ class EngineAdapter(ABC):
         """Environment the engine always needs on this device."""
         return {}
 
+    def housekeeping_env(self, device: str) -> dict[str, str]:
+        """Environment for autotune's own running of the engine (cache folders shared by
+        trials); a user's own setting of the same variable wins, and it is not recommended."""
+        return {}
+
+    def endpoint(self) -> str | None:
+        """The root URL of a server autotune does not start; None when it starts one."""
+        return None
+
+    def program_length(self, argv: list[str]) -> int:
+        """How many leading argv items name the program (``python -m module`` is three)."""
+        return 3 if len(argv) >= 3 and argv[1] == "-m" else 1
+
     def version(self) -> str | None:
         """The installed engine version, recorded with every result."""
         return None
@@ -112,6 +244,16 @@ class EngineAdapter(ABC):
     def validate(self, config: Mapping[str, Any], device: str) -> list[str]:
         """Engine rules a configuration must obey; each broken rule is one reason string."""
         return []
+
+    def startup_phases(self, log_lines: list[str], total_s: float | None = None) -> StartupBill:
+        """What the engine's log says of its start; an engine whose log is not read says nothing."""
+        return StartupBill(total_s=total_s)
+
+    def compile_key(self, config: Mapping[str, Any]) -> str:
+        """The part of a configuration that decides the engine's compiled graphs: two
+        configurations with equal keys can share a compile cache, so a sampler may prefer
+        the next one that keeps the key. Engines that compile nothing ahead have one key."""
+        return ""
 
     def knob_argv(self, knobs: Mapping[str, KnobSpec], config: Mapping[str, Any]) -> list[str]:
         """Turns knob values into options; booleans become ``--x`` / ``--no-x`` flags."""
@@ -138,7 +280,7 @@ class EngineAdapter(ABC):
         return env
 
     def config_file(self, knobs: Mapping[str, KnobSpec], config: Mapping[str, Any]) -> dict[str, Any]:
-        """The knobs as a config file the engine reads (``vllm serve --config``), if it has one."""
+        """The knobs as config-file keys; ``launch_config`` adds the rest of the launch."""
         out: dict[str, Any] = {}
         for name, value in config.items():
             knob = knobs.get(name)
@@ -153,6 +295,12 @@ class EngineAdapter(ABC):
                 out[key] = value
         return out
 
+    def launch_config(
+        self, argv: list[str], knobs: Mapping[str, KnobSpec], config: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The whole launch as the engine's config file; an engine without one gets the knobs."""
+        return self.config_file(knobs, config)
+
     def plan(
         self,
         model: ModelRef,
@@ -165,8 +313,16 @@ class EngineAdapter(ABC):
         extra_args: list[str] | None = None,
         extra_env: Mapping[str, str] | None = None,
     ) -> LaunchPlan:
-        argv = self.base_argv(model, host, port) + self.knob_argv(knobs, config) + list(extra_args or [])
-        env = {**self.base_env(device), **self.knob_env(knobs, config), **dict(extra_env or {})}
+        argv: list[str] = []
+        env: dict[str, str] = {}
+        config_file: dict[str, Any] = {}
+        housekeeping: tuple[str, ...] = ()
+        if self.capabilities.launches:
+            argv = self.base_argv(model, host, port) + self.knob_argv(knobs, config) + list(extra_args or [])
+            own = self.housekeeping_env(device)
+            env = {**own, **self.base_env(device), **self.knob_env(knobs, config), **dict(extra_env or {})}
+            housekeeping = tuple(k for k, v in own.items() if env.get(k) == v)
+            config_file = self.launch_config(argv, knobs, config)
         return LaunchPlan(
             argv=argv,
             env=env,
@@ -174,5 +330,8 @@ class EngineAdapter(ABC):
             port=port,
             health_path=self.health_path,
             metrics_path=self.metrics_path if self.capabilities.metrics else None,
-            config_file=self.config_file(knobs, config),
+            config_file=config_file,
+            endpoint=self.endpoint(),
+            program_len=self.program_length(argv) if argv else 0,
+            housekeeping_env=housekeeping,
         )

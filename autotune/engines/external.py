@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from autotune.engines.base import Capabilities, EngineAdapter, KnobSpec, LaunchPlan, ModelRef
+from autotune.engines.base import Capabilities, EngineAdapter, ModelRef
 
 
 class ExternalAdapter(EngineAdapter):
@@ -72,24 +72,5 @@ class ExternalAdapter(EngineAdapter):
             out.update(rate=float(config["rate"]), arrival="poisson")
         return out
 
-    def plan(
-        self,
-        model: ModelRef,
-        knobs: Mapping[str, KnobSpec],
-        config: Mapping[str, Any],
-        *,
-        host: str,
-        port: int,
-        device: str,
-        extra_args: list[str] | None = None,
-        extra_env: Mapping[str, str] | None = None,
-    ) -> LaunchPlan:
-        return LaunchPlan(
-            argv=[],
-            env={},
-            host=host,
-            port=port,
-            health_path=self.health_path,
-            metrics_path=self.metrics_path,
-            endpoint=self.base_url,
-        )
+    def endpoint(self) -> str | None:
+        return self.base_url

@@ -8,9 +8,20 @@ named ``sglang:*`` on the server's own port.
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import datetime
 from importlib import metadata
-from autotune.engines.base import Capabilities, EngineAdapter, ModelRef
+
+from autotune.engines.base import Capabilities, EngineAdapter, ModelRef, StartupBill
+
+# [2025-03-08 12:29:28 TP0] Capture cuda graph end. Time elapsed: 7.23 s. ... (ranks: DP0 TP0 EP0 PP0 ...)
+_LINE = re.compile(r"^\[(?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?P<ranks>(?: [A-Z]+\d+)*)\] (?P<msg>.*)$")
+_RANK0 = re.compile(r"[A-Z]+0")
+_WEIGHTS = re.compile(r"^Load weight end\.(?: elapsed=([\d.]+) s)?")
+# "Capture cuda graph end. Time elapsed: 7.23 s" and, in later versions, one line per graph
+# kind: "Capture target decode CUDA graph end. elapsed=16.40 s".
+_GRAPHS = re.compile(r"^Capture .*graph end\. (?:Time elapsed: |elapsed=)([\d.]+) s", re.IGNORECASE)
 
 
 class SGLangAdapter(EngineAdapter):
@@ -53,6 +64,36 @@ class SGLangAdapter(EngineAdapter):
         if model.dummy_weights:
             argv += ["--load-format", "dummy"]
         return argv
+
+    def startup_phases(self, log_lines: list[str], total_s: float | None = None) -> StartupBill:
+        """Weight loading and CUDA-graph capture as rank 0 reports them, up to "The server is
+        fired up and ready to roll!" (logged once a first request was served)."""
+        stamps: list[float] = []
+        ready = load_begin = None
+        phases: dict[str, float] = {}
+        for raw in log_lines:
+            line = _LINE.match(raw.strip())
+            if not line or not all(_RANK0.fullmatch(tag) for tag in line["ranks"].split()):
+                continue  # the other ranks repeat rank 0's lines
+            t = (datetime.fromisoformat(line["when"]) - datetime(2000, 1, 1)).total_seconds()
+            stamps.append(t)
+            msg = line["msg"]
+            if msg.startswith("Load weight begin") and load_begin is None:
+                load_begin = t
+            elif (weights := _WEIGHTS.match(msg)) and "weights" not in phases:
+                if weights[1] is not None:
+                    phases["weights"] = float(weights[1])
+                elif load_begin is not None:
+                    phases["weights"] = t - load_begin
+            elif graphs := _GRAPHS.match(msg):
+                phases["cuda_graphs"] = phases.get("cuda_graphs", 0.0) + float(graphs[1])
+            elif msg.startswith("The server is fired up and ready to roll") and ready is None:
+                ready = t
+        if not stamps:
+            return StartupBill(total_s=total_s)
+        notes = [] if ready is not None else ["the log has no 'ready to roll' line: the start did not finish"]
+        span = (stamps[-1] if ready is None else ready) - stamps[0]
+        return StartupBill.settle(phases, span_s=span, total_s=total_s, notes=notes)
 
     def version(self) -> str | None:
         try:

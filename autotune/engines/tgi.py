@@ -8,10 +8,18 @@ request carries, and has no ``ignore_eos``: output lengths are counted, not fixe
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from datetime import datetime
 
-from autotune.engines.base import Capabilities, EngineAdapter, ModelRef
+from autotune.engines.base import Capabilities, EngineAdapter, ModelRef, StartupBill
+
+# 2024-05-07T12:39:20.593317Z  INFO shard-manager: text_generation_launcher: Shard ready in 10.308899699s rank=0
+_LINE = re.compile(r"^(?P<when>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z\s+[A-Z]+\s+(?P<msg>.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SHARD = re.compile(r"Shard ready in ([\d.]+)(s|ms|µs|us|ns)\b")
+_UNIT = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}  # Rust's Debug form of a Duration
 
 
 class TGIAdapter(EngineAdapter):
@@ -46,6 +54,34 @@ class TGIAdapter(EngineAdapter):
             argv += ["--max-total-tokens", str(model.max_model_len),
                      "--max-input-tokens", str(model.max_model_len - 1)]
         return argv
+
+    def startup_phases(self, log_lines: list[str], total_s: float | None = None) -> StartupBill:
+        """The launcher's "Shard ready in" (the slowest shard: weights and model set-up) and the
+        router's warm-up, from "Warming up model" to "Connected", when it serves."""
+        stamps: list[float] = []
+        marks: dict[str, float] = {}
+        shard: float | None = None
+        for raw in log_lines:
+            line = _LINE.match(_ANSI.sub("", raw.strip()))
+            if not line:
+                continue
+            when = line["when"][:26]  # fromisoformat reads at most microseconds
+            t = (datetime.fromisoformat(when) - datetime(2000, 1, 1)).total_seconds()
+            stamps.append(t)
+            msg = line["msg"]
+            if found := _SHARD.search(msg):
+                shard = max(shard or 0.0, float(found[1]) * _UNIT[found[2]])
+            for mark, text in (("warmup", "Warming up model"), ("ready", "Connected")):
+                if msg.endswith(text):
+                    marks.setdefault(mark, t)
+        if not stamps:
+            return StartupBill(total_s=total_s)
+        phases: dict[str, float] = {} if shard is None else {"shards": shard}
+        if "warmup" in marks and "ready" in marks:
+            phases["warmup"] = marks["ready"] - marks["warmup"]
+        notes = [] if "ready" in marks else ["the log has no 'Connected' line: the start did not finish"]
+        span = marks.get("ready", stamps[-1]) - stamps[0]
+        return StartupBill.settle(phases, span_s=span, total_s=total_s, notes=notes)
 
     def version(self) -> str | None:
         exe = shutil.which("text-generation-launcher")

@@ -6,12 +6,18 @@ they queued before their first step, how often the scheduler preempted.
 Those are what ``locate`` needs to name a bottleneck.
 
 Engines name the same signal differently (``vllm:num_requests_waiting``,
-``sglang:num_queue_reqs``, ``tgi_queue_size``), so each engine declares a
-mapping from a canonical signal to its metric names (``ENGINE_METRICS``, or
-an adapter's ``metric_names`` attribute); the reductions only know the
-canonical names. The metric type from the exposition text decides how a
-signal is reduced: counters and histograms by their change over the window,
-gauges by their peak and mean over the polls.
+``sglang:num_queue_reqs``, ``tgi_queue_size``), so each engine adapter declares a
+mapping from a canonical signal to its metric names (its ``metric_names``) and
+telemetry is given it; the reductions only know the canonical names. Where the
+engine is not known beforehand (an endpoint autotune did not start), the
+exposition text picks one of every adapter's mappings by its prefix. The metric type decides how a signal is reduced: counters and
+histograms by their change over the window, gauges by their peak and mean.
+
+A percentile read from a histogram is only as good as its buckets: one that
+falls in the lowest bucket is reported as at most that bucket's bound
+(``<name>_below_ms``, the figure itself None), and one beyond the highest
+finite bound as more than it (``<name>_above_ms``), never as a value
+interpolated out of nothing.
 """
 
 from __future__ import annotations
@@ -29,65 +35,29 @@ __all__ = [
     "ENGINE_METRICS",
     "EngineMetricsScraper",
     "Histogram",
+    "Quantile",
     "Snapshot",
     "detect_engine",
+    "known_engines",
     "parse_metrics",
     "reduce_window",
     "register_engine_metrics",
 ]
 
-# canonical signal -> metric family names, first present wins (newer names first).
-# Counter names are given without "_total" (the parser strips it).
-ENGINE_METRICS: dict[str, dict[str, tuple[str, ...]]] = {
-    "vllm:": {
-        "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),  # a fraction 0..1
-        "running": ("vllm:num_requests_running",),
-        "waiting": ("vllm:num_requests_waiting",),
-        "preemptions": ("vllm:num_preemptions",),
-        "queue_time": ("vllm:request_queue_time_seconds",),
-        "ttft": ("vllm:time_to_first_token_seconds",),
-        "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
-        "e2e": ("vllm:e2e_request_latency_seconds",),
-        "prefill_time": ("vllm:request_prefill_time_seconds",),
-        "decode_time": ("vllm:request_decode_time_seconds",),
-        "inference_time": ("vllm:request_inference_time_seconds",),
-        "iteration_tokens": ("vllm:iteration_tokens_total", "vllm:iteration_tokens"),
-        "prefix_cache_queries": ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries"),
-        "prefix_cache_hits": ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits"),
-        "prompt_tokens": ("vllm:prompt_tokens",),
-        "generation_tokens": ("vllm:generation_tokens",),
-        "requests_finished": ("vllm:request_success",),
-    },
-    "sglang:": {
-        "kv_cache_usage": ("sglang:token_usage",),
-        "running": ("sglang:num_running_reqs",),
-        "waiting": ("sglang:num_queue_reqs",),
-        "preemptions": ("sglang:num_retracted_requests", "sglang:num_retracted_reqs"),
-        "queue_time": ("sglang:queue_time_seconds",),
-        "ttft": ("sglang:time_to_first_token_seconds",),
-        "itl": ("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"),
-        "e2e": ("sglang:e2e_request_latency_seconds",),
-        "prefix_hit_rate": ("sglang:cache_hit_rate",),
-        "prefix_cache_hits": ("sglang:cached_tokens",),
-        "prompt_tokens": ("sglang:prompt_tokens",),
-        "generation_tokens": ("sglang:generation_tokens",),
-        "requests_finished": ("sglang:num_requests",),
-        "generation_throughput": ("sglang:gen_throughput",),
-    },
-    "tgi_": {
-        "running": ("tgi_batch_current_size",),
-        "waiting": ("tgi_queue_size",),
-        "queue_time": ("tgi_request_queue_duration",),
-        "itl": ("tgi_request_mean_time_per_token_duration",),
-        "e2e": ("tgi_request_duration",),
-        "inference_time": ("tgi_request_inference_duration",),
-        "prompt_tokens": ("tgi_request_input_length",),
-        "generation_tokens": ("tgi_request_generated_tokens",),
-        "requests_finished": ("tgi_request_success",),
-        "batch_tokens": ("tgi_batch_current_max_tokens",),
-        "prefill_time": ("tgi_batch_forward_duration",),
-    },
-}
+# prefix -> canonical signal -> metric family names, for engines registered at run time
+# (``register_engine_metrics``); the built-in and plugin engines' names live in their adapters.
+ENGINE_METRICS: dict[str, dict[str, tuple[str, ...]]] = {}
+
+Table = Mapping[str, Mapping[str, tuple[str, ...]]]
+
+
+def known_engines(known: Table | None = None) -> Table:
+    """``known`` as given, else every engine adapter's names by prefix and those registered here."""
+    if known is not None:
+        return known
+    from autotune.engines import metric_tables  # the adapters are where the names are written
+
+    return {**metric_tables(), **ENGINE_METRICS}
 
 # Gauges that describe one engine instance are combined across label sets
 # (data-parallel ranks, models) by their maximum; the rest are summed.
@@ -139,6 +109,41 @@ class Histogram:
             prev_le, prev_c = le, c
         return bounds[-1]
 
+    def locate(self, q: float) -> "Quantile":
+        """The q-quantile where the buckets can tell it; a bound where they cannot.
+
+        Inside the lowest bucket nothing says where between zero and its bound the
+        observations lie, so interpolating there invents a figure (a 54 us queue
+        time read as 297 ms); beyond the highest finite bound there is no upper edge.
+        """
+        finite = sorted(le for le in self.buckets if not math.isinf(le))
+        if self.count <= 0 or not finite:
+            return Quantile(math.nan)
+        rank = q * self.count
+        if self.buckets[finite[0]] >= rank:
+            return Quantile(None, below=finite[0])
+        if self.buckets[finite[-1]] < rank:
+            return Quantile(None, above=finite[-1])
+        return Quantile(self.quantile(q))
+
+
+@dataclass(frozen=True)
+class Quantile:
+    """A percentile, or the bucket bound it is known to lie under (``below``) or over (``above``)."""
+
+    value: float | None
+    below: float | None = None
+    above: float | None = None
+
+    def figures(self, key: str, scale: float = 1.0, unit: str = "") -> dict[str, float | None]:
+        """``{key+unit: value}``, plus ``key_below+unit`` or ``key_above+unit`` when only a bound is known."""
+        out: dict[str, float | None] = {key + unit: None if self.value is None else self.value * scale}
+        if self.below is not None:
+            out[f"{key}_below{unit}"] = self.below * scale
+        if self.above is not None:
+            out[f"{key}_above{unit}"] = self.above * scale
+        return out
+
 
 @dataclass
 class Snapshot:
@@ -150,24 +155,31 @@ class Snapshot:
     histograms: dict[str, Histogram] = field(default_factory=dict)
 
 
-def detect_engine(text: str) -> str | None:
-    """The prefix of the engine that wrote this exposition text, if known."""
-    for prefix in ENGINE_METRICS:
+def detect_engine(text: str, known: Table | None = None) -> str | None:
+    """The prefix of the engine that wrote this exposition text, among ``known`` (by default
+    every engine adapter's)."""
+    for prefix in known_engines(known):
         if f"\n{prefix}" in text or text.startswith(prefix) or f" {prefix}" in text:
             return prefix
     return None
 
 
 def parse_metrics(
-    text: str, names: Mapping[str, tuple[str, ...]] | None = None, *, t: float | None = None
+    text: str,
+    names: Mapping[str, tuple[str, ...]] | None = None,
+    *,
+    t: float | None = None,
+    known: Table | None = None,
 ) -> Snapshot:
     """Parses Prometheus text into a Snapshot of canonical signals.
 
-    ``names`` is an engine's mapping; None picks it from the metric prefixes.
+    ``names`` is an engine's mapping; None picks one of ``known`` (prefix -> mapping)
+    by the metric prefixes in the text.
     """
     if names is None:
-        prefix = detect_engine(text)
-        names = ENGINE_METRICS.get(prefix, {}) if prefix else {}
+        table = known_engines(known)
+        prefix = detect_engine(text, table)
+        names = table.get(prefix, {}) if prefix else {}
     wanted: dict[str, str] = {}
     for signal, candidates in names.items():
         for rank, name in enumerate(candidates):
@@ -223,13 +235,13 @@ def _family_value(family: object, signal: str) -> float | Histogram | None:
 
 def reduce_window(
     before: Snapshot | None, after: Snapshot | None, polls: list[Snapshot]
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Figures over one window: counter and histogram changes, gauge peaks and means.
 
     ``before`` and ``after`` bound the window; ``polls`` are the scrapes in
     between (gauges are read from all of them, the bounds included).
     """
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     every = [s for s in (before, *polls, after) if s is not None]
     if not every:
         return out
@@ -253,10 +265,9 @@ def reduce_window(
         h = window.get(hname)
         if h is None or h.count <= 0:
             continue
-        out[f"engine_{hname}_mean_ms" if hname in ("ttft", "itl", "e2e") else f"{hname}_mean_ms"] = h.mean() * 1000
-        out[f"engine_{hname}_p99_ms" if hname in ("ttft", "itl", "e2e") else f"{hname}_p99_ms"] = (
-            h.quantile(0.99) * 1000
-        )
+        stem = f"engine_{hname}" if hname in ("ttft", "itl", "e2e") else hname
+        out[f"{stem}_mean_ms"] = h.mean() * 1000
+        out.update(h.locate(0.99).figures(f"{stem}_p99", 1000, "_ms"))
         out[f"{hname}_count"] = h.count
     for hname in ("prompt_tokens", "generation_tokens"):  # TGI keeps token counts as histograms
         h = window.get(hname)
@@ -265,17 +276,18 @@ def reduce_window(
     it = window.get("iteration_tokens")
     if it is not None and it.count > 0:
         out["iteration_tokens_mean"] = it.mean()
-        out["iteration_tokens_p99"] = it.quantile(0.99)
+        out.update(it.locate(0.99).figures("iteration_tokens_p99"))
         out["iterations"] = it.count
-    if out.get("generation_tokens") and out.get("iterations"):
+    tokens, steps = out.get("generation_tokens"), out.get("iterations")
+    if tokens and steps:
         # Sequences per engine step, from counters alone: exact however slowly /metrics answers.
-        out["batch_mean"] = out["generation_tokens"] / out["iterations"]
+        out["batch_mean"] = tokens / steps
     qt, ttft = window.get("queue_time"), window.get("ttft")
     if qt is not None and ttft is not None and ttft.sum > 0 and qt.count > 0 and ttft.count > 0:
         out["queue_share_of_ttft"] = min(1.0, qt.mean() / ttft.mean())
     if "prefix_cache_queries" in out:
-        q = out["prefix_cache_queries"]
-        out["prefix_hit_rate"] = out.get("prefix_cache_hits", 0.0) / q if q > 0 else math.nan
+        q, hits = out["prefix_cache_queries"] or 0.0, out.get("prefix_cache_hits") or 0.0
+        out["prefix_hit_rate"] = hits / q if q > 0 else math.nan
     elif "prefix_hit_rate_mean" in out:
         out["prefix_hit_rate"] = out["prefix_hit_rate_mean"]
     return out
@@ -289,12 +301,15 @@ class EngineMetricsScraper:
         url: str,
         *,
         names: Mapping[str, tuple[str, ...]] | None = None,
+        known: Table | None = None,
         hz: float = 4.0,
         timeout_s: float = 5.0,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        """``names``: the engine's mapping; without it the first scrape picks one of ``known``."""
         self.url = url
         self.names = names
+        self.known = known
         self.period = 1.0 / max(hz, 0.1)
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
@@ -314,9 +329,10 @@ class EngineMetricsScraper:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 text = resp.read().decode("utf-8", errors="replace")
             if self.names is None:
-                prefix = detect_engine(text)
+                table = known_engines(self.known)
+                prefix = detect_engine(text, table)
                 if prefix is not None:
-                    self.names = ENGINE_METRICS[prefix]
+                    self.names = table[prefix]
             self.last_text = text
             return parse_metrics(text, self.names or {})
         except Exception as e:  # connection refused, timeout, a line the parser refuses
@@ -345,7 +361,7 @@ class EngineMetricsScraper:
             if snap is not None:
                 self.polls.append(snap)
 
-    def reduce(self) -> dict[str, float]:
+    def reduce(self) -> dict[str, float | None]:
         out = reduce_window(self.before, self.after, list(self.polls))
         out["metrics_polls"] = len(self.polls) + (self.before is not None) + (self.after is not None)
         if self.lag_s:

@@ -141,8 +141,6 @@ class NvmlSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # ------------------------------------------------------------------ lifecycle
-
     def start(self) -> bool:
         """Opens NVML and starts sampling; False (with a note) where there is nothing to sample."""
         try:
@@ -264,8 +262,6 @@ class NvmlSampler:
             return out[0], out[1]
         except Exception:
             return None
-
-    # ------------------------------------------------------------------ reduction
 
     def reduce(self, tokens: float | None = None) -> dict[str, float]:
         """Figures over the window: across GPUs, memory is per GPU (peak of any), rates are summed.

@@ -38,7 +38,9 @@ def announce_once(message: str, say: Callable[[str], None] | None = None) -> Non
 class TelemetryWindow:
     """Samples from ``__enter__`` to ``__exit__``; ``figures()`` then gives the reduced figures.
 
-    ``metrics_url``: the engine's Prometheus endpoint (None: no engine metrics).
+    ``metrics_url``: the engine's Prometheus endpoint (None: no engine metrics);
+    ``metric_names``: the engine adapter's names for it, or, where the engine is
+    not known, ``known_metric_names`` (prefix -> names, every adapter's) to pick from.
     ``gpus``: CUDA_VISIBLE_DEVICES items the engine sees (None: all);
     ``gpu_limit``: how many of them it uses (TP x PP); ``use_gpu=False`` skips
     NVML (an engine on CPU).
@@ -49,6 +51,7 @@ class TelemetryWindow:
         metrics_url: str | None,
         *,
         metric_names: Mapping[str, tuple[str, ...]] | None = None,
+        known_metric_names: Mapping[str, Mapping[str, tuple[str, ...]]] | None = None,
         use_gpu: bool = True,
         gpus: list[str] | None = None,
         gpu_limit: int | None = None,
@@ -63,7 +66,9 @@ class TelemetryWindow:
         self.notes: list[str] = []
         self.nvml: NvmlSampler | None = NvmlSampler(gpus, limit=gpu_limit, hz=nvml_hz) if use_gpu else None
         self.scraper = (
-            EngineMetricsScraper(metrics_url, names=metric_names, hz=scrape_hz, headers=headers)
+            EngineMetricsScraper(
+                metrics_url, names=metric_names, known=known_metric_names, hz=scrape_hz, headers=headers
+            )
             if metrics_url
             else None
         )
@@ -114,7 +119,7 @@ class TelemetryWindow:
         out: dict[str, Any] = {}
         if self.t_start is not None and self.t_end is not None:
             out["telemetry_window_s"] = self.t_end - self.t_start
-        engine: dict[str, float] = {}
+        engine: dict[str, float | None] = {}
         if self.scraper is not None:
             try:
                 engine = self.scraper.reduce()
