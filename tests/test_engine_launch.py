@@ -12,7 +12,7 @@ import yaml
 from autotune.engines import get_engine
 from autotune.engines.base import ModelRef, options_as_config
 from autotune.errors import UserError
-from autotune.search_space import SearchSpace
+from autotune.space import SearchSpace
 
 MODEL = ModelRef("/models/llama", "llama", "/models/llama", dummy_weights=True, max_model_len=512)
 EXTRA = ["--seed", "3", "--enforce-eager", "--compilation-config", '{"mode": 0}', "--max-logprobs=2"]

@@ -16,7 +16,7 @@ import yaml
 from autotune.engines import get_engine
 from autotune.engines.base import LaunchPlan, ModelRef
 from autotune.engines.launcher import EngineServer, free_port
-from autotune.search_space import SearchSpace
+from autotune.space import SearchSpace
 
 pytestmark = pytest.mark.engine
 

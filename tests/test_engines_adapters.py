@@ -339,7 +339,7 @@ def test_toy_engine_runs_through_the_cli(toy_engine: Path, tmp_path: Path) -> No
     env = {**os.environ, ENGINE_PATH_ENV: str(toy_engine), "COLUMNS": "200"}
     out = subprocess.run(
         [sys.executable, "-m", "autotune.cli", "optimize", "--model", "tiny", "--engine", "toy",
-         "--device", "cpu", "--trials", "1", "--study-dir", str(tmp_path / "study")],
+         "--device", "cpu", "--trials", "1", "--no-baseline", "--study-dir", str(tmp_path / "study")],
         capture_output=True, text=True, env=env, timeout=300, cwd=REPO,
     )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -33,6 +33,8 @@ def optimize(
     price: Optional[float] = opt.PRICE,
     wall_time: Optional[float] = typer.Option(None, "--wall-time", help="stop launching trials after this many seconds"),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", min=1, help="measurements of each trial (mean, std, CI)"),
+    baseline: Optional[bool] = typer.Option(
+        None, "--baseline/--no-baseline", help="measure the engine's own defaults first, the reference of every ratio [default: on]"),
     *,
     flags: dict[str, Any],
 ) -> None:
@@ -40,7 +42,7 @@ def optimize(
     t0 = time.monotonic()
     spec = load_spec(spec_file, flag_overrides(
         **flags, trials=trials, engine=engine, name=name, study_dir=study_dir, storage=storage, sampler=sampler,
-        seed=seed, gpus=gpus, price=price, wall_time=wall_time, repeats=repeats,
+        seed=seed, gpus=gpus, price=price, wall_time=wall_time, repeats=repeats, baseline=baseline,
     ))
     assert spec.study_dir is not None
     console.print(

@@ -38,6 +38,7 @@ FLAG_FIELDS: dict[str, str] = {
     "wall_time": "budget.wall_time_s",
     "scenario": "scenario",
     "repeats": "repeats",
+    "baseline": "baseline",
 }
 
 

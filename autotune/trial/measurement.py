@@ -230,13 +230,7 @@ def _metrics_url(setup: TrialSetup, base_url: str) -> str | None:
 
 
 def _metric_names(setup: TrialSetup) -> Any:
-    from autotune.telemetry import ENGINE_METRICS
-
-    names = getattr(setup.engine, "metric_names", None)
-    prefix = getattr(setup.engine, "metric_prefix", None)
-    if names is not None and prefix:
-        names = {**ENGINE_METRICS.get(prefix, {}), **names}  # the adapter's names win
-    return names
+    return setup.engine.metric_names
 
 
 def _auth(setup: TrialSetup) -> dict[str, str] | None:

@@ -52,6 +52,9 @@ class TrialOutcome:
     repeats: dict[str, Any] | None = None
     # perplexity and pass-key accuracy of this configuration's quality setting, and how they were got
     quality: dict[str, Any] | None = None
+    # the engine start read from its own log: phases in seconds, compile cache hit or miss
+    startup: dict[str, Any] | None = None
+    compile_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -87,9 +90,10 @@ def run_trial(
         "failed",
         command=launch.command_line(),
         config_file=launch.config_file,
-        env={k: v for k, v in launch.env.items() if k != "HF_HUB_OFFLINE"},
+        env={k: v for k, v in launch.recommended_env().items() if k != "HF_HUB_OFFLINE"},
         log_path=str(log_path),
         feasibility=verdict.to_json(),
+        compile_key=setup.engine.compile_key(config) or None,
     )
     setup = with_workload(setup, config)
     say("starting engine")
@@ -99,6 +103,7 @@ def run_trial(
             startup_timeout_s=setup.startup_timeout_s, on_wait=lambda s: say(f"starting engine ({s:.0f}s)"),
         ) as server:
             outcome.startup_s = server.startup_s
+            outcome.startup = _startup_bill(setup, log_path, server.startup_s)
             t0 = time.monotonic()
             measured = measure_repeated(
                 setup, launch.base_url, trial_dir, status=say, progress=progress, gpu_limit=gpus_per_engine(config),
@@ -132,7 +137,18 @@ def run_trial(
         return _finish(trial_dir, outcome)
     except EngineStartError as e:
         outcome.reason = e.reason
+        outcome.startup = _startup_bill(setup, log_path, None)
         return _finish(trial_dir, outcome)
+
+
+def _startup_bill(setup: TrialSetup, log_path: Path, total_s: float | None) -> dict[str, Any] | None:
+    """Where the start's time went, in the engine's own words; None when its log says nothing."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    bill = setup.engine.startup_phases(lines, total_s=total_s)
+    return bill.to_dict() if bill.phases or bill.notes or bill.compile_cache_hit is not None else None
 
 
 def run_quality_only(

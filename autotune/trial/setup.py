@@ -137,33 +137,29 @@ def plan(setup: TrialSetup, config: Mapping[str, Any], port: int) -> LaunchPlan:
         extra_env=env,
     )
     if setup.launch_template:
-        launch.argv = apply_template(setup.launch_template, launch.argv, setup.host, port)
+        launch.argv = apply_template(setup.launch_template, launch.argv, setup.host, port, launch.program_len)
     return launch
 
 
-def apply_template(template: list[str], argv: list[str], host: str, port: int) -> list[str]:
+def apply_template(template: list[str], argv: list[str], host: str, port: int, program_len: int = 1) -> list[str]:
     """Wraps argv (``docker run ... {argv}``); placeholders fill list items, never a shell string.
 
     ``{argv}`` is the whole command; ``{args}`` is its options without the program
     (this machine's interpreter and module mean nothing inside a container image,
-    whose own entry point or command then comes first: ``IMAGE {args}``).
+    whose own entry point or command then comes first: ``IMAGE {args}``);
+    ``program_len`` items name the program, as the engine's adapter says.
     """
     out: list[str] = []
     for item in template:
         if item == "{argv}":
             out += argv
         elif item == "{args}":
-            out += argv[_program_length(argv):]
+            out += argv[program_len:]
         else:
             out.append(item.replace("{port}", str(port)).replace("{host}", host))
     if "{argv}" not in template and "{args}" not in template:
         raise UserError("launch_template must contain the item '{argv}' or '{args}'")
     return out
-
-
-def _program_length(argv: list[str]) -> int:
-    """How many leading items name the program: ``python -m module`` is three, a binary one."""
-    return 3 if len(argv) >= 3 and argv[1] == "-m" else 1
 
 
 def with_workload(setup: TrialSetup, config: Mapping[str, Any]) -> TrialSetup:

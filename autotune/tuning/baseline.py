@@ -65,7 +65,7 @@ def measure_baseline(
         "feasible": feasible, "slo": slo, "environment": dict(environment), "command": outcome.command,
         "config_file": outcome.config_file, "env": outcome.env, "startup_s": outcome.startup_s,
         "measure_s": outcome.measure_s, "goodput": outcome.goodput, "telemetry": outcome.telemetry,
-        "repeats": outcome.repeats,
+        "repeats": outcome.repeats, "startup": outcome.startup,
         "trial_dir": str(trial_dir.resolve()),
     }
     study.set_user_attr(BASELINE_ATTR, json_safe(data))

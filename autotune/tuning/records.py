@@ -27,7 +27,7 @@ _STATE = {
 }
 # Outcome fields kept as trial attributes under their own names, when set.
 _OUTCOME_FIELDS = ("command", "config_file", "env", "log_path", "startup_s", "measure_s", "goodput", "feasibility",
-                   "repeats", "quality")
+                   "repeats", "quality", "startup", "compile_key")
 
 
 @dataclass(frozen=True)
