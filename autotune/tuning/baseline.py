@@ -43,7 +43,7 @@ def measure_baseline(
         return None  # another worker measures it
     study.set_user_attr(_CLAIM_ATTR, worker)
     assert spec.study_dir is not None
-    trial_dir = spec.study_dir / "trials" / "baseline"
+    trial_dir = spec.study_dir / "baseline"
     reporter.trial_started(-1, {})
     outcome = run_trial(setup, {}, trial_dir, status=reporter.trial_status, progress=reporter.requests_progress)
     figures = dict(outcome.figures)
