@@ -202,3 +202,34 @@ def test_no_planner_when_rounds_are_off_or_one_round_fills_the_budget(storage: s
     assert planner_for(*args, RoundsOptions(size=12), 12) is None
     planner = planner_for(*args, RoundsOptions(), 12)
     assert planner is not None and planner.size == 4
+
+
+def test_neighbours_sharing_the_last_compiled_graph_run_first_and_the_set_is_unchanged(tmp_path: Path) -> None:
+    """Moving ``chunk`` recompiles the engine's graph (its compile key is the chunk); the others do not."""
+    options = RoundsOptions(size=4, extend=False, freeze=False, neighbours=3)
+
+    def planned(name: str, key: Any) -> tuple[list[dict[str, Any]], Any]:
+        storage = f"sqlite:///{tmp_path / f'{name}.db'}"
+        study = optuna.create_study(study_name="rounds", storage=storage, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4, multivariate=True))
+        planner = RoundPlanner(study, BASE, HARD, options, 12, compile_key=key)
+
+        def objective(trial: optuna.Trial) -> float:
+            config = suggest(trial, planner.space())
+            trial.set_user_attr("config", config)
+            if key is not None:  # what a trial stores: the key of the configuration that ran
+                trial.set_user_attr("compile_key", key(config))
+            return value(config)
+
+        study.optimize(objective, n_trials=4)
+        planner.advance(4)
+        waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))]
+        return waiting, study.trials[3].user_attrs["config"]["chunk"]
+
+    plain, _ = planned("plain", None)
+    keyed, last_chunk = planned("keyed", lambda config: str(config["chunk"]))
+    assert sorted(map(str, plain)) == sorted(map(str, keyed))  # the same neighbours: the search is not bent
+    assert len(keyed) == 3
+    shares = [p["chunk"] == last_chunk for p in keyed]
+    assert shares == sorted(shares, reverse=True)  # those that share the last graph come first
+    assert any(shares) and not all(shares)  # both kinds were there to order

@@ -125,7 +125,7 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
     measure_baseline(study, spec, setup, env, reporter, worker_id())
     planner = planner_for(
         study, setup.space, setup.engine.name, setup.device, setup.hardware, spec.rounds, budget,
-        check=lambda config: check(run.setup, config),
+        check=lambda config: check(run.setup, config), compile_key=setup.engine.compile_key,
     )
     poll_s = min(5.0, spec.heartbeat.interval_s)
     waited = False

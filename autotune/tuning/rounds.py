@@ -96,6 +96,7 @@ class RoundPlanner:
         options: RoundsOptions,
         budget: int,
         check: Callable[[Mapping[str, Any]], list[str]] | None = None,
+        compile_key: Callable[[Mapping[str, Any]], str] | None = None,
     ) -> None:
         self.study = study
         self.base = base
@@ -104,6 +105,7 @@ class RoundPlanner:
         self.budget = budget
         self.size = round_size(options, budget)
         self.check = check or (lambda _config: [])
+        self.compile_key = compile_key or (lambda _config: "")
 
     # ----------------------------------------------------------------- state
 
@@ -256,15 +258,15 @@ class RoundPlanner:
         seen = {_key(TrialRecord.of(t).config, active) for t in self.study.get_trials(deepcopy=False)}
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         seen |= {_key(t.system_attrs.get("fixed_params", {}), active) for t in waiting}
-        decisions: list[Decision] = []
+        chosen: list[tuple[dict[str, Any], str, str]] = []
         sources = list(ranked[: max(1, self.options.neighbours)])
         for source in sources:
             config = source.config
             if any(k not in config for k in active):
                 continue
             for name in active:
-                if len(decisions) >= limit:
-                    return decisions
+                if len(chosen) >= limit:
+                    break
                 for value in neighbours(space.knobs[name], config[name]):
                     params = {k: config[k] for k in active}
                     params[name] = value
@@ -272,13 +274,24 @@ class RoundPlanner:
                     if k in seen or self.check({**fixed, **params}):
                         continue
                     seen.add(k)
-                    reason = (
-                        f"neighbour of trial #{source.number}: {name} {_fmt(config[name])} -> {_fmt(value)}"
-                    )
-                    self.study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: reason})
-                    decisions.append(Decision(rnd, "enqueue", name, reason))
+                    reason = f"neighbour of trial #{source.number}: {name} {_fmt(config[name])} -> {_fmt(value)}"
+                    chosen.append((params, name, reason))
                     break
+        # The same neighbours, in a cheaper order: those that share the last trial's compiled
+        # graph first, so the engine loads it from the compile cache instead of compiling anew.
+        last = self._last_compile_key()
+        if last:
+            chosen.sort(key=lambda c: self.compile_key({**fixed, **c[0]}) != last)
+        decisions: list[Decision] = []
+        for params, name, reason in chosen:
+            self.study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: reason})
+            decisions.append(Decision(rnd, "enqueue", name, reason))
         return decisions
+
+    def _last_compile_key(self) -> str | None:
+        ran = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("compile_key")]
+        return max(ran, key=lambda t: t.number).user_attrs["compile_key"] if ran else None
+
 
 def _key(config: Mapping[str, Any], names: Sequence[str]) -> str:
     return json.dumps([config.get(n) for n in names], default=str)
@@ -311,9 +324,10 @@ def planner_for(
     options: RoundsOptions,
     budget: int,
     check: Callable[[Mapping[str, Any]], list[str]] | None = None,
+    compile_key: Callable[[Mapping[str, Any]], str] | None = None,
 ) -> RoundPlanner | None:
     """The planner a study runs with, or None when rounds are off or the budget is one round."""
     if not options.enabled or round_size(options, budget) >= budget:
         return None
     hard = SearchSpace.load(engine).for_hardware(device, hardware)
-    return RoundPlanner(study, base, hard, options, budget, check)
+    return RoundPlanner(study, base, hard, options, budget, check, compile_key)
