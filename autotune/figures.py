@@ -57,3 +57,16 @@ def figure(figures: Mapping[str, Any], key: str) -> float | None:
         return tokens / done if done and tokens is not None else None
     value = figures.get(key)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def startup_text(bill: Mapping[str, Any] | None) -> str | None:
+    """A start-up bill in a line: ``start 38.8 s: imports 8.8, compile 11.0 (cache miss), ...``."""
+    if not bill:
+        return None
+    phases = {k: v for k, v in (bill.get("phases_s") or {}).items() if isinstance(v, (int, float)) and v >= 0.05}
+    hit = bill.get("compile_cache_hit")
+    cache = {True: " (cache hit)", False: " (cache miss)"}.get(hit, "") if hit is not None else ""
+    parts = [f"{k.replace('_', ' ')} {v:,.1f}{cache if k == 'compile' else ''}" for k, v in phases.items()]
+    total = bill.get("total_s")
+    head = f"start {total:,.1f} s" if isinstance(total, (int, float)) else "start"
+    return f"{head}: {', '.join(parts)}" if parts else head

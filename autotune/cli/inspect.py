@@ -12,6 +12,7 @@ from autotune.cli import _options as opt
 from autotune.cli._app import app, console, err_console
 from autotune.cli._results import print_results, write_html_report
 from autotune.errors import UserError
+from autotune.figures import startup_text
 from autotune.tuning import StudyResults
 
 
@@ -122,6 +123,8 @@ def _print_locate(result: Any) -> None:
     for td in result.trials:
         knobs = " ".join(f"{k}={v}" for k, v in sorted(td.config.items()))
         console.print(f"[bold]trial {td.trial}[/] {knobs}", highlight=False)
+        if startup_text(td.startup):
+            console.print(f"  {startup_text(td.startup)}", highlight=False)
         if not td.diagnoses:
             console.print("  no diagnosis: the signals it needs were not recorded")
         for d in td.diagnoses:

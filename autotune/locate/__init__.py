@@ -74,7 +74,7 @@ def _missing(s: Signals) -> list[str]:
 def locate_trial(attrs: Mapping[str, Any], number: int | None = None) -> TrialDiagnosis:
     """Diagnoses one trial from its stored attributes (or an outcome.json with the same keys)."""
     s = Signals(attrs.get("figures"), attrs.get("telemetry"), attrs.get("config"), attrs.get("environment"))
-    return TrialDiagnosis(number, dict(s.config), diagnose(s), _missing(s))
+    return TrialDiagnosis(number, dict(s.config), diagnose(s), _missing(s), attrs.get("startup"))
 
 
 def parameter_importances(

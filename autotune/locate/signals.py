@@ -79,6 +79,7 @@ class TrialDiagnosis:
     config: dict[str, Any]
     diagnoses: list[Diagnosis]
     missing: list[str] = field(default_factory=list)  # signal groups that were not there to judge
+    startup: dict[str, Any] | None = None  # the engine start's phases, from its own log
 
     @property
     def primary(self) -> Diagnosis | None:
