@@ -8,6 +8,7 @@ the screenshot in docs/img/report.png.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -31,12 +32,17 @@ OFFLINE_FLAGS = [
 ]
 
 
-def build_recorded_study(study_dir: Path, *, drop_environment_of: int | None = None) -> Path:
-    """A real SQLite study in ``study_dir`` holding the recorded trials and study attributes."""
+def build_recorded_study(
+    study_dir: Path, *, drop_environment_of: int | None = None, storage: str | None = None, name: str | None = None,
+    baseline_from: int | None = None,
+) -> Path:
+    """A real Optuna study holding the recorded trials and study attributes: SQLite in
+    ``study_dir``, or ``storage`` (a URL) under ``name``. ``baseline_from`` stores that
+    recorded trial's attributes as the study's engine-defaults baseline."""
     data = json.loads(RECORDED.read_text())
     study_dir.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{(study_dir / 'study.db').resolve()}"
-    study = optuna.create_study(study_name=data["study_name"], storage=storage, directions=data["directions"])
+    storage = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    study = optuna.create_study(study_name=name or data["study_name"], storage=storage, directions=data["directions"])
     for key, value in data["user_attrs"].items():
         if key == "autotune_spec":
             value = {**value, "study_dir": str(study_dir)}
@@ -51,34 +57,82 @@ def build_recorded_study(study_dir: Path, *, drop_environment_of: int | None = N
             distributions={k: json_to_distribution(d) for k, d in t["distributions"].items()},
             user_attrs=attrs, system_attrs=t["system_attrs"],
         ))
+    if baseline_from is not None:
+        t = data["trials"][baseline_from]
+        study.set_user_attr("baseline", {**t["user_attrs"], "config": {}, "values": t["values"]})
     return study_dir
 
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    study_dir = build_recorded_study(tmp_path_factory.mktemp("report") / "run")
+    study_dir = build_recorded_study(tmp_path_factory.mktemp("report") / "run", baseline_from=1)
     out = subprocess.run(autotune_cmd("report", str(study_dir)), capture_output=True, text=True, timeout=300,
                          env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "report.html" in out.stdout
+    assert f"report: {(study_dir / 'report.html').resolve()}" in out.stdout
     return study_dir
 
 
-def test_report_is_self_contained(report_dir: Path) -> None:
+def test_report_is_small_and_loads_nothing_remote(report_dir: Path) -> None:
     page = (report_dir / "report.html").read_text()
     study, _ = load_study(report_dir)
-    # plotly.js is inline; outside the scripts' code, the markup links to nothing remote.
-    assert not re.search(r"<script[^>]*\bsrc=", page)
+    # plotly.js is written once into the folder and loaded from there; the page itself stays small.
+    assert (report_dir / "report.html").stat().st_size < 1_000_000
+    assert re.findall(r"<script[^>]*\bsrc=['\"]([^'\"]+)", page) == ["plotly.min.js"]
+    assert (report_dir / "plotly.min.js").stat().st_size > 1_000_000
     markup = re.sub(r"<script[^>]*>.*?</script>", "", page, flags=re.S)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", markup)
-    assert "Plotly.newPlot" in page and 'id="pareto-plot"' in page
+    assert "Plotly.newPlot" in page and 'id="pareto-plot"' in page and 'id="slo-plot"' in page
     front = [t for t in study.best_trials if t.user_attrs.get("feasible", True)]
     assert front
-    for t in front:  # each recommendation's command line is in the page
-        assert f"configs/trial-{t.number}.yaml" in page
+    for t in front:  # each recommendation's command names its config file by its absolute path
+        assert str((report_dir / "configs" / f"trial-{t.number}.yaml").resolve()) in page
+        assert (report_dir / "configs" / f"trial-{t.number}.yaml").exists()
     assert "Verification" in page and "fresh starts measured" in page
     env = front[0].user_attrs["environment"]
     assert env["engine_version"] in page and env["host"] in page
+
+
+def test_report_states_what_was_measured_in_one_vocabulary(report_dir: Path) -> None:
+    page = (report_dir / "report.html").read_text()
+    facts = page[page.index("<table class='facts'>"):page.index("</table>")]
+    # the workload and the environment at the top, before any chart
+    assert "32-token prompts, 16-token outputs" in facts and "8 requests in flight" in facts
+    assert "vllm 0.32.0+cpu on CPU only" in facts
+    assert "1 met every SLO, 1 missed an SLO" in facts and "0 refused before launch" in facts
+    assert "infeasible" not in page.lower()
+    # the engine defaults are drawn and the recommendation is read against them
+    assert "engine defaults" in page and "Recommended: trial 0" in page
+    assert re.search(r"trial 0 gives 4\.\d\dx the defaults' out tok/s", html.unescape(page))
+    # the importances warn that two trials are few
+    assert "2 measured trials are few" in page
+
+
+def test_every_slo_is_drawn_and_axes_carry_units(report_dir: Path) -> None:
+    from autotune.report.charts import pareto_figure, slo_figure
+    from autotune.report.front import baseline_point, points, slo_series
+    from autotune.tuning import StudyResults
+
+    results = StudyResults.load(report_dir)
+    fig = pareto_figure(points(results, None), results.spec.objective_list, results.spec.constraints,
+                        baseline_point(results, None))
+    assert fig.layout.xaxis.title.text == "output throughput (tok/s), higher is better"
+    assert fig.layout.yaxis.title.text == "p99 TTFT (ms), lower is better"
+    names = [t.name for t in fig.data if t.name]
+    assert "recommended" in names and "engine defaults" in names and "missed an SLO" in names
+    slo = slo_figure(slo_series(results))
+    titles = [a.text for a in slo.layout.annotations]
+    assert "SLO p99(ttft)<2s" in titles and "SLO ttft<150ms@80%" in titles  # every SLO, not only the first
+    attainment = [t for t in slo.data if t.xaxis == "x2"][0]
+    assert [round(v, 1) for v in attainment.y] == [95.8, 16.7]  # 80% asked, trial 1 reached 16.7%
+
+
+def test_an_outlier_puts_its_axis_on_a_log_scale() -> None:
+    from autotune.report.front import scale
+
+    assert scale([60.0, 70.0, 80.0, 2245.0], "p99 TTFT").log
+    assert "30x the median" in (scale([60.0, 70.0, 80.0, 2245.0], "p99 TTFT").note or "")
+    assert not scale([60.0, 70.0, 80.0, 95.0], "p99 TTFT").log
 
 
 def test_pareto_png_is_a_png_with_the_front(report_dir: Path) -> None:

@@ -14,12 +14,14 @@ study's values carry the objectives' figure names (``study.metric_names``).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autotune.environment import missing
@@ -213,7 +215,9 @@ def name_metrics(study: Any, objectives: Sequence[Any]) -> None:
     optuna-dashboard and ``trials_dataframe()`` show these names, not "Objective 0"."""
     names = [o.metric for o in objectives]
     if len(names) == len(study.directions) and study.metric_names != names:
-        study.set_metric_names(names)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what optuna-dashboard reads
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(names)
 
 
 def _name_from_stored_spec(study: Any) -> None:
