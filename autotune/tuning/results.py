@@ -191,5 +191,5 @@ def _summary(r: TrialRecord) -> dict[str, Any]:
         "number": r.number, "verdict": r.verdict_text, "config": r.config,
         "values": list(r.values) if r.values else None, "feasible": r.feasible, "slo": r.slo,
         "figures": r.figures, "command": r.get("command"), "config_file": r.get("config_file"),
-        "env": r.get("env"), "environment": r.environment,
+        "env": r.get("env"), "environment": r.environment, "log_path": r.get("log_path"),
     }
