@@ -26,6 +26,8 @@ def _commands() -> list[list[str]]:
         if not line.startswith("    "):
             continue
         line = line.strip().split("  #")[0]
+        if not re.search(r"(^|[\s/])autotune\s", line):
+            continue  # printed output, not a command
         words = shlex.split(line)
         for i, word in enumerate(words):
             if word.endswith("autotune") and i + 1 < len(words) and not word.startswith("autotune["):
