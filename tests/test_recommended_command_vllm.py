@@ -57,7 +57,7 @@ def recommended(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> d
                             env=env, timeout=300, cwd=root)
     assert review.returncode == 0, review.stderr
     (point,) = json.loads(review.stdout)["front"]
-    return point
+    return {**point, "study_dir": str(root / "run")}
 
 
 def _settings(log: str) -> dict:
@@ -113,3 +113,14 @@ def test_the_printed_command_serves_what_was_measured(recommended: dict, tmp_pat
     assert measured["max_model_len"] == 256 and measured["max_logprobs"] == 7
     assert _settings(log.read_text()) == measured
 
+
+
+def test_verify_json_is_the_verdict_alone_on_stdout(recommended: dict) -> None:
+    out = subprocess.run(autotune_cmd("verify", recommended["study_dir"], "--starts", "1", "--json"),
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)  # progress went to stderr
+    (verification,) = data["verifications"]
+    assert verification["trial"] == recommended["number"] and len(verification["starts"]) == 1
+    assert verification["starts"][0]["status"] == "ok" and isinstance(verification["verified"], bool)
+    assert data["slo"] == ["p99(ttft)<120s"]
