@@ -129,7 +129,8 @@ def dashboard(
     from autotune.tuning.dashboard import serve_dashboard
 
     results, folder = opt.open_results(study_dir, storage, study)
-    url = storage or results.spec.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    db = study_dir if study_dir is not None and study_dir.is_file() else folder / "study.db"
+    url = storage or f"sqlite:///{db.resolve()}"
     serve_dashboard(url, port, on_ready=lambda: console.print(
         f"optuna-dashboard for {results.name} ({redact_url(url)}) on http://127.0.0.1:{port}/ (Ctrl-C stops it)",
         highlight=False, soft_wrap=True))
