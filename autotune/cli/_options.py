@@ -56,19 +56,19 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "scenario": (Optional[str], typer.Option(
         None, "--scenario", help="your traffic as a preset: chat, long-context, batch or a YAML file")),
     "concurrency": (Optional[int], typer.Option(
-        None, "--concurrency", "--max-concurrency", min=1,
+        None, "--concurrency", "--max-concurrency",
         help=f"requests in flight (default {_default('concurrency')}{_PRESET})")),
     "rate": (Optional[float], typer.Option(
         None, "--rate", "--request-rate",
         help="Poisson arrivals at this many requests/s (default: none, a closed loop at --concurrency)")),
     "prompt_tokens": (Optional[int], typer.Option(
-        None, "--prompt-tokens", "--input-len", min=1,
+        None, "--prompt-tokens", "--input-len",
         help=f"tokens per prompt (default {_default('prompt_tokens')}{_PRESET})")),
     "output_tokens": (Optional[int], typer.Option(
-        None, "--output-tokens", "--output-len", min=1,
+        None, "--output-tokens", "--output-len",
         help=f"tokens generated per request (default {_default('output_tokens')}{_PRESET})")),
     "num_requests": (Optional[int], typer.Option(
-        None, "--num-requests", "--num-prompts", min=1,
+        None, "--num-requests", "--num-prompts",
         help=f"measured requests per run (default {_default('num_requests')}{_PRESET})")),
     "max_model_len": (Optional[int], typer.Option(
         None, "--max-model-len", help="the engine's context length (default: tiny 512, else the model's own)")),
