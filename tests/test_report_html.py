@@ -177,6 +177,9 @@ def test_review_shows_cost_and_verification(report_dir: Path) -> None:
     for column in ("$/1K tok", "verified", "starts"):
         assert column in plain.stdout
     assert "$0" not in plain.stdout  # CPU without a price: "-", never a free 0
+    # what was measured, and the recommendation read against the engine defaults
+    assert plain.stdout.startswith("tiny-verify: tiny on vllm; 32-token prompts, 16-token outputs; 8 requests in flight")
+    assert re.search(r"engine defaults: out tok/s 445, .*missed an SLO; trial 0 gives 4\.48x", plain.stdout)
     priced = subprocess.run(autotune_cmd("review", str(report_dir), "--price-per-gpu-hour", "2.5"),
                             capture_output=True, text=True, timeout=300, env=env)
     assert priced.returncode == 0, priced.stderr
