@@ -1,7 +1,9 @@
-"""``autotune dashboard`` serves optuna-dashboard on loopback and stops cleanly on SIGTERM."""
+"""``autotune dashboard`` serves optuna-dashboard on loopback, stops cleanly on SIGTERM, and
+what it shows of a study is right: named values, SLOs as constraints, sortable figures."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +16,7 @@ from pathlib import Path
 from autotune.engines.launcher import free_port
 from tests.conftest import autotune_cmd
 from tests.test_report_html import build_recorded_study
+from tests.test_study_records import record_study
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -70,3 +73,35 @@ def _non_loopback_address() -> str | None:
     except OSError:
         return None
     return None if address.startswith("127.") else address
+
+
+def test_dashboard_shows_metric_names_and_the_missed_slo(tmp_path: Path) -> None:
+    """optuna-dashboard's own API on a study written by the tuning loop's writers: the
+    values carry the figures' names, the trial that missed its SLO is infeasible there,
+    and the key figures are sortable attributes."""
+    record_study(tmp_path / "run")
+    port = free_port("127.0.0.1")
+    proc = subprocess.Popen(
+        autotune_cmd("dashboard", str(tmp_path / "run"), "--port", str(port)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        studies = None
+        deadline = time.monotonic() + 120
+        while studies is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies")[1])
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        assert studies is not None, proc.stderr.read() if proc.poll() is not None and proc.stderr else "no answer"
+        (study,) = studies["study_summaries"]
+        detail = json.loads(_get(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}")[1])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert detail["objective_names"] == ["output_throughput", "p99_ttft_ms"]
+    met, missed = sorted(detail["trials"], key=lambda t: t["number"])
+    assert met["constraints"][0] <= 0 < missed["constraints"][0]  # p99 TTFT 471 ms against 300 ms
+    sortable = {a["key"]: a["sortable"] for a in detail["union_user_attrs"]}
+    assert sortable["p99_ttft_ms"] and sortable["output_throughput"]

@@ -404,4 +404,4 @@ def test_infeasible_trials_in_a_real_study_launch_nothing(tmp_path: Path, monkey
     console = Console(file=io.StringIO(), width=300)
     console.print(failures_table(StudyResults(run.study, spec)))
     shown = console.file.getvalue()
-    assert "infeasible" in shown and "KV for 1x131072 tokens 16.0 GiB > the CPU KV-cache space" in shown
+    assert "refused before launch" in shown and "KV for 1x131072 tokens 16.0 GiB > the CPU KV-cache space" in shown

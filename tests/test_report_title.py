@@ -23,5 +23,5 @@ def test_title_counts_slo_misses_and_refusals_apart() -> None:
     study.add_trial(create_trial(params={"max_num_seqs": 64}, distributions=dist, state=TrialState.PRUNED))
     spec = StudySpec(name="t", model="tiny", slo="ppl<+5%", objectives="max:output_tps")
     title = str(pareto_table(StudyResults(study, spec)).title)
-    assert "from 3 measured (2 broke an SLO)" in title, title
+    assert "from 3 measured (2 missed an SLO)" in title, title
     assert "1 refused before launch" in title and "0 failed" in title

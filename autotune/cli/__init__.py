@@ -13,6 +13,7 @@ import typer
 from autotune.cli import study as _study  # noqa: F401 - registers optimize, worker
 from autotune.cli import inspect as _inspect  # noqa: F401 - registers review, verify, report, dashboard, locate
 from autotune.cli import run as _run  # noqa: F401 - registers measure, compare
+from autotune.cli import export as _export  # noqa: F401 - registers export
 from autotune.cli._app import app, console, err_console
 from autotune.errors import UserError, one_line
 

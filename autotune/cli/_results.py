@@ -10,34 +10,41 @@ from autotune.tuning import StudyResults
 
 
 def print_results(results: StudyResults, study_dir: Path, price: Optional[float] = None) -> None:
-    """Notes, failures, quality, then the front (transposed on a narrow terminal) and each recommendation's command."""
-    from autotune.report import failures_table, pareto_table, quality_table, transposed, write_configs
+    """Notes, failures, quality, then the front (transposed on a narrow terminal), the
+    engine defaults' baseline, and each recommendation's config file and command."""
+    from autotune.report import (
+        baseline_line, failures_table, pareto_table, quality_table, transposed, workload_line, write_configs,
+    )
 
     for note in results.unreported():
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    console.print(workload_line(results), highlight=False, soft_wrap=True)
     for extra in (failures_table(results), quality_table(results)):
         if extra is not None:
             console.print(extra)
     table = pareto_table(results, price)
     if table.row_count and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
         table = transposed(table)  # a column per knob and figure would be cut to ellipses
+        console.print(table.title, highlight=False)  # wrapped to the terminal, not to the narrow table
+        table.title = None
     console.print(table)
+    line = baseline_line(results)
+    if line:
+        console.print(line, highlight=False, soft_wrap=True)
     for rec in write_configs(results, study_dir):
-        console.print(f"trial {rec.trial.number}: {rec.config_path}")
+        console.print(f"trial {rec.trial.number}: {rec.config_path}", highlight=False, soft_wrap=True)
         console.print(f"  {rec.command}", highlight=False, soft_wrap=True)
 
 
-def write_html_report(results: StudyResults, study_dir: Path, price: Optional[float]) -> None:
+def write_html_report(results: StudyResults, study_dir: Path, price: Optional[float], *, quiet: bool = False) -> None:
+    """report.html and pareto.png, or one line saying why not (the report extra is optional)."""
+    out = err_console if quiet else console
     try:
         from autotune.report import write_report
-    except ImportError as exc:  # the report extra is optional; the study itself is complete
-        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')",
-                      highlight=False, markup=False)
-        return
-    try:
+
         html_path, png_path = write_report(results, study_dir, price_per_gpu_hour=price)
-    except ImportError as exc:
-        console.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')",
-                      highlight=False, markup=False)
+    except ImportError as exc:  # the study itself is complete without its report
+        out.print(f"report: skipped ({exc.name or exc} is not installed: pip install 'autotune[report]')",
+                  highlight=False, markup=False)
         return
-    console.print(f"report: {html_path}  front: {png_path}", highlight=False, soft_wrap=True)
+    out.print(f"report: {html_path.resolve()}  front: {png_path.resolve()}", highlight=False, soft_wrap=True)

@@ -1,4 +1,9 @@
-"""``review``, ``verify``, ``report``, ``dashboard`` and ``locate``: what a study found, what it is worth, and why."""
+"""``review``, ``verify``, ``report``, ``dashboard`` and ``locate``: what a study found, what it is worth, and why.
+
+Each opens a study the same way (a folder, or ``--storage URL --study NAME``)
+and each that prints a table can print JSON instead (``--json``), whose
+layout does not depend on the terminal.
+"""
 
 from __future__ import annotations
 
@@ -13,102 +18,142 @@ from autotune.cli._app import app, console, err_console
 from autotune.cli._results import print_results, write_html_report
 from autotune.errors import UserError
 from autotune.figures import startup_text
-from autotune.tuning import StudyResults
 
 
 @app.command()
 def review(
-    study_dir: Path = typer.Argument(..., help="the study folder"),
+    study_dir: Optional[Path] = opt.STUDY_DIR,
+    storage: Optional[str] = opt.STORAGE,
+    study: Optional[str] = opt.STUDY,
     price: Optional[float] = opt.PRICE,
+    as_json: bool = opt.JSON,
 ) -> None:
-    """Print a study's Pareto front (with verification and cost) and write its recommended configs."""
-    from autotune.report import importance_table, rounds_table
+    """Print a study's Pareto front, its baseline and verification, and write each recommended config."""
+    from autotune.report import importance_table, rounds_table, write_configs
 
-    results = StudyResults.load(study_dir)
-    print_results(results, study_dir, price)
+    results, folder = opt.open_results(study_dir, storage, study)
+    if as_json:
+        data = results.to_json(price)
+        commands = {rec.trial.number: (str(rec.config_path), rec.command) for rec in write_configs(results, folder)}
+        for point in data["front"]:
+            point["config_path"], point["serve_command"] = commands.get(point["number"], (None, None))
+        print(json.dumps(data, indent=2, default=str))
+        return
+    print_results(results, folder, price)
     for table in (rounds_table(results), importance_table(results)):
         if table is not None:
             console.print(table)
+    note = results.importance_note()
+    if note and results.importances:
+        console.print(f"importance: {note}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def verify(
-    study_dir: Path = typer.Argument(..., help="the study folder"),
+    study_dir: Optional[Path] = opt.STUDY_DIR,
+    storage: Optional[str] = opt.STORAGE,
+    study: Optional[str] = opt.STUDY,
     top: Optional[int] = typer.Option(None, "--top", min=1, help="verify the best K trials instead of the Pareto front"),
     trials: list[int] = typer.Option([], "--trial", help="verify this trial (repeatable)"),
-    repeats: int = typer.Option(10, "--repeats", "-r", min=1, help="fresh server starts per configuration"),
+    starts: int = typer.Option(10, "--starts", "-s", min=1, help="fresh server starts per configuration"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", "-r", hidden=True),
     price: Optional[float] = opt.PRICE,
     fresh: bool = typer.Option(False, "--fresh", help="discard the starts stored by an earlier verify"),
+    as_json: bool = opt.JSON,
 ) -> None:
-    """Re-run the recommended configs with fresh server starts; verified only if the SLO holds at 95%."""
+    """Re-run the recommended configs on fresh server starts; verified only if the SLO holds at 95%."""
     from autotune.cli.progress import RichVerifyReporter
     from autotune.report import verdict_lines, verify_table
     from autotune.trial import setup_from_spec
     from autotune.verify import candidates, verify_study
 
-    results = StudyResults.load(study_dir)
+    if repeats is not None:
+        # --repeats is a measurement on one server start everywhere else; a fresh start is --starts.
+        raise UserError(f"verify counts fresh server starts: use --starts {repeats} (--repeats measures one start)")
+    results, folder = opt.open_results(study_dir, storage, study)
     spec = results.spec
     chosen, notes = candidates(results, top=top, trials=list(trials) or None)
     for note in notes:
         err_console.print(f"note: {note}", highlight=False)
     if not chosen:
-        raise UserError(f"nothing to verify in {study_dir}: no measured trial that met the SLO and carries its environment")
+        raise UserError(f"nothing to verify in {results.name}: no measured trial that met the SLO and carries its environment")
     setup = setup_from_spec(spec)
-    console.print(
-        f"verifying {', '.join(f'trial {t.number}' for t in chosen)} of {spec.name}: {repeats} fresh start(s) each"
-        + (f", SLO {spec.slo}" if spec.slo else ", no SLO")
+    out = err_console if as_json else console
+    out.print(
+        f"verifying {', '.join(f'trial {t.number}' for t in chosen)} of {spec.name}: {starts} fresh start(s) each"
+        + (f", SLO {spec.slo}" if spec.slo else ", no SLO"), highlight=False,
     )
-    with RichVerifyReporter(console) as reporter:
+    with RichVerifyReporter(out) as reporter:
         try:
             verified = verify_study(
-                results, setup, study_dir, chosen, repeats=repeats, price_per_gpu_hour=price, fresh=fresh,
+                results, setup, folder, chosen, repeats=starts, price_per_gpu_hour=price, fresh=fresh,
                 reporter=reporter,
             )
         except KeyboardInterrupt:
             reporter.progress.stop()
             err_console.print("interrupted: the starts measured so far are kept in the study; run the same command to go on")
             raise typer.Exit(130)
+    if as_json:
+        print(json.dumps({"study": results.name, "slo": results.slo_texts(),
+                          "verifications": [{"verified": v.verified, **v.to_json()} for v in verified]},
+                         indent=2, default=str))
+        write_html_report(results.reload(), folder, price, quiet=True)
+        return
     console.print(verify_table(verified))
     for r in verified:
         for line in verdict_lines(r):
             console.print(line, highlight=False, soft_wrap=True)
-    write_html_report(StudyResults.load(study_dir), study_dir, price)
+    write_html_report(results.reload(), folder, price)
 
 
 @app.command("report")
 def report_cmd(
-    study_dir: Path = typer.Argument(..., help="the study folder"),
+    study_dir: Optional[Path] = opt.STUDY_DIR,
+    storage: Optional[str] = opt.STORAGE,
+    study: Optional[str] = opt.STUDY,
     price: Optional[float] = opt.PRICE,
 ) -> None:
-    """Write report.html (self-contained) and pareto.png into the study folder."""
-    write_html_report(StudyResults.load(study_dir), study_dir, price)
+    """Write report.html and pareto.png into the study folder (plotly.min.js beside them, shared by reports)."""
+    results, folder = opt.open_results(study_dir, storage, study)
+    write_html_report(results, folder, price)
 
 
 @app.command()
 def dashboard(
-    study_dir: Path = typer.Argument(..., help="the study folder"),
+    study_dir: Optional[Path] = opt.STUDY_DIR,
+    storage: Optional[str] = opt.STORAGE,
+    study: Optional[str] = opt.STUDY,
     port: int = typer.Option(8080, "--port", min=1, max=65535),
 ) -> None:
     """Serve optuna-dashboard on the study's storage, on 127.0.0.1 only; Ctrl-C stops it."""
+    from autotune.spec import redact_url
     from autotune.tuning.dashboard import serve_dashboard
 
-    spec = StudyResults.load(study_dir).spec
-    url = spec.storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    results, folder = opt.open_results(study_dir, storage, study)
+    db = study_dir if study_dir is not None and study_dir.is_file() else folder / "study.db"
+    url = storage or f"sqlite:///{db.resolve()}"
     serve_dashboard(url, port, on_ready=lambda: console.print(
-        f"optuna-dashboard for {spec.name} on http://127.0.0.1:{port}/ (Ctrl-C stops it)", highlight=False))
+        f"optuna-dashboard for {results.name} ({redact_url(url)}) on http://127.0.0.1:{port}/ (Ctrl-C stops it)",
+        highlight=False, soft_wrap=True))
     console.print("dashboard stopped")
 
 
 @app.command()
 def locate(
-    study_dir: Path = typer.Argument(..., help="the study folder"),
-    trial: Optional[int] = typer.Argument(None, help="one trial (default: every measured trial)"),
-    as_json: bool = typer.Option(False, "--json", help="print the diagnosis as JSON"),
+    study_dir: Optional[Path] = opt.STUDY_DIR,
+    trial: Optional[int] = typer.Argument(None, metavar="[TRIAL]", help="one trial (default: every measured trial)"),
+    trial_flag: Optional[int] = typer.Option(None, "--trial", help="one trial, named as a flag"),
+    storage: Optional[str] = opt.STORAGE,
+    study: Optional[str] = opt.STUDY,
+    as_json: bool = opt.JSON,
 ) -> None:
     """Name each trial's bottleneck with its evidence and what to change; the study's parameter importances."""
     from autotune.locate import locate_study
 
-    result = locate_study(study_dir, trial)
+    trial = trial if trial is not None else trial_flag
+    if storage is not None and study_dir is not None and trial is None and study_dir.name.isdigit():
+        trial, study_dir = int(study_dir.name), None  # `locate --storage URL --study NAME 3`
+    result = locate_study(study_dir if storage is None else None, trial, storage=storage, name=study)
     if as_json:
         print(json.dumps(result.to_json(), indent=2, default=str))
         return
@@ -117,6 +162,9 @@ def locate(
 
 def _print_locate(result: Any) -> None:
     from rich.table import Table
+
+    from autotune.tuning import FEW_TRIALS
+    from autotune.tuning.importance import DEFAULT_EVALUATOR
 
     if not result.trials:
         console.print(f"study {result.study}: no measured trial to diagnose yet")
@@ -136,8 +184,13 @@ def _print_locate(result: Any) -> None:
                 console.print(f"    -> {what}: {a.text}", highlight=False)
         for m in td.missing:
             console.print(f"  (missing: {m})", highlight=False)
-    for imp in result.importances:
-        table = Table(title=f"parameter importance for {imp.objective} ({imp.evaluator})", title_justify="left")
+    measured = len(result.trials)
+    # One ranking everywhere: the method review and report.html show (--json has every method).
+    for imp in (i for i in result.importances if i.evaluator == DEFAULT_EVALUATOR):
+        caption = (f"{measured} trials are few: read this as a hint (below {FEW_TRIALS} trials it is unstable)"
+                   if measured < FEW_TRIALS else None)
+        table = Table(title=f"parameter importance for {imp.objective} ({imp.evaluator})", title_justify="left",
+                      caption=caption)
         table.add_column("knob")
         table.add_column("importance", justify="right")
         for knob, value in imp.importances.items():

@@ -9,7 +9,7 @@ from rich.table import Table
 from autotune.cost import COST_KEY, cost_figures, format_cost
 from autotune.figures import format_figure, label
 from autotune.spec import StudySpec
-from autotune.tuning import FEW_TRIALS, StudyResults, TrialRecord
+from autotune.tuning import StudyResults, TrialRecord
 
 __all__ = [
     "SHOWN", "failures_table", "importance_table", "pareto_table", "quality_table", "rounds_table", "transposed",
@@ -54,8 +54,8 @@ def pareto_table(results: StudyResults, price_per_gpu_hour: float | None = None)
     counts = results.counts()
     title = (
         f"Pareto front of {results.name}: {len(front)} point(s) from {counts['measured']} measured "
-        f"({counts['missed_slo']} broke an SLO), {counts['failed']} failed, "
-        f"{counts['refused']} refused before launch"
+        f"({counts['missed_slo']} missed an SLO), {counts['failed']} failed "
+        f"({counts['failed_to_start']} to start), {counts['refused']} refused before launch"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
@@ -105,16 +105,16 @@ def transposed(table: Table) -> Table:
 
 
 def failures_table(results: StudyResults) -> Table | None:
+    """Trials refused before launch, failed to start or failed while measuring, each with its reason."""
     bad = [t for t in results.trials if t.state in ("fail", "pruned")]
     if not bad:
         return None
-    table = Table(title="Failed and infeasible trials", title_justify="left")
+    table = Table(title="Trials without figures", title_justify="left")
     table.add_column("trial", justify="right")
-    table.add_column("state")
+    table.add_column("verdict")
     table.add_column("reason", overflow="fold")
     for t in bad:
-        state = "infeasible" if t.state == "pruned" else (t.status or "failed")
-        table.add_row(str(t.number), state, str(t.reason or ""))
+        table.add_row(str(t.number), t.verdict_text, str(t.reason or ""))
     return table
 
 
@@ -146,9 +146,8 @@ def importance_table(results: StudyResults) -> Table | None:
     if not now and not rounds:
         return None
     n = len(results.measured())
-    caption = (f"{n} measured trials are few: read these as hints (below {FEW_TRIALS} trials importances are unstable)"
-               if n < FEW_TRIALS else None)
-    table = Table(title="Parameter importances (fANOVA, first objective)", title_justify="left", caption=caption)
+    hint = ": a hint, see below" if results.importance_note() else ""
+    table = Table(title=f"Parameter importances (fANOVA, first objective{hint})", title_justify="left")
     table.add_column("knob")
     table.add_column(f"all {n} trials", justify="right")
     for r in rounds:

@@ -1,10 +1,17 @@
 """``report.html`` and ``pareto.png``: the study as something to read and share.
 
-The HTML is one file that opens from disk with no network: plotly.js is
-inlined once in the page, and nothing else is fetched. It holds the Pareto
-front (hover a point for its configuration), parameter importances, the
-diagnosis of each recommendation, the verification table, the environment,
-and each recommendation's command line.
+The page opens from disk with no network. plotly.js sits once beside it
+(``plotly.min.js``, written into the folder on the first report and shared by
+every report there), so report.html itself stays small; where the script is
+missing the page shows pareto.png instead of the interactive charts.
+
+It says first what was measured (model, engine, workload, SLO, environment)
+and what came of every trial, in the words every report uses (met every SLO,
+missed an SLO, refused before launch, failed to start); then the Pareto front
+(recommended point and engine defaults marked, hover a point for its
+configuration), every SLO against each trial, the recommendations with their
+commands, the verification, the diagnosis, the parameter importances and the
+environment.
 
 Only results that carry their environment record are shown; the others are
 named in a note at the top.
@@ -22,19 +29,22 @@ from typing import Any
 from autotune.cost import format_cost
 from autotune.environment import describe, missing
 from autotune.locate import locate_trial
-from autotune.report.configs import serve_command
+from autotune.report.charts import importance_figure, pareto_figure, pareto_scales, slo_figure
+from autotune.report.configs import serve_command, write_configs
 from autotune.report.console import trial_cost
-from autotune.report.front import axes, hover, points, short, slo_lines, xy
+from autotune.report.context import baseline_line, environment_text, workload_text
+from autotune.report.front import baseline_point, points, short, slo_series
 from autotune.report.png import write_pareto_png
 from autotune.report.verification import figure_rows
-from autotune.spec import Constraint, Objective, StudySpec
-from autotune.tuning import FEW_TRIALS, StudyResults, TrialRecord
+from autotune.spec import StudySpec
+from autotune.tuning import StudyResults, TrialRecord
 from autotune.verify import Verification, stored
 
-__all__ = ["HTML_NAME", "PNG_NAME", "pareto_figure", "write_report"]
+__all__ = ["HTML_NAME", "PLOTLY_NAME", "PNG_NAME", "pareto_figure", "write_report"]
 
 HTML_NAME = "report.html"
 PNG_NAME = "pareto.png"
+PLOTLY_NAME = "plotly.min.js"
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
@@ -42,71 +52,37 @@ h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px sol
 table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right;vertical-align:top}
 th{background:#f4f4f4}td.l,th.l{text-align:left}pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
 .ok{color:#137333;font-weight:600}.bad{color:#b3261e;font-weight:600}.note{color:#8a5300}.muted{color:#666}
+.facts th{text-align:left;width:9rem}.facts td{text-align:left}.headline{font-size:1.1rem;background:#e8f0fe;padding:.6rem .8rem}
+.fallback{display:none;max-width:100%}
 """
 
 
 def write_report(results: StudyResults, study_dir: Path, *, price_per_gpu_hour: float | None = None) -> tuple[Path, Path]:
-    """Writes ``report.html`` and ``pareto.png`` into the study folder; returns their paths."""
+    """Writes ``report.html`` and ``pareto.png`` into the study folder (and plotly.js
+    beside them when it is not there yet); returns the page's and the PNG's paths."""
     study_dir.mkdir(parents=True, exist_ok=True)
     objectives = results.spec.objective_list
     drawn = points(results, price_per_gpu_hour)
+    baseline = baseline_point(results, price_per_gpu_hour)
     png = study_dir / PNG_NAME
     write_pareto_png(drawn, objectives, png, title=f"Pareto front of {results.name}",
-                     constraints=results.spec.constraints)
-    page = render(results, study_dir, objectives, drawn, price_per_gpu_hour)
+                     constraints=results.spec.constraints, baseline=baseline)
+    _write_plotly(study_dir)
+    write_configs(results, study_dir)  # the commands on the page name these files
+    page = render(results, study_dir, drawn, baseline, price_per_gpu_hour)
     out = study_dir / HTML_NAME
     out.write_text(page, encoding="utf-8")
     return out, png
 
 
-def pareto_figure(
-    points: list[dict[str, Any]], objectives: list[Objective], constraints: list[Constraint] | None = None
-) -> Any:
-    import plotly.graph_objects as go
+def _write_plotly(folder: Path) -> None:
+    """plotly.js once per folder: rewritten only when the installed plotly's differs."""
+    from plotly.offline import get_plotlyjs
 
-    x_name, y_name = axes(objectives)
-    fig = go.Figure()
-    groups = (
-        ("Pareto front (recommended)", lambda p: p["front"], dict(size=13, color="#1a73e8", symbol="circle")),
-        ("met the SLO", lambda p: p["feasible"] and not p["front"], dict(size=9, color="#7baaf7", symbol="circle")),
-        ("missed the SLO", lambda p: not p["feasible"], dict(size=9, color="#d93025", symbol="x")),
-    )
-    for label, keep, marker in groups:
-        chosen = sorted((p for p in points if keep(p)), key=lambda p: xy(p, objectives))
-        xs, ys = zip(*(xy(p, objectives) for p in chosen)) if chosen else ((), ())
-        fig.add_trace(go.Scatter(
-            x=list(xs), y=list(ys), mode="markers+lines" if label.startswith("Pareto") and len(objectives) > 1 else "markers",
-            name=label, marker=marker, line=dict(dash="dot", width=1), text=[hover(p) for p in chosen],
-            hovertemplate="%{text}<extra></extra>",
-        ))
-    for axis, text, limit in slo_lines(constraints or [], objectives):
-        line = dict(line_dash="dash", line_color="#d93025", annotation_text=f"SLO {text}")
-        fig.add_hline(y=limit, **line) if axis == "y" else fig.add_vline(x=limit, **line)
-    fig.update_layout(
-        xaxis_title=x_name, yaxis_title=y_name, template="plotly_white", height=520,
-        legend=dict(orientation="h", y=-0.18), margin=dict(l=60, r=20, t=30, b=60),
-    )
-    return fig
-
-
-def importance_figure(results: StudyResults, objectives: list[Objective]) -> tuple[Any | None, str | None]:
-    """The knobs' importances for the first objective (the same figures ``review`` prints), or why there are none."""
-    n = len(results.measured())
-    if n < 2:
-        return None, f"needs at least 2 measured trials (this study has {n})"
-    ranked = sorted(results.importances.items(), key=lambda kv: kv[1])
-    if not ranked or not any(v > 0 for _, v in ranked):
-        return None, "no parameter varied enough across the measured trials to rank"
-    import plotly.graph_objects as go
-
-    fig = go.Figure(go.Bar(x=[v for _, v in ranked], y=[k for k, _ in ranked], orientation="h",
-                           marker_color="#1a73e8", hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
-    title = f"Parameter importances for {objectives[0].text} (fANOVA, {n} measured trials)"
-    if n < FEW_TRIALS:
-        title += f": fewer than {FEW_TRIALS} trials, read as a hint"
-    fig.update_layout(height=120 + 40 * len(ranked), template="plotly_white", title=title,
-                      xaxis_title="importance (share of the objective's variance)", margin=dict(l=200, r=20, t=50, b=50))
-    return fig, None
+    script = get_plotlyjs()
+    path = folder / PLOTLY_NAME
+    if not path.exists() or path.stat().st_size != len(script.encode("utf-8")):
+        path.write_text(script, encoding="utf-8")
 
 
 def diagnoses(trials: list[TrialRecord]) -> tuple[dict[int, Any], str | None]:
@@ -147,40 +123,46 @@ def _render_diagnosis(value: Any) -> str:
 
 
 def render(
-    results: StudyResults, study_dir: Path, objectives: list[Objective], drawn: list[dict[str, Any]],
+    results: StudyResults, study_dir: Path, drawn: list[dict[str, Any]], baseline: dict[str, Any] | None,
     price: float | None,
 ) -> str:
-    from plotly.offline import get_plotlyjs
-
     spec = results.spec
+    objectives = spec.objective_list
     front = results.front()
     verifications = stored(results)
-    counts = results.counts()
-    parts: list[str] = []
     e = html.escape
-    parts.append(f"<h1>autotune study {e(str(spec.name))}</h1>")
-    parts.append(
-        "<p>"
-        f"model <b>{e(spec.model)}</b>, engine <b>{e(spec.engine.name)}</b>, objectives <code>{e(spec.objectives)}</code>"
-        + (f", SLO <code>{e(spec.slo)}</code>" if spec.slo else ", no SLO")
-        + f". {counts['measured']} measured, {counts['failed']} failed, "
-        f"{counts['refused']} infeasible; {len(front)} recommended.</p>"
-    )
-    parts.append(f"<p class='muted'>written {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
-                 f"from {e(str(study_dir.resolve()))}</p>")
+    parts: list[str] = [f"<h1>autotune study {e(str(spec.name))}</h1>", _facts(results, study_dir)]
     for note in results.unreported():
         parts.append(f"<p class='note'>{e(note)}</p>")
+    headline = _headline(results)
+    if headline:
+        parts.append(f"<p class='headline'>{e(headline)}</p>")
 
     parts.append("<h2>Pareto front</h2>")
-    parts.append("<p class='muted'>Hover a point for its configuration. Recommended points are feasible and "
-                 "not dominated on the study's objectives.</p>")
-    parts.append(_plot_div(pareto_figure(drawn, objectives, spec.constraints), "pareto-plot"))
+    parts.append("<p class='muted'>Hover a point for its configuration. The star is the recommended point "
+                 "(the front's best on the first objective); the front's other points are the trade-offs "
+                 "that met every SLO and that no other trial beat on both objectives.</p>")
+    parts.append(_plot_div(pareto_figure(drawn, objectives, spec.constraints, baseline), "pareto-plot"))
+    parts.append(f"<img class='fallback' src='{PNG_NAME}' alt='Pareto front'>")
+    for axis in pareto_scales(drawn + ([baseline] if baseline else []), objectives):
+        if axis.note:
+            parts.append(f"<p class='note'>{e(axis.note)}.</p>")
+
+    slo_fig = slo_figure(slo_series(results)) if spec.constraints else None
+    if slo_fig is not None:
+        parts.append("<h2>SLOs</h2>")
+        parts.append("<p class='muted'>Each SLO against every measured trial: the dashed line is its bound, "
+                     "a cross a trial that missed it.</p>")
+        parts.append(_plot_div(slo_fig, "slo-plot"))
 
     parts.append("<h2>Recommendations</h2>")
     parts.append(_recommendations(spec, study_dir, front, verifications, price))
 
     parts.append("<h2>Verification</h2>")
     parts.append(_verification_section(front, verifications))
+
+    parts.append("<h2>Trials without figures</h2>")
+    parts.append(_unmeasured(results))
 
     parts.append("<h2>Diagnosis</h2>")
     diag, problem = diagnoses(front)
@@ -191,6 +173,9 @@ def render(
             parts.append(f"<h3>trial {t.number}</h3>{_render_diagnosis(diag[t.number])}")
 
     parts.append("<h2>Parameter importances</h2>")
+    note = results.importance_note()
+    if note:
+        parts.append(f"<p class='note'>{e(note)}.</p>")
     fig, why = importance_figure(results, objectives)
     parts.append(_plot_div(fig, "importance-plot") if fig is not None else f"<p class='muted'>{e(why or '')}</p>")
 
@@ -201,8 +186,47 @@ def render(
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>autotune: {e(str(spec.name))}</title><style>{_CSS}</style>"
-        f"<script type='text/javascript'>{get_plotlyjs()}</script></head>\n<body>\n{body}\n</body></html>\n"
+        f"<script type='text/javascript' src='{PLOTLY_NAME}'></script></head>\n<body>\n{body}\n"
+        "<script>if(!window.Plotly){document.querySelectorAll('.fallback').forEach("
+        "function(i){i.style.display='block'})}</script>\n</body></html>\n"
     )
+
+
+def _facts(results: StudyResults, study_dir: Path) -> str:
+    """What was measured, first: the model, the load, the goals and where."""
+    spec = results.spec
+    counts = results.counts()
+    e = html.escape
+    outcome = (f"{len(results.trials)} trials: {counts['measured']} measured "
+               f"({counts['measured'] - counts['missed_slo']} met every SLO, {counts['missed_slo']} missed an SLO), "
+               f"{counts['refused']} refused before launch, {counts['failed_to_start']} failed to start, "
+               f"{counts['failed'] - counts['failed_to_start']} failed otherwise; {len(results.front())} recommended")
+    rows = [
+        ("model", spec.model), ("engine", spec.engine.name), ("workload", workload_text(spec)),
+        ("SLO", spec.slo or "none"), ("objectives", spec.objectives), ("measured on", environment_text(results)),
+        ("trials", outcome),
+        ("written", f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} from {study_dir.resolve()}"),
+    ]
+    return "<table class='facts'>" + "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _headline(results: StudyResults) -> str | None:
+    best = results.best()
+    line = baseline_line(results)
+    if best is None:
+        return None
+    head = f"Recommended: trial {best.number}"
+    return f"{head}. {line[0].upper() + line[1:]}." if line else head + "."
+
+
+def _unmeasured(results: StudyResults) -> str:
+    bad = [t for t in results.trials if t.state in ("fail", "pruned")]
+    if not bad:
+        return "<p class='muted'>every trial was measured</p>"
+    e = html.escape
+    rows = "".join(f"<tr><td>{t.number}</td><td class='l'>{e(t.verdict_text)}</td><td class='l'>{e(str(t.reason or ''))}</td></tr>"
+                   for t in bad)
+    return "<table><tr><th>trial</th><th class='l'>verdict</th><th class='l'>reason</th></tr>" + rows + "</table>"
 
 
 def _plot_div(fig: Any, div_id: str) -> str:
@@ -224,8 +248,7 @@ def _recommendations(
         v = verifications.get(t.number)
         verdict = "-" if v is None else ("<span class='ok'>verified</span>" if v.verified
                                          else "<span class='bad'>not verified</span>")
-        path = study_dir / "configs" / f"trial-{t.number}.yaml"
-        cmd = serve_command(spec, t, path)
+        cmd = serve_command(spec, t, (study_dir / "configs" / f"trial-{t.number}.yaml").resolve())
         rows.append(
             f"<tr><td>{t.number}</td><td class='l'>{'<br>'.join(e(f'{k}={short(x)}') for k, x in sorted(config.items()))}</td>"
             f"<td>{_num(f.get('output_throughput'), '{:,.0f}')}</td><td>{_num(f.get('p99_ttft_ms'), '{:,.0f}')}</td>"
@@ -236,8 +259,8 @@ def _recommendations(
     return (
         "<table><tr><th>trial</th><th class='l'>configuration</th><th>out tok/s</th><th>p99 TTFT ms</th>"
         "<th>TPOT ms</th><th>$/1K tokens</th><th>verified</th></tr>" + "".join(rows) + "</table>"
-        "<p class='muted'>Each command serves the configuration with the engine's own CLI; the config file is "
-        "written by <code>autotune review</code>.</p>"
+        "<p class='muted'>Each command serves the configuration as it was measured, with the engine's own CLI: "
+        "the config file holds every launch option of the trial.</p>"
     )
 
 

@@ -17,7 +17,7 @@ import optuna
 from autotune.environment import missing
 from autotune.json_safe import json_safe
 from autotune.spec import StudySpec
-from autotune.tuning.importance import param_importances
+from autotune.tuning.importance import DEFAULT_EVALUATOR, FEW_TRIALS, param_importances
 from autotune.tuning.records import TrialRecord, rank
 from autotune.tuning.rounds import decisions_of, importances_of
 from autotune.tuning.storage import load_study
@@ -25,6 +25,7 @@ from autotune.tuning.storage import load_study
 __all__ = ["StudyResults"]
 
 VERIFY_PREFIX = "verify:"  # study attribute of one trial's verification
+BASELINE_ATTR = "baseline"  # study attribute: the engine's defaults, measured first, as a trial's attributes
 
 
 class StudyResults:
@@ -49,6 +50,10 @@ class StudyResults:
         study, spec = load_study(study_dir, storage=storage, name=name)
         return cls(study, spec)
 
+    def reload(self) -> "StudyResults":
+        """The same study read again from its storage (after a verification stored its starts)."""
+        return StudyResults(self._study, self.spec)
+
     def measured(self) -> list[TrialRecord]:
         return [r for r in self.trials if r.measured]
 
@@ -69,14 +74,41 @@ class StudyResults:
     def trial(self, number: int) -> TrialRecord | None:
         return next((r for r in self.trials if r.number == number), None)
 
+    def baseline(self) -> TrialRecord | None:
+        """The engine's defaults as measured for this study, when it measured them: the
+        point every recommendation is read against ("1.3x the defaults' goodput").
+
+        Kept as a study attribute holding what a trial keeps (config, figures,
+        environment, values, feasible, ...), so it is never a point Optuna samples from.
+        """
+        data = self._study.user_attrs.get(BASELINE_ATTR)
+        if not isinstance(data, Mapping):
+            return None
+        values = data.get("values")
+        attrs = {k: v for k, v in data.items() if k not in ("values", "number", "state", "params")}
+        return TrialRecord(
+            number=int(data.get("number", -1)),
+            state=str(data.get("state", "complete" if data.get("figures") else "fail")),
+            values=tuple(float(v) for v in values) if isinstance(values, (list, tuple)) and values else None,
+            params=dict(data.get("params") or {}),
+            attrs=attrs,
+        )
+
     def counts(self) -> dict[str, int]:
-        """Measured (and how many of those broke an SLO), failed, and refused before launch."""
+        """Measured (and how many of those missed an SLO), failed (to start, or while
+        measuring), and refused before launch: each trial in one of these, by its verdict."""
+        verdicts = [r.verdict for r in self.trials]
         return {
             "measured": sum(r.measured for r in self.trials),
-            "missed_slo": sum(r.measured and not r.feasible for r in self.trials),
+            "missed_slo": verdicts.count("missed"),
             "failed": sum(r.state == "fail" for r in self.trials),
-            "refused": sum(r.state == "pruned" for r in self.trials),
+            "failed_to_start": verdicts.count("failed_to_start"),
+            "refused": verdicts.count("refused"),
         }
+
+    def slo_texts(self) -> list[str]:
+        """The study's SLOs, in the order their constraints are stored."""
+        return [c.text for c in self.spec.constraints] if self.spec is not None else []
 
     def unreported(self) -> list[str]:
         """Notes on measured trials left out of every report for want of an environment record."""
@@ -113,8 +145,51 @@ class StudyResults:
 
     @cached_property
     def importances(self) -> dict[str, float]:
-        """Each knob's importance for the first objective over every measured trial (fANOVA)."""
+        """Each knob's importance for the first objective over every measured trial (fANOVA,
+        the one method every report shows; below ``FEW_TRIALS`` trials it is a hint)."""
         return param_importances(self._study)
+
+    def importance_note(self) -> str | None:
+        """Why the importances should be read as a hint, when they should."""
+        n = len(self.measured())
+        if n < FEW_TRIALS:
+            return (f"{n} measured trials are few: read the importances as a hint "
+                    f"(below {FEW_TRIALS} trials their ranking is unstable)")
+        return None
 
     def importances_by(self, evaluator: str, objective: int) -> dict[str, float]:
         return param_importances(self._study, evaluator=evaluator, objective=objective)
+
+    def to_json(self, price: float | None = None) -> dict[str, Any]:
+        """The study as ``review --json`` prints it: what was asked, the front, the
+        baseline, every trial's verdict, the importances and the verifications."""
+        spec = self.spec
+        baseline = self.baseline()
+        return json_safe({
+            "study": self.name,
+            "model": spec.model if spec else None,
+            "engine": spec.engine.name if spec else None,
+            "objectives": [{"text": o.text, "metric": o.metric, "direction": o.direction}
+                           for o in spec.objective_list] if spec else [],
+            "slo": self.slo_texts(),
+            "workload": spec.workload.model_dump(mode="json") if spec else None,
+            "counts": self.counts(),
+            "front": [_summary(r) for r in self.front()],
+            "best": _summary(self.best()) if self.best() else None,
+            "baseline": _summary(baseline) if baseline else None,
+            "trials": [{"number": r.number, "verdict": r.verdict_text, "reason": r.reason} for r in self.trials],
+            "importances": {"method": DEFAULT_EVALUATOR, "objective": spec.objective_list[0].text if spec else None,
+                            "values": self.importances, "note": self.importance_note()},
+            "verifications": self.verifications(),
+            "notes": self.unreported(),
+        })
+
+
+def _summary(r: TrialRecord) -> dict[str, Any]:
+    """One point as a script reads it: its configuration, values, figures and verdicts."""
+    return {
+        "number": r.number, "verdict": r.verdict_text, "config": r.config,
+        "values": list(r.values) if r.values else None, "feasible": r.feasible, "slo": r.slo,
+        "figures": r.figures, "command": r.get("command"), "config_file": r.get("config_file"),
+        "env": r.get("env"), "environment": r.environment, "log_path": r.get("log_path"),
+    }
