@@ -65,8 +65,12 @@ def _record(number: int, goodput: float, good: float, bad: float) -> TrialRecord
     return TrialRecord(number, "complete", (goodput,), {}, {"figures": {"goodput": goodput}, "goodput": LEVELS(good, bad)})
 
 
+def _base(**attrs: object) -> TrialRecord:
+    return TrialRecord(-1, "complete", None, {}, {"status": "ok", **attrs})
+
+
 def test_versus_defaults_gives_the_interval_of_the_goodput_brackets() -> None:
-    base = {"status": "ok", "figures": {"goodput": 10.0}, "goodput": LEVELS(10.0, 12.0)}
+    base = _base(figures={"goodput": 10.0}, goodput=LEVELS(10.0, 12.0))
     beat = versus_defaults(_record(3, 15.0, 15.0, 16.0), base, "goodput", maximize=True)
     # The best lies in [15, 16), the defaults in [10, 12): the ratio in (15/12, 16/10).
     assert beat == "best: trial 3, 1.50x the defaults' goodput (95% CI 1.25..1.60)"
@@ -75,7 +79,7 @@ def test_versus_defaults_gives_the_interval_of_the_goodput_brackets() -> None:
 
 
 def test_versus_defaults_says_when_there_is_no_interval() -> None:
-    base = {"status": "ok", "figures": {"output_throughput": 100.0}}
+    base = _base(figures={"output_throughput": 100.0})
     best = TrialRecord(2, "complete", (130.0,), {}, {"figures": {"output_throughput": 130.0}})
     line = versus_defaults(best, base, "output_throughput", maximize=True)
     assert "1.30x" in line and "no interval" in line
@@ -83,7 +87,8 @@ def test_versus_defaults_says_when_there_is_no_interval() -> None:
         "figures": {"output_throughput": 130.0},
         "repeats": {"summary": {"output_throughput": {"ci95": [120.0, 140.0]}}},
     })
-    base_rep = {**base, "repeats": {"summary": {"output_throughput": {"ci95": [95.0, 105.0]}}}}
+    base_rep = _base(figures={"output_throughput": 100.0},
+                     repeats={"summary": {"output_throughput": {"ci95": [95.0, 105.0]}}})
     assert versus_defaults(repeated, base_rep, "output_throughput", maximize=True) == (
-        f"best: trial 2, 1.30x the defaults' output_throughput (95% CI {120 / 105:.2f}..{140 / 95:.2f})")
+        f"best: trial 2, 1.30x the defaults' out tok/s (95% CI {120 / 105:.2f}..{140 / 95:.2f})")
     assert "not measured" in versus_defaults(best, None, "output_throughput", True)

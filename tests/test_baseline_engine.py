@@ -12,6 +12,7 @@ beyond that.
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 from pathlib import Path
@@ -58,10 +59,10 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Pat
 
 def test_the_defaults_are_measured_first_with_no_knob_set(study_dir: Path) -> None:
     results = StudyResults.load(study_dir)
-    baseline = results._study.user_attrs["baseline"]
-    assert baseline["status"] == "ok" and baseline["config"] == {}
-    assert "--max-num-seqs" not in baseline["command"]  # the engine's own default, not ours
-    assert baseline["figures"]["goodput"] == 8  # all eight batched under the bound
+    baseline = results.baseline()
+    assert baseline is not None and baseline.get("status") == "ok" and baseline.config == {}
+    assert "--max-num-seqs" not in baseline.get("command")  # the engine's own default, not ours
+    assert baseline.figures["goodput"] == 8  # all eight batched under the bound
     assert (study_dir / "baseline" / "engine.log").exists()
     assert [t.number for t in results.trials] == [0]  # on top of the budget, not one of its trials
 
@@ -77,3 +78,17 @@ def test_a_loser_stops_at_the_incumbent_after_one_level(study_dir: Path) -> None
     assert "goodput" not in trial.figures and trial.figures["goodput_upper_bound"] == 8
     assert trial.measured and not trial.feasible
     assert trial.values == (8.0,)
+
+
+def test_review_reads_every_trial_against_the_defaults_and_bills_the_starts(study_dir: Path) -> None:
+    out = subprocess.run(autotune_cmd("review", str(study_dir)), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "goodput x defaults" in out.stdout  # the ratio column, the defaults' own row at 1.00x
+    assert re.search(r"│ defaults .*│ +1\.00x │", out.stdout), out.stdout
+    assert "engine defaults: goodput 8" in out.stdout
+    # The start-up bill of each start, from the engine's own log, and where the engine time went.
+    assert "Engine starts" in out.stdout and re.search(r"│ defaults +│ +\d", out.stdout)
+    assert re.search(r"│ 0 +│ +\d", out.stdout)
+    spent = re.search(r"engine time: [\d.]+ min, (\d+)% starting engines, (\d+)% under load, (\d+)% other", out.stdout)
+    assert spent and 98 <= sum(int(x) for x in spent.groups()) <= 102

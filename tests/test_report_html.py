@@ -112,7 +112,7 @@ def test_report_states_what_was_measured_in_one_vocabulary(report_dir: Path) -> 
     assert "infeasible" not in page.lower()
     # the engine defaults are drawn and the recommendation is read against them
     assert "engine defaults" in page and "Recommended: trial 0" in page
-    assert re.search(r"trial 0 gives 4\.\d\dx the defaults' out tok/s", html.unescape(page))
+    assert re.search(r"best: trial 0, 4\.\d\dx the defaults' out tok/s", html.unescape(page))
     # the importances warn that two trials are few
     assert "2 measured trials are few" in page
 
@@ -179,7 +179,7 @@ def test_review_shows_cost_and_verification(report_dir: Path) -> None:
     assert "$0" not in plain.stdout  # CPU without a price: "-", never a free 0
     # what was measured, and the recommendation read against the engine defaults
     assert plain.stdout.startswith("tiny-verify: tiny on vllm; 32-token prompts, 16-token outputs; 8 requests in flight")
-    assert re.search(r"engine defaults: out tok/s 445, .*missed an SLO; trial 0 gives 4\.48x", plain.stdout)
+    assert re.search(r"engine defaults: out tok/s 445, .*missed an SLO\nbest: trial 0, 4\.48x", plain.stdout)
     priced = subprocess.run(autotune_cmd("review", str(report_dir), "--price-per-gpu-hour", "2.5"),
                             capture_output=True, text=True, timeout=300, env=env)
     assert priced.returncode == 0, priced.stderr

@@ -28,9 +28,9 @@ def print_results(results: StudyResults, study_dir: Path, price: Optional[float]
         console.print(table.title, highlight=False)  # wrapped to the terminal, not to the narrow table
         table.title = None
     console.print(table)
-    line = baseline_line(results)
-    if line:
-        console.print(line, highlight=False, soft_wrap=True)
+    for line in (baseline_line(results), results.engine_time_line()):
+        if line:
+            console.print(line, highlight=False, soft_wrap=True)
     for rec in write_configs(results, study_dir):
         console.print(f"trial {rec.trial.number}: {rec.config_path}", highlight=False, soft_wrap=True)
         console.print(f"  {rec.command}", highlight=False, soft_wrap=True)

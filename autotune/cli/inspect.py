@@ -29,7 +29,7 @@ def review(
     as_json: bool = opt.JSON,
 ) -> None:
     """Print a study's Pareto front, its baseline and verification, and write each recommended config."""
-    from autotune.report import importance_table, rounds_table, write_configs
+    from autotune.report import importance_table, rounds_table, startup_table, write_configs
 
     results, folder = opt.open_results(study_dir, storage, study)
     if as_json:
@@ -40,9 +40,10 @@ def review(
         print(json.dumps(data, indent=2, default=str))
         return
     print_results(results, folder, price)
-    for table in (rounds_table(results), importance_table(results)):
+    for table in (startup_table(results), rounds_table(results), importance_table(results)):
         if table is not None:
             console.print(table)
+
     note = results.importance_note()
     if note and results.importances:
         console.print(f"importance: {note}", highlight=False, soft_wrap=True)

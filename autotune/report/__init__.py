@@ -13,6 +13,7 @@ from autotune.report.console import (
     pareto_table,
     quality_table,
     rounds_table,
+    startup_table,
     transposed,
     trial_cost,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "quality_table",
     "rounds_table",
     "serve_command",
+    "startup_table",
     "transposed",
     "trial_cost",
     "verdict_lines",

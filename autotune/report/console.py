@@ -12,7 +12,8 @@ from autotune.spec import StudySpec
 from autotune.tuning import StudyResults, TrialRecord
 
 __all__ = [
-    "SHOWN", "failures_table", "importance_table", "pareto_table", "quality_table", "rounds_table", "transposed",
+    "SHOWN", "failures_table", "importance_table", "pareto_table", "quality_table", "rounds_table", "startup_table",
+    "transposed",
     "trial_cost",
 ]
 
@@ -72,22 +73,42 @@ def pareto_table(results: StudyResults, price_per_gpu_hour: float | None = None)
     table.add_column("verified", justify="center")
     table.add_column("starts", justify="right")
     table.add_column("out tok/s 95% CI", justify="right")
-    for t in front:
+    base = results.baseline()
+    ratio_of = _ratio_key(objectives[0].metric)
+    base_value = (base.figures.get(ratio_of) if base is not None and base.measured else None)
+    if base is not None:
+        table.add_column(f"{label(ratio_of)} x defaults", justify="right")
+    rows = ([base] if base is not None else []) + front
+    for t in rows:
         figures = t.figures
         config = t.config
-        row = [str(t.number)] + [fmt_value(config.get(k)) for k in knobs]
-        for o, v in zip(objectives, t.values or ()):
-            if o.metric not in SHOWN:
-                row.append(f"{v:,.3g}")
+        name = "defaults" if t is base else str(t.number)
+        row = [name] + [fmt_value(config.get(k)) if t is not base else "-" for k in knobs]
+        values = list(t.values or ()) + [None] * len(objectives)
+        row += [f"{v:,.3g}" if v is not None else "-" for o, v in zip(objectives, values) if o.metric not in SHOWN]
         row += [format_figure(key, figures.get(key)) for key in SHOWN]
         row.append(format_cost(trial_cost(t, spec, price_per_gpu_hour)))
         slo = t.slo
         row.append(("met" if all(s["holds"] for s in slo.values()) else "missed") if slo else "-")
-        row += _verify_cells(verified.get(t.number))
-        table.add_row(*row)
+        row += _verify_cells(verified.get(t.number) if t is not base else None)
+        if base is not None:
+            row.append(_ratio(figures.get(ratio_of), base_value))
+        table.add_row(*row, end_section=t is base)
     if not front:
         table.caption = "no trial met every SLO" if spec.slo else "no trial completed"
     return table
+
+
+def _ratio_key(metric: str) -> str:
+    """The figure a trial is set against the defaults on: goodput or throughput, whatever the first objective."""
+    return metric if metric in ("goodput", "output_throughput", "request_throughput", "total_token_throughput") \
+        else "output_throughput"
+
+
+def _ratio(value: object, base: object) -> str:
+    if isinstance(value, (int, float)) and isinstance(base, (int, float)) and base > 0:
+        return f"{value / base:.2f}x"
+    return "-"
 
 
 def transposed(table: Table) -> Table:
@@ -195,4 +216,25 @@ def quality_table(results: StudyResults) -> Table | None:
         slo = {k: v for k, v in t.slo.items() if k.startswith(("ppl", "passkey"))}
         verdict = "-" if not slo else ("met" if all(v["holds"] for v in slo.values()) else "missed")
         table.add_row(*cells, source, measured, verdict)
+    return table
+
+
+def startup_table(results: StudyResults) -> Table | None:
+    """Each engine start, phase by phase as its own log tells, with the compile cache's hit or miss."""
+    rows = [(name, t) for name, t in ([("defaults", results.baseline())] + [(str(t.number), t) for t in results.trials])
+            if t is not None and t.get("startup")]
+    if not rows:
+        return None
+    phases = list(dict.fromkeys(p for _, t in rows for p, v in (t.get("startup").get("phases_s") or {}).items() if v))
+    table = Table(title="Engine starts (seconds, from the engine's own log)", title_justify="left")
+    for name in ("trial", "start s", *[p.replace("_", " ") for p in phases], "compile cache"):
+        table.add_column(name, justify="right" if name not in ("trial", "compile cache") else "left")
+    for name, t in rows:
+        bill = t.get("startup")
+        total = bill.get("total_s") if bill.get("total_s") is not None else t.get("startup_s")
+        cells = [fmt_value(round(total, 1)) if isinstance(total, (int, float)) else "-"]
+        cells += [f"{(bill.get('phases_s') or {}).get(p, 0):,.1f}" for p in phases]
+        hit = bill.get("compile_cache_hit")
+        cells.append({True: "hit", False: "miss"}.get(hit, "-") if hit is not None else "-")
+        table.add_row(name, *cells)
     return table

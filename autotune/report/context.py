@@ -11,6 +11,7 @@ from typing import Any
 
 from autotune.environment import describe
 from autotune.figures import format_figure, label
+from autotune.tuning.baseline import versus_defaults
 from autotune.tuning import StudyResults, TrialRecord
 
 __all__ = ["baseline_line", "environment_text", "lengths_text", "workload_line", "workload_text"]
@@ -74,10 +75,8 @@ def baseline_line(results: StudyResults) -> str | None:
     best = results.best()
     metric = results.spec.objective_list[0].metric
     head = f"engine defaults: {_figures_text(base, metric)}, {base.verdict_text}"
-    if best is None or not best.values or not base.values or not base.values[0]:
-        return head
-    ratio = best.values[0] / base.values[0]
-    return f"{head}; trial {best.number} gives {ratio:.2f}x the defaults' {label(metric)}"
+    maximize = results.spec.objective_list[0].direction == "maximize"
+    return f"{head}\n{versus_defaults(best, base, metric, maximize)}"
 
 
 def _figures_text(t: TrialRecord, metric: str) -> str:

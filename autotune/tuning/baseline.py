@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.cost import cost_figures
+from autotune.figures import label
 from autotune.json_safe import json_safe
 from autotune.spec import StudySpec
 from autotune.trial import TrialSetup, run_trial
@@ -112,7 +113,7 @@ def _one_knob_apart(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return sum(a.get(k) != b.get(k) for k in keys) == 1
 
 
-def versus_defaults(best: TrialRecord | None, baseline: Mapping[str, Any] | None, metric: str, maximize: bool) -> str:
+def versus_defaults(best: TrialRecord | None, baseline: TrialRecord | None, metric: str, maximize: bool) -> str:
     """The study's last word: how far the best trial beat the defaults, with an interval, or that it did not.
 
     The interval comes from what each reading knows of its own uncertainty: a
@@ -122,16 +123,16 @@ def versus_defaults(best: TrialRecord | None, baseline: Mapping[str, Any] | None
     """
     if baseline is None:
         return "the engine's defaults were not measured: no ratio to them"
-    base = (baseline.get("figures") or {}) if baseline.get("status") == "ok" else {}
+    base = baseline.figures if baseline.get("status") == "ok" else {}
     if best is None:
         return "no trial met every SLO: nothing to set against the defaults"
     b = _span(best.figures, best.get("goodput"), best.get("repeats"), metric)
     a = _span(base, baseline.get("goodput"), baseline.get("repeats"), metric)
     if b is None or a is None or not a[0] > 0:
-        return f"best: trial {best.number}; the defaults' {metric} was not measured, so no ratio"
+        return f"best: trial {best.number}; the defaults' {label(metric)} was not measured, so no ratio"
     ratio = b[0] / a[0] if maximize else a[0] / b[0]
     low, high = (b[1] / a[2], b[2] / a[1]) if maximize else (a[1] / b[2], a[2] / b[1])
-    what = f"{metric}" if maximize else f"lower {metric}"
+    what = label(metric) if maximize else f"lower {label(metric)}"
     if not (math.isfinite(low) and low > 0) or (low == high == ratio):
         return (f"best: trial {best.number}, {ratio:.2f}x the defaults' {what} (one reading each, no interval: "
                 "`autotune verify` measures one)")

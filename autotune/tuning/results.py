@@ -74,6 +74,13 @@ class StudyResults:
     def trial(self, number: int) -> TrialRecord | None:
         return next((r for r in self.trials if r.number == number), None)
 
+    def engine_time_line(self) -> str | None:
+        """Where the study's engine time went: starting engines, under load, other."""
+        from autotune.tuning.bill import engine_time_line
+
+        device = next((r.environment.get("device") for r in self.trials if r.environment.get("device")), "cpu")
+        return engine_time_line(self._study, device)
+
     def baseline(self) -> TrialRecord | None:
         """The engine's defaults as measured for this study, when it measured them: the
         point every recommendation is read against ("1.3x the defaults' goodput").
