@@ -76,6 +76,18 @@ class Fixed:
     goodput_start: int = 4
     goodput_max_levels: int = 6
     goodput_requests: int = 48
+    rate: float = 0.0  # > 0: open loop at this many requests/s instead of the closed loop
+    burstiness: float = 1.0  # gamma arrivals' shape with a rate; below 1 they clump
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate > 0
+
+    def load_text(self) -> str:
+        if not self.open_loop:
+            return f"closed loop at concurrency {self.concurrency}"
+        return (f"open loop at {self.rate:g} req/s, gamma arrivals with burstiness {self.burstiness:g} "
+                f"(at most {self.concurrency} in flight), a new arrival schedule per seed")
 
 
 # --------------------------------------------------------------------------- the server
@@ -97,6 +109,8 @@ def start_server(fixed: Fixed, log_dir: Path):  # type: ignore[no-untyped-def]
         "workload.prompt_tokens": fixed.prompt_tokens - 1,
         "workload.output_tokens": fixed.output_tokens,
         "workload.concurrency": fixed.concurrency,
+        **({"workload.arrival": "gamma", "workload.rate": fixed.rate, "workload.burstiness": fixed.burstiness}
+           if fixed.open_loop else {}),
         "workload.num_requests": fixed.requests,
         "workload.warmup_requests": 0,
         "slo": f"ttft<{fixed.slo_ttft_ms:g}ms@{100 * fixed.attainment:g}%",
@@ -154,7 +168,8 @@ def run_vllm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
         *vllm_cli(), "bench", "serve", "--backend", "openai", "--base-url", ctx["url"], "--model", ctx["model"],
         "--tokenizer", ctx["tokenizer"], "--dataset-name", "random", "--seed", str(seed),
         "--random-input-len", str(f.prompt_tokens), "--random-output-len", str(f.output_tokens),
-        "--num-prompts", str(f.requests), "--max-concurrency", str(f.concurrency), "--request-rate", "inf",
+        "--num-prompts", str(f.requests), "--max-concurrency", str(f.concurrency),
+        *(["--request-rate", str(f.rate), "--burstiness", str(f.burstiness)] if f.open_loop else ["--request-rate", "inf"]),
         "--ignore-eos", "--temperature", "0", "--num-warmups", "0", "--disable-tqdm", "--save-detailed",
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(work), "--result-filename", out.name,
@@ -413,8 +428,7 @@ def goodput_autotune(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
     )
     setup.workload = setup.workload.model_copy(update={"num_requests": f.goodput_requests})
     try:
-        measured = measure(setup, ctx["url"], None, seed_offset=seed)
-        figures, summary = measured.figures, measured.goodput
+        summary = measure(setup, ctx["url"], None, seed_offset=seed).goodput
     finally:
         setup.goodput = None
         setup.workload = setup.workload.model_copy(update={"num_requests": f.requests})
@@ -467,7 +481,7 @@ def tables(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, An
 
     t1 = Table(
         title=(f"Same workload, same server: {f.requests} requests, {f.prompt_tokens} prompt + {f.output_tokens} "
-               f"output tokens (ignore_eos), closed loop at concurrency {f.concurrency}; mean ± std over repeats"),
+               f"output tokens (ignore_eos), {f.load_text()}; mean ± std over repeats"),
         title_justify="left",
     )
     rows = [("output tok/s", "output_throughput", "{:,.0f}"), ("p50 TTFT ms", "median_ttft_ms", "{:,.1f}"),
@@ -516,14 +530,20 @@ def tables(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, An
     return t1, t2
 
 
-def verdict(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, Any]]], clients: list[str]) -> list[str]:
+def verdict(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, Any]]], clients: list[str],
+            open_loop: bool = False) -> list[str]:
+    """Each figure's difference against its bound: tighter for a closed loop, where one schedule is shared;
+    an open loop samples its arrival process anew in every run of every tool, so the tail varies more."""
     if "autotune" not in clients:
         return []
+    bounds = ((("output_throughput", "throughput", 3.0), ("median_ttft_ms", "p50 TTFT", 10.0),
+               ("p99_ttft_ms", "p99 TTFT", 10.0)) if open_loop else
+              (("output_throughput", "throughput", 3.0), ("median_ttft_ms", "p50 TTFT", 5.0)))
     lines = []
     for c in clients:
         if c == "autotune":
             continue
-        for key, label, bound in (("output_throughput", "throughput", 3.0), ("median_ttft_ms", "p50 TTFT", 5.0)):
+        for key, label, bound in bounds:
             a, b = stat([r[key] for r in fig["autotune"]]), stat([r[key] for r in fig[c]])
             diff = 100 * (a.mean - b.mean) / b.mean
             lines.append(f"{label} vs {c}: {diff:+.1f}% ({'within' if abs(diff) <= bound else 'outside'} ±{bound:g}%)")
@@ -555,9 +575,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown client(s) {', '.join(unknown)}; known: {', '.join(CLIENTS)}", file=sys.stderr)
         return 2
+    fixed = Fixed(**{k: getattr(args, k) for k in asdict(Fixed())})
+    if fixed.open_loop:  # GuideLLM's open-loop profiles draw no gamma schedule to compare with
+        clients = [c for c in clients if c != "guidellm"]
+        args.no_goodput = True
     if "guidellm" in clients:
         guidellm_cli()
-    fixed = Fixed(**{k: getattr(args, k) for k in asdict(Fixed())})
     console = Console(record=True, width=150)
     env = environment()
     console.print(environment_line(env), highlight=False)
@@ -618,13 +641,14 @@ def main(argv: list[str] | None = None) -> int:
     console.print(t1)
     if t2 is not None:
         console.print(t2)
-    for line in verdict(fig, gp, clients):
+    for line in verdict(fig, gp, clients, fixed.open_loop):
         console.print(line, highlight=False)
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "fixed": asdict(fixed), "figures": fig, "goodput": gp},
                                         indent=2))
     if args.write_docs:
-        write_section("fidelity", docs_section(env, launch.command_line(), args, console.export_text()))
+        name = "fidelity-bursty" if fixed.open_loop else "fidelity"
+        write_section(name, docs_section(env, launch.command_line(), args, console.export_text()))
     return 0
 
 
@@ -638,6 +662,8 @@ def docs_section(env: dict[str, Any], command: str, args: argparse.Namespace, te
         cmd += f" --model {args.model}"
     if args.guidellm_workers != 1:
         cmd += f" --guidellm-workers {args.guidellm_workers}"
+    if args.rate:
+        cmd += f" --rate {args.rate:g} --burstiness {args.burstiness:g}"
     return (
         "### Latest output\n\n"
         f"Latest run: {environment_line(env)}; load average at end {env['loadavg_end']}; "
