@@ -1,0 +1,108 @@
+"""What a trial costs on the engine: its start (with the compile cache's hit or miss) and its measurement.
+
+Runs one study spec with a given autotune (this checkout, or another one's
+source folder for the code before a change) and keeps, per trial, the engine
+start, the measurement and the compile cache's verdict, under a label of
+``--out`` (``before`` / ``after``). The two runs side by side:
+
+    .venv/bin/python benchmarks/trial_cost.py --spec studies/h200-llama8b-chat.yaml --trials 3 \
+        --autotune /tmp/autotune-before --label before --out benchmarks/data/h200/trial-cost.json
+    .venv/bin/python benchmarks/trial_cost.py --spec studies/h200-llama8b-chat.yaml --trials 8 \
+        --label after --out benchmarks/data/h200/trial-cost.json
+
+It prints each run's median of start + measurement per trial and the ratio of
+``after`` to ``before`` once both are there. ``--study-dir`` resumes a study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def trials_of(study_dir: Path, autotune: Path) -> dict[str, Any]:
+    """Each launched trial's seconds, read with the autotune that ran it (its storage layout)."""
+    code = r'''
+import json, sys
+import optuna
+from pathlib import Path
+url = f"sqlite:///{Path(sys.argv[1]).resolve() / 'study.db'}"
+study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+out = []
+for t in study.trials:
+    a = t.user_attrs
+    if a.get("status") in (None, "infeasible", "surplus"):
+        continue
+    startup = a.get("startup") or {}
+    out.append({"number": t.number, "state": t.state.name, "status": a.get("status"),
+                "startup_s": a.get("startup_s"), "measure_s": a.get("measure_s"),
+                "compile_cache_hit": startup.get("compile_cache_hit"), "phases_s": startup.get("phases_s"),
+                "goodput": (a.get("figures") or {}).get("goodput"),
+                "goodput_upper_bound": (a.get("figures") or {}).get("goodput_upper_bound"),
+                "levels": len((a.get("goodput") or {}).get("levels") or []),
+                "wall_s": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None})
+base = study.user_attrs.get("baseline")
+print(json.dumps({"trials": out, "baseline": None if not base else
+                  {k: base.get(k) for k in ("startup_s", "measure_s", "status")},
+                  "environment": (study.trials[0].user_attrs.get("environment") if study.trials else None)}))
+'''
+    env = {**os.environ, "PYTHONPATH": str(autotune)}
+    out = subprocess.run([sys.executable, "-c", code, str(study_dir)], capture_output=True, text=True, env=env,
+                         check=True)
+    return json.loads(out.stdout)
+
+
+def cost(trial: dict[str, Any]) -> float | None:
+    up, measured = trial.get("startup_s"), trial.get("measure_s")
+    return None if up is None else up + (measured or 0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", type=Path, required=True)
+    p.add_argument("--trials", type=int, required=True)
+    p.add_argument("--label", required=True, help="before or after")
+    p.add_argument("--autotune", type=Path, default=REPO, help="the source folder of the autotune to run")
+    p.add_argument("--study-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more optimize flags")
+    args = p.parse_args(argv)
+
+    study_dir = args.study_dir or (REPO / "autotune-runs" / f"trial-cost-{args.label}")
+    env = {**os.environ, "PYTHONPATH": str(args.autotune.resolve())}
+    cmd = [sys.executable, "-m", "autotune.cli", "optimize", "--spec", str(args.spec.resolve()),
+           "--trials", str(args.trials), "--study-dir", str(study_dir), *args.extra]
+    run = subprocess.run(cmd, env=env)
+    if run.returncode not in (0, 1):
+        return run.returncode
+    data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    got = trials_of(study_dir, args.autotune.resolve())
+    costs = [c for c in (cost(t) for t in got["trials"]) if c is not None]
+    got["gpu_seconds"] = sum(costs) + sum(v or 0.0 for v in (got.get("baseline") or {}).values()
+                                          if isinstance(v, (int, float)))
+    got["median_trial_s"] = statistics.median(costs) if costs else None
+    got["command"] = " ".join(cmd[1:])
+    data[args.label] = got
+    if got.get("environment"):
+        data["environment"] = got["environment"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=2))
+    for label in ("before", "after"):
+        if label in data and data[label].get("median_trial_s") is not None:
+            print(f"{label}: {len(data[label]['trials'])} trials, median start + measurement "
+                  f"{data[label]['median_trial_s']:.0f} s, {data[label]['gpu_seconds'] / 60:.1f} engine-minutes")
+    if all(data.get(k, {}).get("median_trial_s") for k in ("before", "after")):
+        print(f"after / before: {data['after']['median_trial_s'] / data['before']['median_trial_s']:.2f} (target <= 0.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""How steady is one configuration's goodput verdict? Many searches over several fresh engine starts.
+
+A study measures each configuration once and keeps that verdict, so the
+verdict must not swing between starts or between searches on one start. For
+each configuration (vLLM's defaults, and fp8 weights and KV cache by default)
+this starts the engine ``--starts`` times and runs goodput searches on each
+start until ``--searches`` in all, each search with its own arrival schedule,
+exactly as a trial searches (``autotune.trial.measure``). It reports, per
+configuration, the goodputs' mean ± std, coefficient of variation, the lowest
+against the median, and the bracket between the highest level that held and
+the lowest that failed, as a share of the goodput.
+
+Resumable: searches already in ``--out`` are kept and the file is rewritten
+after each, so the runs fit short device sessions:
+
+    .venv/bin/python benchmarks/verdicts.py --spec studies/h200-llama8b-chat.yaml \
+        --out benchmarks/data/h200/verdicts.json --max-seconds 480
+
+Targets (per configuration): CV <= 5%, no search below 85% of the median,
+bracket <= 5% of the goodput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from autotune.engines.launcher import free_port  # noqa: E402
+from autotune.engines.serving import serving  # noqa: E402
+from autotune.environment import record  # noqa: E402
+from autotune.spec import load_spec, parse_assignments  # noqa: E402
+from autotune.trial import measure, plan, setup_from_spec  # noqa: E402
+
+CONFIGS = {"defaults": {}, "fp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"}}
+
+
+def bracket(levels: list[dict[str, Any]], goodput: float) -> float | None:
+    """The lowest failing load above the goodput, minus the goodput: where the true value may lie."""
+    above = [lv["load"] for lv in levels if not lv.get("holds") and lv.get("load", 0) > goodput]
+    return min(above) - goodput if above and goodput > 0 else None
+
+
+def summary(entry: dict[str, Any]) -> dict[str, Any]:
+    g = [x for x in entry["goodput"] if x is not None]
+    if not g:
+        return {"n": 0}
+    mean, median = statistics.fmean(g), statistics.median(g)
+    std = statistics.stdev(g) if len(g) > 1 else 0.0
+    widths = [w for w in entry["bracket"] if w is not None]
+    return {
+        "n": len(g), "starts": entry["starts"], "mean": mean, "std": std,
+        "cv": std / mean if mean else math.nan, "min_over_median": min(g) / median if median else math.nan,
+        "bracket_share_max": max(widths) / median if widths and median else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", type=Path, required=True, help="study spec: model, workload, SLO, goodput options")
+    p.add_argument("--config", action="append", default=[], metavar="NAME:knob=value,...",
+                   help="a configuration to judge (default: defaults and fp8)")
+    p.add_argument("--starts", type=int, default=3, help="fresh engine starts per configuration")
+    p.add_argument("--searches", type=int, default=10, help="goodput searches per configuration, over its starts")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-seconds", type=float, default=None, help="stop starting engines after this long")
+    p.add_argument("--spec-set", action="append", default=[], help="spec field=value, dotted (e.g. goodput.start=4)")
+    args = p.parse_args(argv)
+
+    configs = dict(CONFIGS)
+    if args.config:
+        configs = {}
+        for item in args.config:
+            name, _, knobs = item.partition(":")
+            configs[name] = parse_assignments([k for k in knobs.split(",") if k], "--config")
+    spec = load_spec(args.spec, parse_assignments(args.spec_set, "--spec-set"))
+    setup = setup_from_spec(spec)
+    assert setup.goodput is not None, "the spec must search a goodput (a max:goodput objective)"
+    data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    data["environment"] = record(setup.engine.name, setup.engine.version(), setup.device)
+    data["spec"] = spec.model_dump(mode="json", exclude={"study_dir", "storage"})
+    t0 = time.monotonic()
+    per_start = math.ceil(args.searches / args.starts)
+    with tempfile.TemporaryDirectory(prefix="verdicts-") as tmp:
+        for name, config in configs.items():
+            entry = data.setdefault(name, {"config": config, "goodput": [], "bracket": [], "levels": [],
+                                           "start": [], "starts": 0, "startup_s": []})
+            while len(entry["goodput"]) < args.searches:
+                if args.max_seconds is not None and time.monotonic() - t0 > args.max_seconds:
+                    print(f"stopping: {args.max_seconds:g} s spent; run again to go on")
+                    args.out.write_text(json.dumps(data, indent=2))
+                    return 0
+                launch = plan(setup, config, free_port(setup.host))
+                log = Path(tmp) / f"{name}-{entry['starts']}.log"
+                with serving(launch, log, startup_timeout_s=setup.startup_timeout_s) as server:
+                    entry["starts"] += 1
+                    entry["startup_s"].append(server.startup_s)
+                    for i in range(min(per_start, args.searches - len(entry["goodput"]))):
+                        m = measure(setup, launch.base_url, None, seed_offset=1000 * entry["starts"] + i,
+                                    warm_up=i == 0)
+                        g = m.figures.get("goodput")
+                        levels = (m.goodput or {}).get("levels", [])
+                        entry["goodput"].append(g)
+                        entry["bracket"].append(bracket(levels, g or 0.0))
+                        entry["levels"].append([(lv["load"], lv.get("verdict") or lv.get("holds")) for lv in levels])
+                        entry["start"].append(entry["starts"])
+                        print(f"{name} start {entry['starts']} search {i + 1}: goodput {g} levels {entry['levels'][-1]}")
+                        args.out.write_text(json.dumps(data, indent=2))
+            entry["summary"] = summary(entry)
+    args.out.write_text(json.dumps(data, indent=2))
+    for name in configs:
+        s = data[name]["summary"]
+        widest = "-" if s["bracket_share_max"] is None else f"{100 * s['bracket_share_max']:.1f}%"
+        print(f"{name}: {s['n']} searches over {s['starts']} starts, goodput {s['mean']:.2f} ± {s['std']:.2f} "
+              f"(CV {100 * s['cv']:.1f}%), lowest {100 * s['min_over_median']:.0f}% of the median, "
+              f"widest bracket {widest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
