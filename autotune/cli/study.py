@@ -47,7 +47,7 @@ def optimize(
         f"study [bold]{spec.name}[/] in {spec.study_dir}: model {spec.model}, engine {spec.engine.name}, "
         f"objectives {spec.objectives}" + (f", SLO {spec.slo}" if spec.slo else "")
     )
-    with RichReporter(console) as reporter:
+    with _Reporter(console) as reporter:
         try:
             run = run_study(spec, reporter)
         except KeyboardInterrupt:
@@ -76,7 +76,7 @@ def worker(
         f"worker on study [bold]{spec.name}[/] in {redact_url(storage)}, logs in {spec.study_dir}"
         + (f", GPUs {gpus}" if gpus else "")
     )
-    with RichReporter(console) as reporter:
+    with _Reporter(console) as reporter:
         try:
             run = run_study(spec, reporter, distributed=True)
         except KeyboardInterrupt:
@@ -85,6 +85,13 @@ def worker(
             raise typer.Exit(130)
     state = budget_state(run.study)
     console.print(f"study {spec.name}: {state.done} of {spec.budget.trials} trials done, {state.running} running")
+
+
+class _Reporter(RichReporter):
+    """The study's progress, plus the lines said between trials (waiting for the devices, for other workers)."""
+
+    def note(self, message: str) -> None:
+        self.console.print(f"  {message}", highlight=False)
 
 
 def warn_generator(runs: list[tuple[str, dict]]) -> None:
