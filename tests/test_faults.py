@@ -114,6 +114,7 @@ def test_load_generator_that_cannot_keep_the_rate(tmp_path: Path) -> None:
         tmp_path / "study", mode_file, marker=marker, trials=1, arrival="poisson", rate=50000.0,
         num_requests=2000, concurrency=512, output_tokens=256,
     )
+    data["max_model_len"] = 512  # the stand-in ignores it; the requests must fit it all the same
     first = run_study(load_spec(None, data), ModePerTrial(mode_file, {0: "fast"}))
     (t0,) = first.study.trials
     assert t0.state == FAIL and "load generator could not keep the offered rate" in t0.user_attrs["reason"]

@@ -37,6 +37,10 @@ _guard = threading.Lock()
 
 
 def lock_folder() -> Path:
+    """``$AUTOTUNE_LOCKS``, else ``<cache>/locks/<host name>``."""
+    override = os.environ.get("AUTOTUNE_LOCKS")
+    if override:
+        return Path(override).expanduser()
     return cache_root() / "locks" / (socket.gethostname() or "localhost")
 
 
