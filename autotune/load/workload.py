@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 from autotune.errors import UserError
 
-__all__ = ["MAX_TOKENS", "DatasetEntry", "Lengths", "RequestSpec", "Workload", "load_dataset"]
+__all__ = ["MAX_REQUESTS", "MAX_TOKENS", "DatasetEntry", "Lengths", "RequestSpec", "Workload", "load_dataset"]
 
 #: No model holds more tokens than this in one request; a larger length is a typo,
 #: and building its prompts would exhaust memory long before any engine saw them.

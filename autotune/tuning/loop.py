@@ -120,6 +120,9 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
     ``distributed``: other workers may share the study (``autotune worker``),
     so the sampler is salted and a worker waits while the rest of the budget
     is running elsewhere, in case one of those trials is lost and retried.
+    Each trial holds its devices (``autotune.engines.device_lock``), so two
+    studies on one machine take turns; trials that fail to start the same way
+    for different configurations stop the study (``autotune.tuning.failfast``).
     """
     reporter = reporter or _Silent()
     setup = setup_from_spec(spec)
