@@ -21,7 +21,7 @@ from autotune.figures import figure
 from autotune.folders import check_folder, make_folder
 from autotune.load.stats import Summary
 from autotune.trial import Measurement, TrialSetup, check, measure_repeated, plan
-from autotune.trial.setup import check_values
+from autotune.trial.setup import check_values, require_launchable
 
 __all__ = ["KEY_FIGURES", "MeasureReport", "endpoint_url", "measure_config"]
 
@@ -73,6 +73,7 @@ def measure_config(
     say = status or (lambda _m: None)
     report = MeasureReport(config=dict(config))
     if endpoint is None:
+        require_launchable(setup)
         check_values(setup.space, config, "--set")
         reasons = check(setup, config)
         if reasons:

@@ -83,12 +83,13 @@ def test_different_start_errors_are_the_configurations(tmp_path: Path) -> None:
 def test_one_configuration_failing_again_is_that_configuration(tmp_path: Path) -> None:
     """The same configuration failing the same way three times blames the configuration, not the machine."""
     space = SearchSpace.load("vllm").for_hardware("cpu", {"gpu_count": 1})
-    pinned = {name: knob.fixed if knob.fixed is not None else (knob.choices or [knob.low])[0]
-              for name, knob in space.knobs.items()}
+    pinned = {name: knob.fixed if knob.fixed is not None else False if knob.type == "bool" else
+              next(c for c in knob.choices or [knob.low] if c is not None) for name, knob in space.knobs.items()}
     data = study_data(tmp_path, 3, exits_with(MKL))
     data["space"] = pinned
     study = run_study(load_spec(None, data)).study
     assert [t.state for t in study.trials] == [FAIL, FAIL, FAIL]
+    assert len({tuple(sorted(t.user_attrs["config"].items())) for t in study.trials}) == 1
     assert budget_state(study).done == 3
     assert MACHINE_ATTR not in study.user_attrs
 

@@ -236,7 +236,7 @@ def test_a_trial_that_cannot_be_launched_is_failed_with_its_reason(
 ) -> None:
     """A launch program that vanished after the spec was checked: each trial is failed with the
     reason, none is left running, and the third such start stops the study uncounted."""
-    monkeypatch.setattr("autotune.trial.setup._require_program", lambda program: None)
+    monkeypatch.setattr("autotune.tuning.loop.require_launchable", lambda setup: None)
     marker = uuid.uuid4().hex
     data = fault_engine_spec(tmp_path / "study", tmp_path / "mode", marker=marker, trials=8)
     data["engine"]["launch_template"] = ["/nonexistent/bin/wrapper", "{argv}"]

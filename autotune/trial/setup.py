@@ -23,8 +23,8 @@ from autotune.space import Assessment, Capacity, Knob, SearchSpace, assess, depl
 from autotune.space import load_model_config
 from autotune.spec import Constraint, GoodputOptions, StudySpec
 
-__all__ = ["TrialSetup", "apply_template", "check", "check_values", "feasibility", "plan", "setup_from_spec",
-           "with_workload"]
+__all__ = ["TrialSetup", "apply_template", "check", "check_values", "feasibility", "plan", "require_launchable",
+           "setup_from_spec", "with_workload"]
 
 
 @dataclass
@@ -57,11 +57,10 @@ def setup_from_spec(spec: StudySpec) -> TrialSetup:
     engine = get_engine(spec.engine.name, spec.engine.options)
     hardware = {"gpu_count": float(spec.hardware.gpu_count if device == "cuda" else 1)}
     space = SearchSpace.load(engine.name).for_hardware(device, hardware).with_overrides(spec.space)
+    check_values(space, {k: v for k, v in spec.space.items() if not isinstance(v, Mapping)}, "space")
     model = resolve_model(spec.model, max_model_len=spec.max_model_len)
     model_config = load_model_config(model.source)
     _require_fits(spec.workload, model, model_config)
-    if spec.engine.launch_template:
-        _require_program(spec.engine.launch_template[0])
     capacity, gpu_env = hardware_capacity(spec, device)
     extra_env = dict(spec.engine.env)
     for key, value in gpu_env.items():
@@ -102,8 +101,15 @@ def _require_fits(workload: Workload, model: ModelRef, model_config: Mapping[str
             raise UserError(overflow)
 
 
+def require_launchable(setup: TrialSetup) -> None:
+    """Refuses, before anything starts, a launch template whose program is not on this machine:
+    every trial would fail the same way. Only where engines are launched from here: a plan
+    for another machine (``srun``, ``ray``) may name programs this one lacks."""
+    if setup.launch_template and setup.engine.capabilities.launches:
+        _require_program(setup.launch_template[0])
+
+
 def _require_program(program: str) -> None:
-    """A launch template whose program does not exist would fail every trial the same way."""
     if program in ("{argv}", "{args}") or "{" in program:
         return
     if shutil.which(program) is None:

@@ -29,7 +29,7 @@ from autotune.errors import UserError, one_line, root_cause_line
 from autotune.folders import check_folder, make_folder
 from autotune.spec import Constraint, Objective, StudySpec
 from autotune.trial import TrialOutcome, TrialSetup, check, run_trial, setup_from_spec
-from autotune.trial.setup import check_values
+from autotune.trial.setup import check_values, require_launchable
 from autotune.tuning.budget import BudgetState, budget_state, done, over_budget, worker_id
 from autotune.tuning.failfast import StartFailures
 from autotune.tuning.quality_cache import quality_hook
@@ -126,6 +126,7 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
     """
     reporter = reporter or _Silent()
     setup = setup_from_spec(spec)
+    require_launchable(setup)
     study = open_study(spec, distributed=distributed, setup=setup)
     env = record(setup.engine.name, setup.engine.version(), setup.device)
     run = StudyRun(spec, setup, study, spec.constraints, spec.objective_list, env)
