@@ -13,6 +13,7 @@ from autotune.cli._app import app, console, err_console
 from autotune.cli._options import with_flags
 from autotune.cli._results import print_results, write_html_report
 from autotune.cli.progress import RichReporter
+from autotune.folders import check_folder
 from autotune.load.stats import generator_verdict
 from autotune.spec import flag_overrides, load_spec, redact_url
 from autotune.tuning import StudyResults, budget_state, run_study, worker_spec
@@ -43,6 +44,7 @@ def optimize(
         seed=seed, gpus=gpus, price=price, wall_time=wall_time, repeats=repeats,
     ))
     assert spec.study_dir is not None
+    check_folder(spec.study_dir, "study folder")
     console.print(
         f"study [bold]{spec.name}[/] in {spec.study_dir}: model {spec.model}, engine {spec.engine.name}, "
         f"objectives {spec.objectives}" + (f", SLO {spec.slo}" if spec.slo else "")
