@@ -13,6 +13,11 @@ class UserError(Exception):
     """Bad input: printed as one line, exit status 2, nothing written."""
 
 
+class RunFailed(Exception):
+    """Work began and could not go on (nothing was measured, the machine is broken):
+    printed as one line, exit status 1; what was measured before is kept."""
+
+
 class EngineStartError(RuntimeError):
     """The engine did not become healthy; ``reason`` carries its own last words."""
 

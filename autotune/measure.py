@@ -11,16 +11,19 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from autotune.engines.base import LaunchPlan
 from autotune.engines.launcher import free_port
 from autotune.engines.serving import serving
-from autotune.errors import EngineStartError, UserError
+from autotune.errors import EngineStartError, RunFailed, UserError
 from autotune.figures import figure
+from autotune.folders import check_folder, make_folder
 from autotune.load.stats import Summary
 from autotune.trial import Measurement, TrialSetup, check, measure_repeated, plan
+from autotune.trial.setup import check_values, require_launchable
 
-__all__ = ["KEY_FIGURES", "MeasureReport", "measure_config"]
+__all__ = ["KEY_FIGURES", "MeasureReport", "endpoint_url", "measure_config"]
 
 # Figures summarised across repeats (vllm bench serve names, plus goodput).
 KEY_FIGURES = [
@@ -68,19 +71,31 @@ def measure_config(
 ) -> MeasureReport:
     """Starts the engine once (unless ``endpoint`` is given) and measures ``repeats`` times."""
     say = status or (lambda _m: None)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = MeasureReport(config=dict(config))
     if endpoint is None:
+        require_launchable(setup)
+        check_values(setup.space, config, "--set")
         reasons = check(setup, config)
         if reasons:
             raise UserError(f"configuration cannot run: {'; '.join(reasons)}")
         launch = plan(setup, config, free_port(setup.host))
         report.command = launch.command_line()
     else:
+        endpoint = endpoint_url(endpoint)
         launch = LaunchPlan([], {}, setup.host, 0, "/v1/models", None, endpoint=endpoint)
+    check_folder(out_dir, "output folder")
+    if endpoint is None:
+        make_folder(out_dir, "output folder")  # the engine's log goes there
 
-    def keep(_index: int, run: Measurement) -> None:
+    def keep(index: int, run: Measurement) -> None:
+        # Nothing measured is nothing to report: no completed request is an error, with the first request's.
+        if not run.figures.get("completed"):
+            raise RunFailed(
+                f"{'repeat ' + str(index + 1) + ': ' if repeats > 1 else ''}no request completed "
+                f"({run.figures.get('failed', 0):.0f} failed): {run.figures.get('first_error', 'no error given')}"
+            )
         # Written after every repeat: an interrupted run keeps what it measured.
+        make_folder(out_dir, "output folder")
         report.repeats.append(run.figures)
         report.goodput.append(run.goodput)
         (out_dir / "measure.json").write_text(json.dumps(report.to_json(), indent=2, default=str))
@@ -90,12 +105,26 @@ def measure_config(
     try:
         with serving(
             launch, out_dir / "engine.log", launches=endpoint is None, api_key=setup.api_key,
-            startup_timeout_s=setup.startup_timeout_s, on_wait=lambda s: say(f"starting engine ({s:.0f}s)"),
+            startup_timeout_s=setup.startup_timeout_s, on_wait=lambda s: say(f"starting engine ({s:.0f}s)"), say=say,
         ) as server:
             if endpoint is None:
                 report.startup_s = server.startup_s
             measure_repeated(setup, launch.base_url, None, repeats=repeats, status=say, progress=progress,
                              on_repeat=keep)
     except EngineStartError as e:
-        raise UserError(f"engine did not start: {e.reason}") from None
+        if endpoint is not None:  # nothing was started: the address given is wrong or down
+            raise UserError(e.reason) from None
+        raise RunFailed(f"engine did not start: {e.reason}") from None
     return report
+
+
+def endpoint_url(text: str) -> str:
+    """An endpoint's root URL (``http://host:port``), from what a user gives: with or without ``/v1``."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--endpoint {text!r} is not an http(s) URL such as http://127.0.0.1:8000/v1")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as e:
+        raise UserError(f"--endpoint {text!r}: {e}") from None
+    return text.strip().rstrip("/").removesuffix("/v1")

@@ -47,6 +47,26 @@ def _study_with_one_trial(tmp: Path) -> list[str]:
     return ["measure", "--from-study", str(folder), "--trial", "7"]
 
 
+def _not_utf8(tmp: Path) -> list[str]:
+    (tmp / "latin1.yaml").write_bytes("model: t\xe9ny\n".encode("latin-1"))
+    return ["optimize", "--spec", str(tmp / "latin1.yaml")]
+
+
+def _study_dir_is_a_file(tmp: Path) -> list[str]:
+    (tmp / "taken").write_text("not a folder")
+    return ["optimize", "--study-dir", str(tmp / "taken")]
+
+
+def _study_dir_under_a_file(tmp: Path) -> list[str]:
+    (tmp / "taken").write_text("not a folder")
+    return ["optimize", "--study-dir", str(tmp / "taken" / "study")]
+
+
+def _measure_out_under_a_file(tmp: Path) -> list[str]:
+    (tmp / "taken").write_text("not a folder")
+    return ["measure", "--out", str(tmp / "taken" / "measure")]
+
+
 CASES: list[Case] = [
     # SLO and objective expressions
     ("slo-unit", opt("--slo", "ttft<300xs"), "unknown unit 'xs'"),
@@ -93,6 +113,39 @@ CASES: list[Case] = [
     ("template", spec("engine:\n  launch_template: [docker, run, img]\n"), "'{argv}'"),
     ("heartbeat", spec("heartbeat: {interval_s: 30, grace_s: 10}\n"), "grace_s (10) must be longer"),
     ("negative-price-yaml", spec("hardware: {price_per_gpu_hour: -1}\n"), "price_per_gpu_hour"),
+    # files and folders
+    ("spec-is-a-folder", lambda tmp: ["optimize", "--spec", "."], "is a folder, not a YAML file"),
+    ("spec-not-utf8", _not_utf8, "is not UTF-8 text"),
+    ("study-dir-is-a-file", _study_dir_is_a_file, "is a file, not a folder"),
+    ("study-dir-under-a-file", _study_dir_under_a_file, "lies under"),
+    ("measure-out-under-a-file", _measure_out_under_a_file, "lies under"),
+    ("template-program-missing", spec('engine:\n  launch_template: ["/nonexistent/bin/wrapper", "{argv}"]\n'),
+     "program '/nonexistent/bin/wrapper' not found"),
+    # what cannot work, refused before it starts
+    ("slo-empty", opt("--slo", ""), "--slo is blank"),
+    ("slo-blank", opt("--slo", "   "), "--slo is blank"),
+    ("slo-blank-yaml", spec("slo: '  '\n"), "slo is blank"),
+    ("prompt-beyond-max-model-len", opt("--prompt-tokens", "100000000", "--max-model-len", "512"), "prompt_tokens"),
+    ("request-beyond-max-model-len", opt("--prompt-tokens", "500", "--output-tokens", "64", "--max-model-len", "512"),
+     "= 564 tokens do not fit max_model_len 512"),
+    ("request-beyond-model-context", opt("--prompt-tokens", "1000"), "do not fit max_model_len 512"),
+    ("rate-inf", opt("--rate", "inf"), "workload.rate: Input should be a finite number"),
+    ("rate-nan", opt("--rate", "nan"), "workload.rate"),
+    ("trials-1e23", opt("--trials", "1e23"), "--trials"),
+    ("trials-huge", spec("budget: {trials: 1.0e+23}\n"), "budget.trials"),
+    ("trials-beyond-bound", opt("--trials", "100000"), "budget.trials: Input should be less than or equal to 10000"),
+    ("requests-huge", opt("--num-requests", "100000000"), "workload.num_requests"),
+    ("enqueue-type", spec("enqueue:\n  - {max_num_seqs: many}\n"), "enqueue[0]: knob max_num_seqs='many'"),
+    ("space-pin-type", spec("space:\n  max_num_seqs: many\n"), "space: knob max_num_seqs='many'"),
+    ("enqueue-choice", spec("enqueue:\n  - {kv_cache_dtype: fp9}\n"), "kv_cache_dtype='fp9': expected one of"),
+    ("set-type", lambda tmp: ["measure", "--set", "max_num_seqs=abc"], "max_num_seqs='abc': expected a whole number"),
+    ("set-bool", lambda tmp: ["measure", "--set", "enable_prefix_caching=maybe"], "expected true or false"),
+    ("best-without-study", lambda tmp: ["measure", "--best"], "--best takes a trial of a study"),
+    ("trial-without-study", lambda tmp: ["measure", "--trial", "3"], "--trial takes a trial of a study"),
+    ("endpoint-ftp", lambda tmp: ["measure", "--endpoint", "ftp://127.0.0.1/v1"], "is not an http(s) URL"),
+    ("endpoint-file", lambda tmp: ["measure", "--endpoint", "file:///etc/passwd"], "is not an http(s) URL"),
+    ("endpoint-words", lambda tmp: ["measure", "--endpoint", "not a url"], "is not an http(s) URL"),
+    ("endpoint-down", lambda tmp: ["measure", "--endpoint", "http://127.0.0.1:1/v1"], "did not answer"),
     # other commands
     ("set-syntax", lambda tmp: ["measure", "--set", "max_num_seqs", "--out", str(tmp / "study")], "bad --set"),
     ("set-knob", lambda tmp: ["measure", "--set", "nonesuch=1", "--out", str(tmp / "study")], "unknown knob"),
@@ -114,7 +167,7 @@ def test_bad_input_is_one_line_and_exit_2(
     monkeypatch.chdir(tmp_path)
     study_dir = tmp_path / "study"
     argv = args(tmp_path)
-    if argv[0] == "optimize":
+    if argv[0] == "optimize" and "--study-dir" not in argv:
         argv += ["--study-dir", str(study_dir)]
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     monkeypatch.setattr(sys, "argv", ["autotune", *argv])

@@ -9,7 +9,8 @@ rate the client cannot offer, a never-healthy start, endless logs), started
 by autotune's own launcher through ``engine.launch_template``.
 
 Rows elsewhere: a rejected argument (tests/test_rejected_argument.py), three
-workers and kill -9 of one (tests/test_workers.py).
+workers and kill -9 of one (tests/test_workers.py), a broken machine
+(tests/test_failfast.py), two studies on one machine (tests/test_device_lock.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import pytest
 import yaml
 
 from autotune.engines.launcher import CappedLog, group_members
+from autotune.errors import RunFailed
 from autotune.spec import load_spec
-from autotune.tuning import counted, load_study, run_study
+from autotune.tuning import budget_state, counted, load_study, run_study
 from tests.conftest import REPO, autotune_cmd, processes_with_env
 from tests.fakes import MARKER, fault_engine_spec
 
@@ -114,6 +116,7 @@ def test_load_generator_that_cannot_keep_the_rate(tmp_path: Path) -> None:
         tmp_path / "study", mode_file, marker=marker, trials=1, arrival="poisson", rate=50000.0,
         num_requests=2000, concurrency=512, output_tokens=256,
     )
+    data["max_model_len"] = 512  # the stand-in ignores it; the requests must fit it all the same
     first = run_study(load_spec(None, data), ModePerTrial(mode_file, {0: "fast"}))
     (t0,) = first.study.trials
     assert t0.state == FAIL and "load generator could not keep the offered rate" in t0.user_attrs["reason"]
@@ -176,7 +179,9 @@ def test_interrupt_marks_the_trial_and_the_next_run_resumes(tmp_path: Path, cli_
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    assert "interrupted" in err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "interrupted: finished trials are kept; run the same command to resume"
+    ], err
     study, _ = load_study(tmp_path / "study")
     (t0,) = study.trials
     assert t0.state == FAIL and t0.user_attrs["status"] == "interrupted"
@@ -188,6 +193,113 @@ def test_interrupt_marks_the_trial_and_the_next_run_resumes(tmp_path: Path, cli_
     study, _ = load_study(tmp_path / "study")
     assert [t.state for t in study.trials if t.state.is_finished()] == [FAIL, COMPLETE]
     assert study.trials[0].user_attrs["reason"] == "interrupted by the user"
+    assert processes_with_env(MARKER, marker) == []
+
+
+_UNRETRIEVED = """
+import asyncio, sys
+from autotune.cli import app, main
+
+@app.command("hang")
+def hang() -> None:
+    async def request() -> None:
+        raise ConnectionResetError("the engine went away")
+
+    async def run() -> None:
+        tasks = [asyncio.ensure_future(request())]  # held, as the runner holds them, and never read
+        await asyncio.sleep(0.1)
+        print("measuring", flush=True)
+        await asyncio.sleep(600)
+
+    asyncio.run(run())
+
+sys.argv = ["autotune", "hang"]
+main()
+"""
+
+
+def test_interrupted_load_run_leaves_no_asyncio_noise(cli_env: dict) -> None:
+    """SIGTERM while request tasks hold errors nobody will read: asyncio's "Task exception was never
+    retrieved" (69 lines of it, once) stays out of what the user reads."""
+    proc = subprocess.Popen([sys.executable, "-c", _UNRETRIEVED], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=cli_env, cwd=REPO)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "measuring"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Task exception" not in err and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if line.strip()]) <= 1, err
+
+
+def test_a_trial_that_cannot_be_launched_is_failed_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launch program that vanished after the spec was checked: each trial is failed with the
+    reason, none is left running, and the third such start stops the study uncounted."""
+    monkeypatch.setattr("autotune.tuning.loop.require_launchable", lambda setup: None)
+    marker = uuid.uuid4().hex
+    data = fault_engine_spec(tmp_path / "study", tmp_path / "mode", marker=marker, trials=8)
+    data["engine"]["launch_template"] = ["/nonexistent/bin/wrapper", "{argv}"]
+    with pytest.raises(RunFailed, match="looks like the machine"):
+        run_study(load_spec(None, data))
+    study, _ = load_study(tmp_path / "study")
+    assert [t.state for t in study.trials] == [FAIL, FAIL, FAIL]
+    for t in study.trials:
+        assert t.user_attrs["status"] == "failed"
+        assert t.user_attrs["reason"] == "cannot launch /nonexistent/bin/wrapper: No such file or directory"
+    assert budget_state(study).done == 0
+
+
+def _read_only(folder: Path) -> Any:
+    """A command prefix under which ``folder`` is read-only, and how to undo it; None where none can be had.
+
+    Root writes through permission bits, so as root the folder is bind-mounted
+    read-only in a mount namespace of the command's own (nothing outside sees it).
+    """
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.iterdir()]}
+        for p in modes:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        return [], lambda: [p.chmod(m) for p, m in modes.items()]
+    prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+              'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"', str(folder)]
+    try:
+        probe = subprocess.run([*prefix, "sh", "-c", f"! touch {folder}/probe"], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (prefix, lambda: None) if probe.returncode == 0 and not (folder / "probe").exists() else None
+
+
+def test_read_only_study_folder_is_refused_and_resumes_once_writable(tmp_path: Path, cli_env: dict) -> None:
+    marker = uuid.uuid4().hex
+    mode_file = tmp_path / "mode"
+    mode_file.write_text("ok")
+    data = fault_engine_spec(tmp_path / "study", mode_file, marker=marker, trials=1)
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    cmd = autotune_cmd("optimize", "--spec", str(spec_path))
+    first = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    data["budget"]["trials"] = 2
+    spec_path.write_text(yaml.safe_dump(data))
+    db = tmp_path / "study" / "study.db"
+    before = db.read_bytes()
+    read_only = _read_only(tmp_path / "study")
+    if read_only is None:
+        pytest.skip("cannot make a folder read-only here (root without a mount namespace)")
+    prefix, undo = read_only
+    try:
+        refused = subprocess.run([*prefix, *cmd], capture_output=True, text=True, env=cli_env, timeout=300)
+    finally:
+        undo()
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert lines == [f"error: study folder {tmp_path / 'study'} is not writable"], refused.stderr
+    assert db.read_bytes() == before  # the database is unharmed
+    again = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    study, _ = load_study(tmp_path / "study")
+    assert [t.state for t in study.trials] == [COMPLETE, COMPLETE]
     assert processes_with_env(MARKER, marker) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -15,9 +16,17 @@ from autotune.cli import inspect as _inspect  # noqa: F401 - registers review, v
 from autotune.cli import run as _run  # noqa: F401 - registers measure, compare
 from autotune.cli import export as _export  # noqa: F401 - registers export
 from autotune.cli._app import app, console, err_console
-from autotune.errors import UserError, one_line
+from autotune.errors import RunFailed, UserError, one_line, root_cause_line
 
 __all__ = ["app", "console", "main"]
+
+
+def _quiet_shutdown() -> None:
+    # An interrupted load run leaves asyncio tasks whose errors nobody will read
+    # (the engine went away under them); their "Task exception was never
+    # retrieved" would bury the one line that says what happened.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda _unraisable: None  # "Exception ignored in ...": the same noise, at exit
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -33,7 +42,14 @@ def _terminate(signum: int, frame: Any) -> None:
             timer.start()
             return
         frame = frame.f_back
+    _quiet_shutdown()
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _fail(message: str, status: int) -> None:
+    _quiet_shutdown()
+    err_console.print(f"error: {one_line(message)}", highlight=False, soft_wrap=True)
+    sys.exit(status)
 
 
 def main() -> None:
@@ -44,19 +60,29 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     quiet_optuna()
-    # Every bad input is one line and exit status 2.
+    # Every bad input is one line and exit status 2; a failure once work began, one line and 1.
     try:
         rc = app(standalone_mode=False)
     except UserError as e:
-        err_console.print(f"error: {one_line(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e), 2)
+    except RunFailed as e:
+        _fail(str(e), 1)
     except click_errors.NoArgsIsHelpError as e:
         print(e.format_message())
         sys.exit(2)
     except click_errors.ClickException as e:  # unknown option, bad value, missing argument
-        err_console.print(f"error: {one_line(e.format_message())}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code if e.exit_code else 2)
+        _fail(e.format_message(), e.exit_code if e.exit_code else 2)
     except (KeyboardInterrupt, typer.Abort):
+        _quiet_shutdown()
         err_console.print("interrupted")
         sys.exit(130)
+    except typer.Exit:
+        raise
+    except OSError as e:  # a disk that filled or turned read-only under a running study
+        where = f": {e.filename}" if e.filename else ""
+        _fail(f"{e.strerror or e}{where}", 1)
+    except Exception as e:  # autotune's own failure: one line; the traceback on request
+        if os.environ.get("AUTOTUNE_TRACEBACK"):
+            raise
+        _fail(f"{type(e).__name__}: {root_cause_line(e)} (AUTOTUNE_TRACEBACK=1 shows where)", 1)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -36,10 +36,17 @@ def measure_cmd(
     from rich.table import Table
 
     from autotune.environment import record
-    from autotune.measure import measure_config
+    from autotune.measure import endpoint_url, measure_config
     from autotune.trial import setup_from_spec
+    from autotune.trial.setup import check_values
     from autotune.tuning import StudyResults
 
+    if from_study is None and (best or trial is not None):
+        raise UserError(f"{'--best' if best else '--trial'} takes a trial of a study: add --from-study DIR")
+    if best and trial is not None:
+        raise UserError("--best and --trial both choose the trial: give one")
+    if endpoint is not None:
+        endpoint_url(endpoint)
     overrides = flag_overrides(**flags)
     overrides.update(parse_assignments(spec_set, what="--spec-set"))
     spec = load_spec(spec_file, overrides)
@@ -60,7 +67,7 @@ def measure_cmd(
         config.update(chosen.config)
     config.update(parse_assignments(assignments))
     setup = setup_from_spec(spec)
-    setup.space.require_known(config)
+    check_values(setup.space, config, "--set")
     if endpoint is not None and served_model:
         setup.model = type(setup.model)(setup.model.source, served_model, setup.model.tokenizer_dir)
     console.print(f"measuring {spec.model} with {config or 'the engine defaults'}, {repeats} repeat(s)")

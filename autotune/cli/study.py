@@ -13,6 +13,7 @@ from autotune.cli._app import app, console, err_console
 from autotune.cli._options import with_flags
 from autotune.cli._results import print_results, write_html_report
 from autotune.cli.progress import RichReporter
+from autotune.folders import check_folder
 from autotune.load.stats import generator_verdict
 from autotune.spec import flag_overrides, load_spec, redact_url
 from autotune.tuning import StudyResults, budget_state, run_study, worker_spec
@@ -45,11 +46,12 @@ def optimize(
         seed=seed, gpus=gpus, price=price, wall_time=wall_time, repeats=repeats, baseline=baseline,
     ))
     assert spec.study_dir is not None
+    check_folder(spec.study_dir, "study folder")
     console.print(
         f"study [bold]{spec.name}[/] in {spec.study_dir}: model {spec.model}, engine {spec.engine.name}, "
         f"objectives {spec.objectives}" + (f", SLO {spec.slo}" if spec.slo else "")
     )
-    with RichReporter(console) as reporter:
+    with _Reporter(console) as reporter:
         try:
             run = run_study(spec, reporter)
         except KeyboardInterrupt:
@@ -78,7 +80,7 @@ def worker(
         f"worker on study [bold]{spec.name}[/] in {redact_url(storage)}, logs in {spec.study_dir}"
         + (f", GPUs {gpus}" if gpus else "")
     )
-    with RichReporter(console) as reporter:
+    with _Reporter(console) as reporter:
         try:
             run = run_study(spec, reporter, distributed=True)
         except KeyboardInterrupt:
@@ -87,6 +89,13 @@ def worker(
             raise typer.Exit(130)
     state = budget_state(run.study)
     console.print(f"study {spec.name}: {state.done} of {spec.budget.trials} trials done, {state.running} running")
+
+
+class _Reporter(RichReporter):
+    """The study's progress, plus the lines said between trials (waiting for the devices, for other workers)."""
+
+    def note(self, message: str) -> None:
+        self.console.print(f"  {message}", highlight=False)
 
 
 def warn_generator(runs: list[tuple[str, dict]]) -> None:

@@ -112,15 +112,21 @@ class EngineServer:
         self._gpu_baseline = gpu_memory_used(_visible_gpus(env))
         self._log = CappedLog(self.log_path, self.log_max_bytes, secrets=_secret_values(env))
         self._log.write(f"$ {self.plan.command_line()}\n".encode())
-        self.proc = subprocess.Popen(  # argv list, never a shell string
-            self.plan.argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent_hook(),
-        )
+        try:
+            self.proc = subprocess.Popen(  # argv list, never a shell string
+                self.plan.argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent_hook(),
+            )
+        except OSError as e:  # no such program, not executable: the engine never ran
+            reason = f"cannot launch {self.plan.argv[0] if self.plan.argv else 'an empty command'}: {e.strerror or e}"
+            self._log.write(f"autotune: {reason}\n".encode())
+            self._log.close()
+            raise EngineStartError(reason) from None
         assert self.proc.stdout is not None
         self._pump = threading.Thread(target=self._log.pump, args=(self.proc.stdout,), daemon=True)
         self._pump.start()

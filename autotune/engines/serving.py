@@ -8,6 +8,7 @@ start is served by the same interface, with nothing to start or stop.
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from autotune.engines.base import LaunchPlan
+from autotune.engines.device_lock import devices_of, holding
 from autotune.engines.launcher import EngineServer
 from autotune.errors import EngineStartError
 
@@ -80,19 +82,25 @@ def serving(
     api_key: str | None = None,
     startup_timeout_s: float = 600.0,
     on_wait: Callable[[float], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Iterator[Server]:
     """Yields a healthy server; raises ``EngineStartError`` with the engine's own words when it is not.
 
     ``launches=False``: the plan's address is an endpoint that is already up.
     Whatever happens inside the block, the engine's whole process group is gone
-    when it ends.
+    when it ends. An engine autotune starts holds its devices from start to
+    teardown (``autotune.engines.device_lock``); ``say`` hears that it waits for them.
     """
-    server: Server = (
-        EngineServer(plan, log_path, startup_timeout_s=startup_timeout_s) if launches else Endpoint(plan, api_key)
-    )
-    try:
-        server.start()
-        server.wait_healthy(on_wait=on_wait)
-        yield server
-    finally:
-        server.stop()
+    if not launches:  # someone else's server, on devices autotune knows nothing of
+        endpoint = Endpoint(plan, api_key)
+        endpoint.wait_healthy(on_wait=on_wait)
+        yield endpoint
+        return
+    server = EngineServer(plan, log_path, startup_timeout_s=startup_timeout_s)
+    with holding(devices_of({**os.environ, **plan.env}), say=say):
+        try:
+            server.start()
+            server.wait_healthy(on_wait=on_wait)
+            yield server
+        finally:
+            server.stop()

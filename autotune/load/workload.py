@@ -31,7 +31,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 from autotune.errors import UserError
 
-__all__ = ["DatasetEntry", "Lengths", "RequestSpec", "Workload", "load_dataset"]
+__all__ = ["MAX_REQUESTS", "MAX_TOKENS", "DatasetEntry", "Lengths", "RequestSpec", "Workload", "load_dataset"]
+
+#: No model holds more tokens than this in one request; a larger length is a typo,
+#: and building its prompts would exhaust memory long before any engine saw them.
+MAX_TOKENS = 10_000_000
+#: Prompts are built before a run starts, all of them in memory: beyond this a count is a typo.
+MAX_REQUESTS = 1_000_000
 
 
 class Lengths(BaseModel):
@@ -44,13 +50,13 @@ class Lengths(BaseModel):
     of a heavy lognormal.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dist: Literal["fixed", "uniform", "normal", "lognormal"]
-    mean: float | None = Field(default=None, gt=0)
+    mean: float | None = Field(default=None, gt=0, le=MAX_TOKENS)
     std: float | None = Field(default=None, ge=0)
-    min: int = Field(default=1, ge=1)
-    max: int | None = Field(default=None, ge=1)
+    min: int = Field(default=1, ge=1, le=MAX_TOKENS)
+    max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _check(self) -> Lengths:
@@ -95,6 +101,13 @@ class Lengths(BaseModel):
         high = float(self.max) if self.max is not None else math.inf
         return [int(x) for x in np.clip(np.rint(raw), self.min, high)]
 
+    @property
+    def longest(self) -> int | None:
+        """The longest draw possible; None for a normal or lognormal tail with no ``max``."""
+        if self.dist == "fixed":
+            return int(self.mean or 0)
+        return self.max
+
 
 def _length_kind(value: Any) -> str:
     return "distribution" if isinstance(value, (dict, Lengths)) else "tokens"
@@ -137,21 +150,21 @@ class Workload(BaseModel):
     without ``output_tokens`` takes a draw from ``output_tokens``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt_tokens: LengthField = Field(default=128)
-    prompt_tokens_max: int | None = Field(default=None, ge=1)
+    prompt_tokens_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     output_tokens: LengthField = Field(default=64)
-    output_tokens_max: int | None = Field(default=None, ge=1)
-    shared_prefix_tokens: int = Field(default=0, ge=0)
+    output_tokens_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    shared_prefix_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
     dataset: Path | None = None
     arrival: Literal["concurrency", "poisson", "gamma"] = "concurrency"
     burstiness: float = Field(default=1.0, gt=0)
     concurrency: int = Field(default=16, ge=1)
     rate: float | None = Field(default=None, gt=0)
-    num_requests: int = Field(default=64, ge=1)
+    num_requests: int = Field(default=64, ge=1, le=MAX_REQUESTS)
     duration_s: float | None = Field(default=None, gt=0)
-    warmup_requests: int = Field(default=4, ge=0)
+    warmup_requests: int = Field(default=4, ge=0, le=MAX_REQUESTS)
     request_timeout_s: float = Field(default=120.0, gt=0)
     seed: int = Field(default=0, ge=0)
 
@@ -160,6 +173,8 @@ class Workload(BaseModel):
     def _positive(cls, v: int | Lengths) -> int | Lengths:
         if isinstance(v, int) and v < 1:
             raise ValueError("must be >= 1 token")
+        if isinstance(v, int) and v > MAX_TOKENS:
+            raise ValueError(f"{v} tokens is beyond any model's context (at most {MAX_TOKENS:,})")
         return v
 
     @field_validator("dataset")
@@ -201,6 +216,24 @@ class Workload(BaseModel):
     @property
     def output_lengths(self) -> Lengths:
         return _as_lengths(self.output_tokens, self.output_tokens_max)
+
+    def overflow(self, context: int, where: str = "max_model_len") -> str | None:
+        """Why the longest request would not fit a context of ``context`` tokens, or None.
+
+        Every such request would be refused by the engine; refused up front, a
+        study costs one line instead of a run of failed trials. A dataset's
+        prompt lengths are not known before tokenizing and are not judged here.
+        """
+        prompt = None if self.dataset is not None else self.prompt_lengths.longest
+        output = self.output_lengths.longest
+        if prompt is None or output is None:
+            return None
+        total = self.shared_prefix_tokens + prompt + output
+        if total <= context:
+            return None
+        prefix = f"shared prefix {self.shared_prefix_tokens} + " if self.shared_prefix_tokens else ""
+        return (f"workload: requests of up to {prefix}prompt {prompt} + output {output} = {total} tokens "
+                f"do not fit {where} {context}")
 
 
 def _as_lengths(value: int | Lengths, high: int | None) -> Lengths:

@@ -23,8 +23,16 @@ from autotune.spec.slo import Constraint, Objective
 DEFAULT_OBJECTIVES = "max:output_tps,min:p99(ttft)"
 
 
+#: Every model of the spec: unknown keys refused, and no infinity or NaN where a number goes
+#: (a rate of ``inf`` or a price of ``nan`` would start a study that can only fail).
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+#: A bound no real study reaches; beyond it a count is a typo (``1e23``), not a budget.
+MAX_TRIALS = 10_000
+
+
 class Hardware(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpu_type: str | None = None
@@ -62,14 +70,19 @@ class Hardware(BaseModel):
 
 
 class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    trials: int = Field(8, ge=1, description="launched trials (pruned ones are free)")
+    trials: int = Field(8, ge=1, le=MAX_TRIALS, description="launched trials (pruned ones are free)")
     wall_time_s: float | None = Field(None, gt=0)
+    # 3: two equal failures can be two bad configurations; a third, of yet another configuration, is the machine.
+    stop_after_start_failures: int = Field(
+        3, ge=0, description="consecutive trials of different configurations that fail to start with the same "
+        "error stop the study, uncounted (0: never)",
+    )
 
 
 class EngineOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str = "vllm"
     host: str = "127.0.0.1"
@@ -100,7 +113,7 @@ STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 class Heartbeat(BaseModel):
     """How a dead worker is noticed: its running trial stops beating and is retried elsewhere."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     interval_s: int = Field(30, ge=1, description="a running trial's heartbeat period")
     grace_s: int = Field(120, ge=2, description="silence after which a trial is failed and retried")
@@ -143,7 +156,7 @@ def redact_url(url: str) -> str:
 class RoundsOptions(BaseModel):
     """How the budget is cut into rounds, and what may change between them (see autotune.tuning.rounds)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     enabled: bool = True
     size: int | None = Field(None, ge=1, description="trials per round (default: a third of the budget)")
@@ -159,7 +172,7 @@ class RoundsOptions(BaseModel):
 class GoodputOptions(BaseModel):
     """How a trial searches for its goodput: the highest load at which every SLO holds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     unit: Literal["req/s", "concurrency"] = "req/s"
     start: float = Field(1.0, gt=0, description="first load level tried")
@@ -184,7 +197,7 @@ class GoodputOptions(BaseModel):
 class StudySpec(BaseModel):
     """What to tune, under which load, for which goals."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str | None = None
     model: str = "tiny"
@@ -250,6 +263,10 @@ class StudySpec(BaseModel):
                 raise ValueError("objective min:cost needs a price: hardware.price_per_gpu_hour or --price-per-gpu-hour")
         if self.goodput is not None and not self.slo.strip():
             raise ValueError("goodput needs an SLO (--slo): it is the highest load at which the SLOs hold")
+        if self.max_model_len is not None:
+            overflow = self.workload.overflow(self.max_model_len)
+            if overflow:
+                raise ValueError(overflow)
         return self
 
     @property
@@ -276,9 +293,15 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"spec file not found: {path}") from None
+        except IsADirectoryError:
+            raise UserError(f"spec {path} is a folder, not a YAML file") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"spec {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except OSError as e:
+            raise UserError(f"cannot read spec {path}: {e.strerror or e}") from None
         except yaml.YAMLError as e:
             raise UserError(f"spec {path} is not valid YAML: {' '.join(str(e).split())}") from None
         if loaded is None:
@@ -294,12 +317,21 @@ def load_spec(path: Path | None = None, overrides: Mapping[str, Any] | None = No
         if value is None:
             continue
         set_dotted(data, dotted, value)
+    _refuse_blank_slo(data.get("slo"), (overrides or {}).get("slo") is not None)
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
         raise UserError(f"bad spec{f' {path}' if path else ''}: {validation_line(e)}") from None
     except UserError as e:
         raise UserError(str(e)) from None
+
+
+def _refuse_blank_slo(slo: Any, from_flag: bool) -> None:
+    """A blank SLO given on purpose is a mistake (an unset shell variable), not a wish for none:
+    read as "no SLO", it would run a whole study against no goal. Left out, there is none."""
+    if isinstance(slo, str) and not slo.strip():
+        where = "--slo" if from_flag else "slo"
+        raise UserError(f"{where} is blank: give one such as 'p99(ttft)<300ms', or leave it out for none")
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -55,6 +55,8 @@ class TrialOutcome:
     # the engine start read from its own log: phases in seconds, compile cache hit or miss
     startup: dict[str, Any] | None = None
     compile_key: str | None = None
+    # the engine never became healthy: the same start failure across configurations points at the machine
+    failed_to_start: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -100,7 +102,7 @@ def run_trial(
     try:
         with serving(
             launch, log_path, launches=setup.engine.capabilities.launches, api_key=setup.api_key,
-            startup_timeout_s=setup.startup_timeout_s, on_wait=lambda s: say(f"starting engine ({s:.0f}s)"),
+            startup_timeout_s=setup.startup_timeout_s, on_wait=lambda s: say(f"starting engine ({s:.0f}s)"), say=say,
         ) as server:
             outcome.startup_s = server.startup_s
             outcome.startup = _startup_bill(setup, log_path, server.startup_s)
@@ -136,7 +138,7 @@ def run_trial(
             say("stopping engine")
         return _finish(trial_dir, outcome)
     except EngineStartError as e:
-        outcome.reason = e.reason
+        outcome.reason, outcome.failed_to_start = e.reason, True
         outcome.startup = _startup_bill(setup, log_path, None)
         return _finish(trial_dir, outcome)
 
@@ -167,7 +169,7 @@ def run_quality_only(
     say("starting engine for the quality baseline")
     with serving(
         launch, out_dir / "engine.log", startup_timeout_s=setup.startup_timeout_s,
-        on_wait=lambda s: say(f"starting engine for the quality baseline ({s:.0f}s)"),
+        on_wait=lambda s: say(f"starting engine for the quality baseline ({s:.0f}s)"), say=say,
     ):
         say("measuring the quality baseline")
         return measure_quality(launch.base_url)

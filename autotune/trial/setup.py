@@ -7,7 +7,9 @@ from that command, whether it can run at all before anything is started.
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,11 +19,12 @@ from autotune.environment import detect_device, gpus
 from autotune.errors import UserError
 from autotune.load.workload import Workload
 from autotune.models.resolve import resolve_model
-from autotune.space import Assessment, Capacity, SearchSpace, assess, deployment_from_argv, host_memory_gib
+from autotune.space import Assessment, Capacity, Knob, SearchSpace, assess, deployment_from_argv, host_memory_gib
 from autotune.space import load_model_config
 from autotune.spec import Constraint, GoodputOptions, StudySpec
 
-__all__ = ["TrialSetup", "apply_template", "check", "feasibility", "plan", "setup_from_spec", "with_workload"]
+__all__ = ["TrialSetup", "apply_template", "check", "check_values", "feasibility", "plan", "require_launchable",
+           "setup_from_spec", "with_workload"]
 
 
 @dataclass
@@ -54,7 +57,10 @@ def setup_from_spec(spec: StudySpec) -> TrialSetup:
     engine = get_engine(spec.engine.name, spec.engine.options)
     hardware = {"gpu_count": float(spec.hardware.gpu_count if device == "cuda" else 1)}
     space = SearchSpace.load(engine.name).for_hardware(device, hardware).with_overrides(spec.space)
+    check_values(space, {k: v for k, v in spec.space.items() if not isinstance(v, Mapping)}, "space")
     model = resolve_model(spec.model, max_model_len=spec.max_model_len)
+    model_config = load_model_config(model.source)
+    _require_fits(spec.workload, model, model_config)
     capacity, gpu_env = hardware_capacity(spec, device)
     extra_env = dict(spec.engine.env)
     for key, value in gpu_env.items():
@@ -78,8 +84,78 @@ def setup_from_spec(spec: StudySpec) -> TrialSetup:
         api_key=api_key(spec),
         repeats=spec.repeats,
         capacity=capacity,
-        model_config=load_model_config(model.source),
+        model_config=model_config,
     )
+
+
+def _require_fits(workload: Workload, model: ModelRef, model_config: Mapping[str, Any] | None) -> None:
+    """Refuses a workload whose requests cannot fit the context the engine will have."""
+    if model.max_model_len:
+        context, where = model.max_model_len, "max_model_len"
+    else:
+        context = (model_config or {}).get("max_position_embeddings")
+        where = "the model's context (max_position_embeddings)"
+    if isinstance(context, int) and context > 0:
+        overflow = workload.overflow(context, where)
+        if overflow:
+            raise UserError(overflow)
+
+
+def require_launchable(setup: TrialSetup) -> None:
+    """Refuses, before anything starts, a launch template whose program is not on this machine:
+    every trial would fail the same way. Only where engines are launched from here: a plan
+    for another machine (``srun``, ``ray``) may name programs this one lacks."""
+    if setup.launch_template and setup.engine.capabilities.launches:
+        _require_program(setup.launch_template[0])
+
+
+def _require_program(program: str) -> None:
+    if program in ("{argv}", "{args}") or "{" in program:
+        return
+    if shutil.which(program) is None:
+        found = Path(program).exists() if os.sep in program else False
+        why = "is not executable" if found else "not found"
+        raise UserError(f"engine.launch_template: program {program!r} {why}")
+
+
+def check_values(space: SearchSpace, config: Mapping[str, Any], what: str = "", *, strict: bool = False) -> None:
+    """Refuses knob values of the wrong type before any engine starts (``max_num_seqs: "many"``).
+
+    ``strict`` (values a study enqueues): a categorical value must be one of the
+    space's choices, as Optuna will not store another. Otherwise (``measure
+    --set``) any value of a choice's type goes: measuring outside the space is
+    allowed, and the engine judges the value itself.
+    """
+    space.require_known(config, what)
+    for name, value in config.items():
+        problem = _value_problem(space.knobs[name], value, strict)
+        if problem:
+            raise UserError(f"{what + ': ' if what else ''}knob {name}={value!r}: {problem}")
+
+
+def _value_problem(knob: Knob, value: Any, strict: bool) -> str | None:
+    if value is None:
+        return None  # leave the setting to the engine
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if knob.type == "bool":
+        return None if isinstance(value, bool) else "expected true or false"
+    if knob.type == "int":
+        if not number or not math.isfinite(value) or value != int(value):
+            return "expected a whole number"
+        return None
+    if knob.type == "float":
+        return None if number and math.isfinite(value) else "expected a number"
+    choices = [c for c in knob.choices or [] if c is not None]
+    if knob.fixed is not None:
+        choices.append(knob.fixed)
+    if strict and choices and value not in choices:
+        return f"expected one of {', '.join(map(repr, choices))}"
+    kinds = {"number" if isinstance(c, (int, float)) and not isinstance(c, bool) else type(c).__name__
+             for c in choices}
+    kind = "number" if number else type(value).__name__
+    if kinds and kind not in kinds:
+        return f"expected one of {', '.join(map(repr, choices))}"
+    return None
 
 
 def api_key(spec: StudySpec) -> str | None:

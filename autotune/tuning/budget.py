@@ -1,7 +1,7 @@
 """The budget of a study, counted across every worker that shares it.
 
 A trial that spent engine time and finished counts; one refused before launch
-is free. Workers race between looking at the budget and asking for a trial,
+is free, and so is one that failed for the machine (``autotune.tuning.failfast``). Workers race between looking at the budget and asking for a trial,
 and a lost trial is retried in its own slot, so the counting lives in one place.
 """
 
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from autotune.tuning.failfast import excused
 
 __all__ = ["BudgetState", "budget_state", "counted", "over_budget", "worker_id"]
 
@@ -29,15 +32,18 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def counted(trial: FrozenTrial) -> bool:
-    """A trial that spent engine time and finished, one way or the other, counts against the budget."""
+def counted(trial: FrozenTrial, excused: Collection[int] = ()) -> bool:
+    """A trial that spent engine time and finished, one way or the other, counts against the budget;
+    one that failed for the machine, not its configuration (``excused``), does not."""
     if trial.state == TrialState.COMPLETE:
         return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "failed"
+    return (trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "failed"
+            and trial.number not in excused)
 
 
 def done(study: optuna.Study) -> int:
-    return sum(counted(t) for t in study.get_trials(deepcopy=False))
+    free = excused(study)
+    return sum(counted(t, free) for t in study.get_trials(deepcopy=False))
 
 
 def _root(t: FrozenTrial) -> int:
@@ -50,7 +56,7 @@ def _will_retry(t: FrozenTrial, max_retry: int | None) -> bool:
     return max_retry is None or len(t.system_attrs.get("retry_history", [])) + 1 <= max_retry
 
 
-def _slots(trials: list[FrozenTrial], max_retry: int | None) -> tuple[set[int], set[int]]:
+def _slots(trials: list[FrozenTrial], max_retry: int | None, free: Collection[int] = ()) -> tuple[set[int], set[int]]:
     """Budget slots by root trial: those taken, and those held by a lost trial until its retry is queued.
 
     A trial whose worker died keeps its slot, so that a fresh trial asked in the
@@ -61,7 +67,7 @@ def _slots(trials: list[FrozenTrial], max_retry: int | None) -> tuple[set[int], 
         lineages.setdefault(_root(t), []).append(t)
     taken, held = set(), set()
     for root, lineage in lineages.items():
-        if any(counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in lineage):
+        if any(counted(t, free) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in lineage):
             taken.add(root)
             continue
         last = max(lineage, key=lambda t: t.number)
@@ -73,9 +79,10 @@ def _slots(trials: list[FrozenTrial], max_retry: int | None) -> tuple[set[int], 
 
 def budget_state(study: optuna.Study, max_retry: int | None = None) -> BudgetState:
     trials = study.get_trials(deepcopy=False)
-    _, held = _slots(trials, max_retry)
+    free = excused(study)
+    _, held = _slots(trials, max_retry, free)
     return BudgetState(
-        done=sum(counted(t) for t in trials),
+        done=sum(counted(t, free) for t in trials),
         running=sum(t.state == TrialState.RUNNING for t in trials),
         waiting=sum(t.state == TrialState.WAITING for t in trials),
         awaiting_retry=len(held),
@@ -91,5 +98,5 @@ def over_budget(study: optuna.Study, number: int, budget: int, max_retry: int | 
     """
     trials = study.get_trials(deepcopy=False)
     mine = _root(next(t for t in trials if t.number == number))
-    taken, _ = _slots([t for t in trials if t.number != number], max_retry)
+    taken, _ = _slots([t for t in trials if t.number != number], max_retry, excused(study))
     return sum(1 for root in taken if root < mine) >= budget

@@ -11,27 +11,34 @@ continues from what it has seen.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 import optuna
 from optuna.trial import Trial
 
 from autotune.cost import cost_figures
+from autotune.engines.device_lock import devices_of, holding
 from autotune.environment import record
-from autotune.errors import UserError, root_cause_line
+from autotune.errors import UserError, one_line, root_cause_line
+from autotune.folders import check_folder, make_folder
 from autotune.spec import Constraint, Objective, StudySpec
 from autotune.trial import TrialOutcome, TrialSetup, check, run_trial, setup_from_spec
+from autotune.trial.setup import check_values, require_launchable
 from autotune.tuning.baseline import goodput_reference, measure_baseline
-from autotune.tuning.budget import budget_state, done, over_budget, worker_id
+from autotune.tuning.budget import BudgetState, budget_state, done, over_budget, worker_id
+from autotune.tuning.failfast import StartFailures
 from autotune.tuning.quality_cache import quality_hook
 from autotune.tuning.records import mark_started, mark_status, record_outcome, record_slo
 from autotune.tuning.rounds import planner_for
 from autotune.tuning.sampler import make_sampler, suggest
 from autotune.tuning.storage import (
-    SPEC_ATTR, existing_trials, fail_stale, make_storage, retry_of, spec_for_storage, wait_for_storage,
+    SPEC_ATTR, existing_trials, fail_stale, make_storage, opening, retry_of, spec_for_storage, wait_for_storage,
 )
 
 __all__ = ["StudyReporter", "StudyRun", "open_study", "run_study"]
@@ -73,34 +80,37 @@ def open_study(
 ) -> optuna.Study:
     """Creates the study, or opens it to resume; refuses one that exists with other objectives."""
     assert spec.study_dir is not None
-    if spec.storage is None:
-        spec.study_dir.mkdir(parents=True, exist_ok=True)  # SQLite needs the folder; a server does not
-    storage = make_storage(spec)
-    spec.study_dir.mkdir(parents=True, exist_ok=True)
-    directions = [o.direction for o in spec.objective_list]
-    existing = existing_trials(storage, spec.name)
-    study = optuna.create_study(
-        study_name=spec.name,
-        storage=storage,
-        directions=directions,
-        sampler=make_sampler(spec, existing if sampler_offset is None else sampler_offset, distributed=distributed),
-        load_if_exists=True,
-    )
-    if [d.name.lower() for d in study.directions] != directions:
-        raise UserError(f"study {spec.name!r} exists with other objectives; choose another --name")
-    stored = study.user_attrs.get(SPEC_ATTR)
-    if stored is None:
-        study.set_user_attr(SPEC_ATTR, spec_for_storage(spec))
-    elif stored.get("objectives") != spec.objectives:
-        raise UserError(
-            f"study {spec.name!r} exists with objectives {stored.get('objectives')!r}; choose another --name"
-        )
-    # On every open, not only the first: a configuration added to the spec's
-    # enqueue list between runs is measured next; one already there is skipped.
-    if spec.enqueue:
+    check_folder(spec.study_dir, "study folder")
+    if spec.enqueue:  # a bad entry is refused before anything is written
         space = (setup or setup_from_spec(spec)).space
+        for i, config in enumerate(spec.enqueue):
+            check_values(space, config, f"enqueue[{i}]", strict=True)
+    with opening(spec) as shared:  # SQLite: one process creates, the others find it made
+        storage = make_storage(spec)
+        make_folder(spec.study_dir, "study folder")  # a server's study keeps its logs here
+        directions = [o.direction for o in spec.objective_list]
+        existing = existing_trials(storage, spec.name)
+        if sampler_offset is None:
+            sampler_offset = existing + (secrets.randbelow(2**20) * 1000 if shared else 0)
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            directions=directions,
+            sampler=make_sampler(spec, sampler_offset, distributed=distributed),
+            load_if_exists=True,
+        )
+        if [d.name.lower() for d in study.directions] != directions:
+            raise UserError(f"study {spec.name!r} exists with other objectives; choose another --name")
+        stored = study.user_attrs.get(SPEC_ATTR)
+        if stored is None:
+            study.set_user_attr(SPEC_ATTR, spec_for_storage(spec))
+        elif stored.get("objectives") != spec.objectives:
+            raise UserError(
+                f"study {spec.name!r} exists with objectives {stored.get('objectives')!r}; choose another --name"
+            )
+        # On every open, not only the first: a configuration added to the spec's
+        # enqueue list between runs is measured next; one already there is skipped.
         for config in spec.enqueue:
-            space.require_known(config, "enqueue")
             study.enqueue_trial(dict(config), user_attrs={"enqueued_by": "spec"}, skip_if_exists=True)
     return study
 
@@ -111,9 +121,13 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
     ``distributed``: other workers may share the study (``autotune worker``),
     so the sampler is salted and a worker waits while the rest of the budget
     is running elsewhere, in case one of those trials is lost and retried.
+    Each trial holds its devices (``autotune.engines.device_lock``), so two
+    studies on one machine take turns; trials that fail to start the same way
+    for different configurations stop the study (``autotune.tuning.failfast``).
     """
     reporter = reporter or _Silent()
     setup = setup_from_spec(spec)
+    require_launchable(setup)
     study = open_study(spec, distributed=distributed, setup=setup)
     env = record(setup.engine.name, setup.engine.version(), setup.device)
     run = StudyRun(spec, setup, study, spec.constraints, spec.objective_list, env)
@@ -128,6 +142,8 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
         check=lambda config: check(run.setup, config), compile_key=setup.engine.compile_key,
     )
     poll_s = min(5.0, spec.heartbeat.interval_s)
+    note: Callable[[str], None] = getattr(reporter, "note", reporter.trial_status)
+    starts = StartFailures(spec.budget.stop_after_start_failures)
     waited = False
     while attempts < budget * 10:
         if deadline is not None and time.monotonic() > deadline:
@@ -137,32 +153,50 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
         state = budget_state(study, spec.heartbeat.max_retry)
         if state.done >= budget:
             break
-        if not state.waiting and state.done + state.running + state.awaiting_retry >= budget:
+        if _rest_runs_elsewhere(state, budget):
             # The rest of the budget is running elsewhere; one of those may yet be lost and retried.
             if not waited:
-                reporter.trial_status(f"waiting for {state.running} trial(s) running on other workers")
+                note(f"waiting for {state.running} trial(s) running on other workers")
                 waited = True
             time.sleep(poll_s)
             continue
         attempts += 1
-        if planner is not None:
-            for d in planner.advance(state.done):
-                reporter.trial_status(f"round {d.round}: {d.decision} {d.knob or ''} - {d.reason}")
-            run.setup.space = planner.space()
-        try:
-            study.optimize(lambda t: _objective(run, t, reporter), n_trials=1, catch=(TrialFailed,))
-        except optuna.exceptions.StorageInternalError as e:
-            # The database went away mid-trial (a restart): the trial is failed by its
-            # missing heartbeat and retried; this worker carries on once it is back.
-            reporter.trial_status(f"storage error, the trial will be retried: {root_cause_line(e)}")
+        # A whole trial holds its devices: another study on them waits, and its trials' times never overlap.
+        with _devices(setup, spec, note):
+            state = budget_state(study, spec.heartbeat.max_retry)  # the wait may have let others finish it
+            if state.done >= budget or _rest_runs_elsewhere(state, budget):
+                continue
+            if planner is not None:
+                for d in planner.advance(state.done):
+                    reporter.trial_status(f"round {d.round}: {d.decision} {d.knob or ''} - {d.reason}")
+                run.setup.space = planner.space()
+            try:
+                study.optimize(lambda t: _objective(run, t, reporter, starts), n_trials=1, catch=(TrialFailed,))
+            except optuna.exceptions.StorageInternalError as e:
+                # The database went away mid-trial (a restart): the trial is failed by its
+                # missing heartbeat and retried; this worker carries on once it is back.
+                reporter.trial_status(f"storage error, the trial will be retried: {root_cause_line(e)}")
     return run
 
 
-def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter) -> list[float]:
+def _rest_runs_elsewhere(state: BudgetState, budget: int) -> bool:
+    return not state.waiting and state.done + state.running + state.awaiting_retry >= budget
+
+
+def _devices(setup: TrialSetup, spec: StudySpec, note: Callable[[str], None]) -> ContextManager[None]:
+    """The device lock for one trial; none for an endpoint autotune does not start."""
+    if not setup.engine.capabilities.launches:
+        return contextlib.nullcontext()
+    return holding(devices_of({**os.environ, **setup.extra_env}), holder=f"study {spec.name}", say=note)
+
+
+def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter, starts: StartFailures) -> list[float]:
     try:
         config = suggest(trial, run.setup.space)
     except ValueError as e:  # Optuna refuses a knob whose range changed within one study
-        mark_status(trial, None, f"search space changed: {e}")
+        mark_status(trial, "error", f"search space changed: {e}")
+        if not any(t.state.is_finished() for t in run.study.get_trials(deepcopy=False)):
+            raise UserError(f"cannot ask for a configuration: {e}") from None
         raise UserError(
             f"the search space changed since study {run.spec.name!r} began ({e}); start a new one with --name"
         ) from None
@@ -185,6 +219,10 @@ def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter) -> list[flo
     except KeyboardInterrupt:
         mark_status(trial, "interrupted", "interrupted by the user")
         raise
+    except Exception as e:  # autotune's own failure (a full disk, a bug): the trial says so, never "running"
+        with contextlib.suppress(Exception):
+            mark_status(trial, "error", f"autotune could not run the trial: {type(e).__name__}: {one_line(e)}")
+        raise
     if outcome.status == "ok":
         outcome.figures.update(cost_figures(
             outcome.figures, config, gpu_count=run.spec.hardware.gpu_count, device=run.setup.device,
@@ -194,8 +232,11 @@ def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter) -> list[flo
     if outcome.status == "infeasible":
         reporter.trial_finished(trial.number, outcome, None)
         raise optuna.TrialPruned(outcome.reason)
+    machine = starts.see(trial.number, config, outcome.failed_to_start, outcome.reason)
     if outcome.status != "ok":
         reporter.trial_finished(trial.number, outcome, None)
+        if machine:
+            raise starts.stop(run.study)
         raise TrialFailed(outcome.reason)
     bound = outcome.figures.get("goodput_upper_bound")
     # Below the incumbent, goodput is a bound, not a measurement: Optuna sees the bound (never better than the

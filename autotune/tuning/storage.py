@@ -7,19 +7,23 @@ study itself, so a worker or a report needs nothing but the storage and name.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import secrets
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import optuna
 
 from autotune.errors import UserError, one_line, root_cause_line
+from autotune.folders import check_writable_file, make_folder
 from autotune.spec import StudySpec, redact_url
 
-__all__ = ["SPEC_ATTR", "fail_stale", "load_study", "make_storage", "read_stored_spec", "spec_for_storage",
-           "wait_for_storage"]
+__all__ = ["SPEC_ATTR", "fail_stale", "load_study", "make_storage", "opening", "read_stored_spec",
+           "spec_for_storage", "wait_for_storage"]
 
 SPEC_ATTR = "autotune_spec"
 
@@ -51,11 +55,50 @@ def make_storage(spec: StudySpec) -> optuna.storages.RDBStorage:
         except Exception as e:  # sqlalchemy's OperationalError and kin: server down, bad credentials
             why = root_cause_line(e)
             # Workers started together on an empty database race to create Optuna's tables.
-            if attempt < 4 and ("duplicate key" in why or "already exists" in why):
+            if attempt < 4 and any(race in why for race in ("duplicate key", "already exists", "UNIQUE constraint")):
                 time.sleep(0.5 + secrets.randbelow(1000) / 1000)
                 continue
             raise UserError(f"cannot open storage {redact_url(url)}: {why}") from None
     raise AssertionError("unreachable")
+
+
+#: Lock files of the studies this process has open, kept open until it exits (see ``opening``).
+_OPEN: dict[str, IO[str]] = {}
+
+
+@contextlib.contextmanager
+def opening(spec: StudySpec) -> Iterator[bool]:
+    """Opens a study's storage one process at a time; yields whether another process has it open.
+
+    Two processes creating one new SQLite study at once race on Optuna's own
+    tables ("UNIQUE constraint failed: alembic_version") and on the spec's
+    enqueued trials; a lock beside the database lets one create and the other
+    find it made. A process that finds the study open elsewhere is told so, and
+    its sampler is salted, or both would propose the same configurations.
+    A server (PostgreSQL) needs no lock here: ``make_storage`` retries its race.
+    """
+    assert spec.study_dir is not None
+    if spec.storage is not None:
+        yield False
+        return
+    folder = make_folder(spec.study_dir, "study folder")
+    check_writable_file(folder / "study.db", "study database")
+    key = str(folder.resolve())
+    try:
+        guard = open(folder / ".study.db.lock", "a+")
+        using = _OPEN.get(key) or open(folder / ".study.db.open", "a+")
+    except OSError as e:
+        raise UserError(f"study folder {folder} is not writable: {e.strerror or e}") from None
+    _OPEN[key] = using
+    with guard:
+        fcntl.flock(guard.fileno(), fcntl.LOCK_EX)
+        try:  # exclusive only if nobody else holds it shared; this process's own hold converts
+            fcntl.flock(using.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shared = False
+        except OSError:
+            shared = True
+        fcntl.flock(using.fileno(), fcntl.LOCK_SH)  # held until this process exits
+        yield shared
 
 
 class _BeatingStorage(optuna.storages.RDBStorage):
