@@ -26,6 +26,7 @@ from autotune.load.stats import Summary
 from autotune.measure import MeasureReport, measure_config
 from autotune.spec import StudySpec, load_spec
 from autotune.trial import TrialSetup, plan, setup_from_spec
+from autotune.trial.setup import check_values
 from autotune.tuning import StudyResults
 
 # Figures in table order.
@@ -100,8 +101,8 @@ def compare(
     if len(set(engines)) != len(engines) or not engines:
         raise UserError("--engines needs distinct engine names, e.g. vllm,transformers")
     setups = {e: _setup_for(spec, e, (options or {}).get(e, {})) for e in engines}
-    for e, setup in setups.items():
-        setup.space.require_known((configs or {}).get(e, {}))
+    for e, setup in setups.items():  # every engine's knobs judged before the first engine starts
+        check_values(setup.space, (configs or {}).get(e, {}))
     # One stopping rule for all: fixed lengths only if every engine can fix them.
     fixed = all(s.engine.capabilities.ignore_eos for s in setups.values())
     results = []

@@ -120,6 +120,9 @@ def measure_config(
 
 def endpoint_url(text: str) -> str:
     """An endpoint's root URL (``http://host:port``), from what a user gives: with or without ``/v1``."""
+    if text.strip().startswith("/"):
+        raise UserError(f"--endpoint {text!r}: give the server's URL here (vllm bench's --base-url, "
+                        "e.g. http://127.0.0.1:8000); requests always go to its /v1/completions")
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(f"--endpoint {text!r} is not an http(s) URL such as http://127.0.0.1:8000/v1")

@@ -83,6 +83,10 @@ class RichReporter(_TwoBars):
     def trial_status(self, message: str) -> None:
         self.status(message)
 
+    def note(self, message: str) -> None:
+        """A line said between trials: waiting for the devices, for other workers."""
+        self.console.print(f"  {message}", highlight=False)
+
     def trial_finished(self, number: int, outcome: TrialOutcome, feasible: bool | None) -> None:
         self._end()
         if outcome.status == "infeasible":

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from autotune.cli import _options as opt
-from autotune.cli._app import app, console, status_lines
+from autotune.cli._app import app, console, err_console, status_lines
 from autotune.cli._options import with_flags
 from autotune.cli.study import warn_generator
 from autotune.errors import UserError
@@ -24,10 +24,17 @@ def measure_cmd(
     from_study: Optional[Path] = typer.Option(None, "--from-study", help="take the knobs of a trial of this study"),
     trial: Optional[int] = typer.Option(None, "--trial", help="the trial number, with --from-study"),
     best: bool = typer.Option(False, "--best", help="with --from-study: take the best feasible trial"),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="measure a server autotune did not start"),
-    served_model: Optional[str] = typer.Option(None, "--served-model", help="model name the endpoint serves"),
-    repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="measurements (the methodology asks for 10)"),
-    out: Path = typer.Option(Path("autotune-runs/measure"), "--out", help="folder for measure.json and the engine log"),
+    storage: Optional[str] = opt.STORAGE,
+    study: Optional[str] = opt.STUDY,
+    endpoint: Optional[str] = typer.Option(
+        None, "--endpoint", "--base-url", help="measure a server autotune did not start: its URL"),
+    served_model: Optional[str] = typer.Option(
+        None, "--served-model-name", "--served-model", help="model name the endpoint serves"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="engine adapter (default vllm)"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs the engine may use"),
+    repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="measurements on one engine start (the methodology asks for 10)"),
+    out: Path = typer.Option(Path("autotune-runs/measure"), "--out", "--result-dir",
+                             help="folder for measure.json and the engine log"),
     spec_set: list[str] = typer.Option([], "--spec-set", help="spec field=value, dotted (e.g. goodput.start=24); repeatable"),
     *,
     flags: dict[str, Any],
@@ -39,27 +46,27 @@ def measure_cmd(
     from autotune.measure import endpoint_url, measure_config
     from autotune.trial import setup_from_spec
     from autotune.trial.setup import check_values
-    from autotune.tuning import StudyResults
 
-    if from_study is None and (best or trial is not None):
+    reads_study = from_study is not None or storage is not None
+    if not reads_study and (best or trial is not None):
         raise UserError(f"{'--best' if best else '--trial'} takes a trial of a study: add --from-study DIR")
     if best and trial is not None:
         raise UserError("--best and --trial both choose the trial: give one")
     if endpoint is not None:
         endpoint_url(endpoint)
-    overrides = flag_overrides(**flags)
+    overrides = flag_overrides(**flags, engine=engine, gpus=gpus)
     overrides.update(parse_assignments(spec_set, what="--spec-set"))
     spec = load_spec(spec_file, overrides)
     if endpoint is not None and spec.engine.name == "external":
         # the endpoint is the external adapter's own address: no need to give it twice
         spec.engine.options = {"base_url": endpoint, "served_model": served_model, **spec.engine.options}
     config: dict[str, Any] = {}
-    if from_study is not None:
-        results = StudyResults.load(from_study)
+    if reads_study:
+        results = opt.open_results(from_study, storage, study)[0]
         if best:
             chosen = results.best()
             if chosen is None:
-                raise UserError(f"{from_study} has no feasible measured trial to take with --best")
+                raise UserError(f"study {results.name} has no feasible measured trial to take with --best")
         else:
             chosen = results.trial(trial) if trial is not None else None
             if chosen is None:
@@ -93,7 +100,9 @@ def compare(
     from_study: list[str] = typer.Option([], "--from-study", help="engine=DIR: take the best point of that study"),
     engine_options: list[str] = typer.Option([], "--engine-option", help="engine:name=value adapter settings (external: base_url ...)"),
     repeats: int = typer.Option(3, "--repeats", "-r", min=1, help="measurements per engine on one server start"),
-    out: Path = typer.Option(Path("autotune-runs/compare"), "--out", help="folder for compare.json and engine logs"),
+    out: Path = typer.Option(Path("autotune-runs/compare"), "--out", "--result-dir",
+                             help="folder for compare.json and engine logs"),
+    as_json: bool = opt.JSON,
     *,
     flags: dict[str, Any],
 ) -> None:
@@ -113,12 +122,16 @@ def compare(
     strays = sorted(set(configs) - set(names))
     if strays:
         raise UserError(f"--set/--from-study name engine(s) not in --engines: {', '.join(strays)}")
-    console.print(f"comparing {', '.join(names)} on {spec.model}, {repeats} run(s) each")
+    say = err_console if as_json else console
+    say.print(f"comparing {', '.join(names)} on {spec.model}, {repeats} run(s) each")
     result = run_compare(
         spec, names, out, configs=configs, sources=sources,
         options=parse_engine_assignments(engine_options, "--engine-option"), repeats=repeats,
-        status=lambda m: console.print(f"  {m}"),
+        status=lambda m: say.print(f"  {m}", highlight=False),
     )
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+        return
     console.print(table(result))
     for line in environment_lines(result):
         console.print(line, highlight=False, soft_wrap=True)

@@ -22,7 +22,7 @@ from autotune.tuning import StudyResults, budget_state, run_study, worker_spec
 @app.command()
 @with_flags
 def optimize(
-    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="trials to launch (resumed ones count)"),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="trials to launch, resumed ones counted (default 8)"),
     spec_file: Optional[Path] = opt.SPEC,
     engine: Optional[str] = typer.Option(None, "--engine", help="engine adapter (default vllm)"),
     name: Optional[str] = typer.Option(None, "--name", help="study name (default: <model>-<engine>)"),
@@ -36,6 +36,8 @@ def optimize(
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", min=1, help="measurements of each trial (mean, std, CI)"),
     baseline: Optional[bool] = typer.Option(
         None, "--baseline/--no-baseline", help="measure the engine's own defaults first, the reference of every ratio [default: on]"),
+    dry: bool = typer.Option(False, "--dry-run", help="show the search space, sampled configurations with their verdicts "
+                             "and the exact launch commands; start nothing"),
     *,
     flags: dict[str, Any],
 ) -> None:
@@ -46,12 +48,17 @@ def optimize(
         seed=seed, gpus=gpus, price=price, wall_time=wall_time, repeats=repeats, baseline=baseline,
     ))
     assert spec.study_dir is not None
+    if dry:
+        from autotune.cli._dry_run import dry_run
+
+        dry_run(spec)
+        return
     check_folder(spec.study_dir, "study folder")
     console.print(
         f"study [bold]{spec.name}[/] in {spec.study_dir}: model {spec.model}, engine {spec.engine.name}, "
         f"objectives {spec.objectives}" + (f", SLO {spec.slo}" if spec.slo else "")
     )
-    with _Reporter(console) as reporter:
+    with RichReporter(console) as reporter:
         try:
             run = run_study(spec, reporter)
         except KeyboardInterrupt:
@@ -80,7 +87,7 @@ def worker(
         f"worker on study [bold]{spec.name}[/] in {redact_url(storage)}, logs in {spec.study_dir}"
         + (f", GPUs {gpus}" if gpus else "")
     )
-    with _Reporter(console) as reporter:
+    with RichReporter(console) as reporter:
         try:
             run = run_study(spec, reporter, distributed=True)
         except KeyboardInterrupt:
@@ -89,13 +96,6 @@ def worker(
             raise typer.Exit(130)
     state = budget_state(run.study)
     console.print(f"study {spec.name}: {state.done} of {spec.budget.trials} trials done, {state.running} running")
-
-
-class _Reporter(RichReporter):
-    """The study's progress, plus the lines said between trials (waiting for the devices, for other workers)."""
-
-    def note(self, message: str) -> None:
-        self.console.print(f"  {message}", highlight=False)
 
 
 def warn_generator(runs: list[tuple[str, dict]]) -> None:

@@ -134,8 +134,10 @@ def failures_table(results: StudyResults) -> Table | None:
     table.add_column("trial", justify="right")
     table.add_column("verdict")
     table.add_column("reason", overflow="fold")
+    machine = results.machine_failures()
     for t in bad:
-        table.add_row(str(t.number), t.verdict_text, str(t.reason or ""))
+        verdict = f"{t.verdict_text} (the machine: not charged)" if t.number in machine else t.verdict_text
+        table.add_row(str(t.number), verdict, str(t.reason or ""))
     return table
 
 

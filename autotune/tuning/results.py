@@ -74,6 +74,12 @@ class StudyResults:
     def trial(self, number: int) -> TrialRecord | None:
         return next((r for r in self.trials if r.number == number), None)
 
+    def machine_failures(self) -> set[int]:
+        """Trials that failed to start the same way as their neighbours: the machine's failure, not theirs."""
+        from autotune.tuning.failfast import MACHINE_ATTR
+
+        return {int(n) for n in (self._study.user_attrs.get(MACHINE_ATTR) or {}).get("trials", [])}
+
     def engine_time_line(self) -> str | None:
         """Where the study's engine time went: starting engines, under load, other."""
         from autotune.tuning.bill import engine_time_line
