@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="record points with this value after all others (a complete sub-grid comes first)")
     parser.add_argument("--confirm", type=int, default=0, metavar="N",
                         help=f"once the grid is complete, measure the N best points {CONFIRM_RUNS} times each (median)")
+    parser.add_argument("--defaults", action="store_true",
+                        help="also record the engine's own defaults (no knob set), measured first, as a study does")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the engine's process group is torn down
 
@@ -340,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     def out_of_time() -> bool:
         return args.max_seconds is not None and time.monotonic() - t0 > args.max_seconds
 
+    if args.defaults and "defaults" not in data and not out_of_time():
+        # No knob at all, not even the fixed ones: what the engine does when nobody tunes it.
+        data["defaults"] = measure(setup, {}, {}, args.work_dir)
+        write(args.out, data)
+        print(f"defaults: {data['defaults']['status']} goodput {data['defaults']['goodput']:g}", flush=True)
     for n, config in enumerate(todo):
         if (args.max_points is not None and n >= args.max_points) or out_of_time():
             break

@@ -12,7 +12,9 @@ many seeds:
   ``autotune optimize`` configures them (``autotune.tuning.make_sampler``).
 * ``rounds+tpe``, ``rounds+gp``: the same samplers with autotune's rounds
   (``autotune.tuning.rounds``): freeze knobs that do not matter, enqueue
-  neighbours of the best trials.
+  neighbours of the best trials; where the surface recorded the engine's
+  defaults (``record_surface.py --defaults``), they are measured first and
+  paid for, as a study does.
 
 The figure of merit: the trials, and the engine-minutes, spent until the best
 feasible goodput found reaches ``--target`` (95%) of the grid's best. A grid
@@ -250,13 +252,18 @@ def run_sampler(
     spec = StudySpec.model_validate({"sampler": sampler_name, "seed": seed, "budget": {"trials": study_trials}})
     study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, 0))
     run = Run(method, seed, [], [])
+    defaults = surface.data.get("defaults")
+    if method.startswith("rounds+") and defaults:
+        # autotune's own search measures the engine's defaults first: their start and search are paid too.
+        run.goodputs.append(float(defaults.get("goodput") or 0.0))
+        run.costs_s.append(float(defaults.get("engine_s") or defaults.get("startup_s", 0) + defaults.get("measure_s", 0)))
     objective = replay_objective(surface, run)
     base = surface.space()
     planner = (
         RoundPlanner(study, base, base, rounds or RoundsOptions(), study_trials) if method.startswith("rounds+") else None
     )
-    best = 0.0
-    for i in range(budget):
+    best = max(run.goodputs, default=0.0)
+    for i in range(budget - len(run.goodputs)):
         space = base
         if planner is not None:
             planner.advance(i)
