@@ -162,7 +162,7 @@ class _Silent:
 
 
 def candidates(
-    results: StudyResults, *, top: int | None = None, trials: list[int] | None = None
+    results: StudyResults, *, top: int | None = None, trials: list[int] | None = None, defaults: bool = False,
 ) -> tuple[list[TrialRecord], list[str]]:
     """The recommendations to verify, and notes on the trials left out.
 
@@ -181,6 +181,11 @@ def candidates(
         chosen = results.ranked()[:top]
     else:
         chosen = results.front()
+    if defaults:  # the engine's own defaults: the other side of every ratio, verified the same way
+        base = results.baseline()
+        if base is None:
+            raise UserError("--defaults: this study did not measure the engine's defaults")
+        chosen = [base, *chosen]
     notes = [f"trial {r.number} left out: its result has no environment record "
              f"({', '.join(missing(r.attrs.get('environment')))})" for r in chosen if not r.reported]
     return [r for r in chosen if r.reported], notes

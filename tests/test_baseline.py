@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 
@@ -92,3 +93,20 @@ def test_versus_defaults_says_when_there_is_no_interval() -> None:
     assert versus_defaults(repeated, base_rep, "output_throughput", maximize=True) == (
         f"best: trial 2, 1.30x the defaults' out tok/s (95% CI {120 / 105:.2f}..{140 / 95:.2f})")
     assert "not measured" in versus_defaults(best, None, "output_throughput", True)
+
+
+def test_verify_can_take_the_defaults_as_a_candidate(tmp_path: Path) -> None:
+    from autotune.errors import UserError
+    from autotune.tuning import StudyResults
+    from autotune.verify import candidates
+
+    env = {"engine": "vllm", "engine_version": "0.32.0", "autotune": "0.1.0", "python": "3.11", "host": "h",
+           "device": "cpu"}
+    study = _study(["maximize"], tmp_path)
+    results = StudyResults(study, _spec("max:goodput"))
+    with pytest.raises(UserError, match="did not measure the engine's defaults"):
+        candidates(results, defaults=True)
+    study.set_user_attr(BASELINE_ATTR, {"status": "ok", "config": {}, "feasible": True, "values": [9.0],
+                                        "figures": {"goodput": 9.0}, "environment": env})
+    chosen, notes = candidates(StudyResults(study, _spec("max:goodput")), defaults=True)
+    assert [c.number for c in chosen] == [-1] and chosen[0].config == {} and notes == []

@@ -60,6 +60,7 @@ def verify(
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", hidden=True),
     price: Optional[float] = opt.PRICE,
     fresh: bool = typer.Option(False, "--fresh", help="discard the starts stored by an earlier verify"),
+    defaults: bool = typer.Option(False, "--defaults", help="verify the engine's defaults too, the reference of the ratio"),
     as_json: bool = opt.JSON,
 ) -> None:
     """Re-run the recommended configs on fresh server starts; verified only if the SLO holds at 95%."""
@@ -73,7 +74,7 @@ def verify(
         raise UserError(f"verify counts fresh server starts: use --starts {repeats} (--repeats measures one start)")
     results, folder = opt.open_results(study_dir, storage, study)
     spec = results.spec
-    chosen, notes = candidates(results, top=top, trials=list(trials) or None)
+    chosen, notes = candidates(results, top=top, trials=list(trials) or None, defaults=defaults)
     for note in notes:
         err_console.print(f"note: {note}", highlight=False)
     if not chosen:
@@ -81,7 +82,8 @@ def verify(
     setup = setup_from_spec(spec)
     out = err_console if as_json else console
     out.print(
-        f"verifying {', '.join(f'trial {t.number}' for t in chosen)} of {spec.name}: {starts} fresh start(s) each"
+        f"verifying {', '.join(f'trial {t.number}' if t.number >= 0 else 'the defaults' for t in chosen)} of "
+        f"{spec.name}: {starts} fresh start(s) each"
         + (f", SLO {spec.slo}" if spec.slo else ", no SLO"), highlight=False,
     )
     with RichVerifyReporter(out) as reporter:

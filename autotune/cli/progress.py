@@ -119,7 +119,8 @@ class RichVerifyReporter(_TwoBars):
         self._open("fresh starts", total_starts, already)
 
     def start_begun(self, trial: int, index: int, repeats: int) -> None:
-        self._begin(f"  trial {trial} start {index + 1}/{repeats}")
+        name = f"trial {trial}" if trial >= 0 else "defaults"
+        self._begin(f"  {name} start {index + 1}/{repeats}")
 
     def start_finished(self, trial: int, index: int, start: Start) -> None:
         self._end()

@@ -55,7 +55,8 @@ def verify_table(results: list[Verification]) -> Table:
 
 
 def verdict_lines(result: Verification) -> list[str]:
-    head = f"trial {result.trial}: " + ("VERIFIED" if result.verified else "NOT VERIFIED")
+    name = f"trial {result.trial}" if result.trial >= 0 else "engine defaults"
+    head = f"{name}: " + ("VERIFIED" if result.verified else "NOT VERIFIED")
     holds = [f"{c.slo} holds ({c.basis}: {_fmt(c.value, c.unit) if c.unit else _pct(c.value)})"
              for c in result.checks if c.holds]
     lines = [head + (f" - {'; '.join(holds)}" if result.verified and holds else "")]

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The H200 measurements, as resumable steps that each fit in a short run on a machine
+# that keeps nothing between runs: every step reads and writes its results under
+# benchmarks/data/h200/ (and the study under $STUDY), so the next run goes on from them.
+#
+#   bash examples/h200/runbook.sh verdicts        # issue: trustworthy verdicts (defaults and fp8, 10 searches, 3 starts)
+#   bash examples/h200/runbook.sh cost-before     # the trial bill with the code before the trial-cost work
+#   bash examples/h200/runbook.sh cost-after      # ... and with this code
+#   bash examples/h200/runbook.sh surface         # the GPU response surface (grid), with the engine's defaults
+#   bash examples/h200/runbook.sh study           # the unseeded study (resumes)
+#   bash examples/h200/runbook.sh verify          # its recommendation and the defaults, fresh starts
+#
+# Needs vLLM for CUDA and autotune's gpu extra; no weights are downloaded (Llama-3.1-8B shape,
+# --load-format dummy). SECONDS_LEFT bounds each step (default 480 s) so that no engine is
+# still starting when a short run ends.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+step=${1:?step}
+left=${SECONDS_LEFT:-480}
+spec=studies/h200-llama8b-chat.yaml
+data=benchmarks/data/h200
+study=${STUDY:-$data/study}
+mkdir -p "$data"
+py=(python3)
+
+case $step in
+  verdicts)
+    "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" ;;
+  cost-before)
+    # The code before the trial-cost work: a checkout of that commit's autotune/ folder, e.g.
+    #   git worktree add /tmp/autotune-before 681ece3
+    "${py[@]}" benchmarks/trial_cost.py --spec "$spec" --trials 3 --label before \
+      --autotune "${BEFORE:-/tmp/autotune-before}" --study-dir "$data/cost-before" --out "$data/trial-cost.json" ;;
+  cost-after)
+    "${py[@]}" benchmarks/trial_cost.py --spec "$spec" --trials 8 --label after \
+      --study-dir "$data/cost-after" --out "$data/trial-cost.json" -- --wall-time "$left" ;;
+  surface)
+    "${py[@]}" benchmarks/record_surface.py --spec "$spec" --defaults --max-seconds "$left" \
+      --grid max_num_seqs=64,128,256 --grid max_num_batched_tokens=2048,8192 \
+      --grid quantization=null,fp8 --grid kv_cache_dtype=auto,fp8 \
+      --fixed gpu_memory_utilization=0.9 --out "$data/surface.json" ;;
+  study)
+    "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$left" ;;
+  verify)
+    "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 ;;
+  *)
+    echo "unknown step $step" >&2; exit 2 ;;
+esac
