@@ -85,4 +85,6 @@ def main() -> None:
         if os.environ.get("AUTOTUNE_TRACEBACK"):
             raise
         _fail(f"{type(e).__name__}: {root_cause_line(e)} (AUTOTUNE_TRACEBACK=1 shows where)", 1)
+    if rc == 130:  # typer turned an interrupt no command caught into its exit status: say so
+        err_console.print("interrupted")
     sys.exit(rc if isinstance(rc, int) else 0)
