@@ -15,7 +15,7 @@ from autotune.cli import study as _study  # noqa: F401 - registers optimize, wor
 from autotune.cli import inspect as _inspect  # noqa: F401 - registers review, verify, report, dashboard, locate
 from autotune.cli import run as _run  # noqa: F401 - registers measure, compare
 from autotune.cli import export as _export  # noqa: F401 - registers export
-from autotune.cli._app import app, console, err_console
+from autotune.cli._app import app, console, err_console, interruption_said
 from autotune.errors import RunFailed, UserError, one_line, root_cause_line
 
 __all__ = ["app", "console", "main"]
@@ -85,6 +85,6 @@ def main() -> None:
         if os.environ.get("AUTOTUNE_TRACEBACK"):
             raise
         _fail(f"{type(e).__name__}: {root_cause_line(e)} (AUTOTUNE_TRACEBACK=1 shows where)", 1)
-    if rc == 130:  # typer turned an interrupt no command caught into its exit status: say so
+    if rc == 130 and not interruption_said():  # typer turned an interrupt no command caught into 130: say so
         err_console.print("interrupted")
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -45,6 +45,20 @@ def _root(
     """
 
 
+def interrupted(message: str) -> typer.Exit:
+    """The one line an interrupted command leaves, and its exit status (130, as a shell's)."""
+    err_console.print(message, highlight=False)
+    _said.append(message)
+    return typer.Exit(130)
+
+
+def interruption_said() -> bool:
+    return bool(_said)
+
+
+_said: list[str] = []
+
+
 def status_lines(every_s: float = 15.0) -> Callable[[str], None]:
     """A status printer for plain output: a message that only updates a counter
     ("starting engine (12s)") is printed again at most every ``every_s`` seconds,

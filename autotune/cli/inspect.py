@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 
 from autotune.cli import _options as opt
-from autotune.cli._app import app, console, err_console
+from autotune.cli._app import app, console, err_console, interrupted
 from autotune.cli._results import print_results, write_html_report
 from autotune.errors import UserError
 from autotune.figures import startup_text
@@ -94,8 +94,7 @@ def verify(
             )
         except KeyboardInterrupt:
             reporter.progress.stop()
-            err_console.print("interrupted: the starts measured so far are kept in the study; run the same command to go on")
-            raise typer.Exit(130)
+            raise interrupted("interrupted: the starts measured so far are kept in the study; run the same command to go on")
     if as_json:
         print(json.dumps({"study": results.name, "slo": results.slo_texts(),
                           "verifications": [{"verified": v.verified, **v.to_json()} for v in verified]},

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from autotune.cli import _options as opt
-from autotune.cli._app import app, console, err_console
+from autotune.cli._app import app, console, err_console, interrupted
 from autotune.cli._options import with_flags
 from autotune.cli._results import print_results, write_html_report
 from autotune.cli.progress import RichReporter
@@ -63,8 +63,7 @@ def optimize(
             run = run_study(spec, reporter)
         except KeyboardInterrupt:
             reporter.progress.stop()
-            err_console.print("interrupted: finished trials are kept; run the same command to resume")
-            raise typer.Exit(130)
+            raise interrupted("interrupted: finished trials are kept; run the same command to resume")
     results = StudyResults(run.study, spec)
     print_results(results, spec.study_dir)
     write_html_report(results, spec.study_dir, None)
@@ -92,8 +91,7 @@ def worker(
             run = run_study(spec, reporter, distributed=True)
         except KeyboardInterrupt:
             reporter.progress.stop()
-            err_console.print("interrupted: this worker's trial is marked interrupted; the others go on")
-            raise typer.Exit(130)
+            raise interrupted("interrupted: this worker's trial is marked interrupted; the others go on")
     state = budget_state(run.study)
     console.print(f"study {spec.name}: {state.done} of {spec.budget.trials} trials done, {state.running} running")
 
