@@ -93,7 +93,9 @@ def test_dry_run_shows_space_verdicts_and_commands_without_starting_anything() -
     assert not Path(str(spec.study_dir)).exists()  # nothing was written
     assert {"max_num_seqs", "block_size", "kv_cache_dtype"} <= set(data["space"])
     assert data["space"]["max_num_seqs"]["via"] == "--max-num-seqs"
-    first, *drawn = data["configurations"]
+    defaults, first, *drawn = data["configurations"]
+    assert defaults["source"].startswith("the engine's defaults") and defaults["config"] == {}
+    assert "--max-num-seqs" not in defaults["command"]  # launched with no knob set
     assert first["source"] == "enqueued by the spec" and first["config"] == {"max_num_seqs": 4, "block_size": 64}
     assert len(drawn) == 4 and all(c["refused"] == [] for c in data["configurations"])
     for c in data["configurations"]:  # the exact launch, max-model-len included

@@ -32,10 +32,14 @@ def preview(spec: StudySpec, samples: int = 6) -> dict[str, Any]:
     """The study's space and a sample of configurations with their verdicts and launch commands."""
     setup = setup_from_spec(spec)
     configs: list[tuple[str, dict[str, Any]]] = [("enqueued by the spec", dict(c)) for c in spec.enqueue]
+    first = len(configs)
+    if spec.baseline and setup.engine.capabilities.launches:
+        configs.insert(0, ("the engine's defaults, measured first (no knob set)", {}))
+        first += 1
     rng = np.random.default_rng(spec.seed)
     seen = {repr(sorted(c.items())) for _, c in configs}
     for _ in range(samples * 20):
-        if len(configs) >= len(spec.enqueue) + samples:
+        if len(configs) >= first + samples:
             break
         config = {name: _draw(knob, rng) for name, knob in setup.space.knobs.items()}
         if repr(sorted(config.items())) not in seen:
