@@ -351,7 +351,9 @@ def test_teardown_leaves_no_group_member(tmp_path: Path) -> None:
     server = EngineServer(plan, tmp_path / "engine.log")
     server.start()
     assert server.proc is not None
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60  # the child starts its own child: however long that takes here
+    while len(group_members(server.proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(group_members(server.proc.pid)) == 2
     server.stop(grace_s=1)  # both ignore SIGTERM: SIGKILL takes them
     assert group_members(server.proc.pid) == []
@@ -408,7 +410,7 @@ REAL_SPEC: dict[str, Any] = {
     "max_model_len": 256,
     "sampler": "random",
     "hardware": {"device": "cpu"},
-    "engine": {"extra_args": ["--enforce-eager"], "startup_timeout_s": 300},
+    "engine": {"extra_args": ["--enforce-eager"], "startup_timeout_s": 600},
     "workload": {"prompt_tokens": 16, "output_tokens": 16, "concurrency": 1, "num_requests": 12,
                  "warmup_requests": 1},
     "space": {"max_num_seqs": 4, "max_num_batched_tokens": 512, "block_size": 32,

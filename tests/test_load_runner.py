@@ -159,8 +159,9 @@ def test_open_loop_stops_sending_at_the_duration(url: str) -> None:
 
 
 def test_closed_loop_stops_sending_at_the_duration(url: str) -> None:
-    # Each request takes at least HOLD_S, so two workers fit at most 2 * (d / HOLD_S + 1) sends in d.
-    duration = 0.2
+    # Each request takes at least HOLD_S, so two workers fit at most 2 * (d / HOLD_S + 1) sends in d;
+    # d leaves a busy machine time to start both workers before it ends.
+    duration = 0.5
     workload = Workload(concurrency=2, num_requests=60, warmup_requests=0, duration_s=duration)
     result = run_load(url, "m", [_spec("hold", tokens=2, tag=i) for i in range(60)], workload)
     assert 2 <= len(result.records) <= 2 * (duration / HOLD_S + 1)

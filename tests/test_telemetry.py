@@ -238,7 +238,9 @@ def test_scraper_polls_recorded_text_between_before_and_after(metrics_server) ->
     _Handler.status, _Handler.body = 200, _text("vllm_cpu_kvtiny_during.txt").encode()
     url = f"http://127.0.0.1:{metrics_server.server_address[1]}/metrics"
     with TelemetryWindow(url, use_gpu=False, scrape_hz=20) as tel:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30  # a poll between the two, however long a busy machine takes to wake it
+        while tel.scraper is not None and not tel.scraper.polls and time.monotonic() < deadline:
+            time.sleep(0.05)
     fig = tel.figures()
     assert fig["metrics_polls"] >= 3
     assert fig["waiting_peak"] == fig["waiting_mean"] == 7

