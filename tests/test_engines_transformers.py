@@ -38,7 +38,7 @@ SPEC = {
     "slo": SLO,
     "workload": WORKLOAD,
     "space": {"cb_num_blocks": {"low": 64, "high": 256}, "cb_max_batch_tokens": {"choices": [256, 512]}},
-    "budget": {"trials": 2},
+    "baseline": False, "budget": {"trials": 2},
     "seed": 1,
 }
 
@@ -111,7 +111,7 @@ def test_external_endpoint_study_tunes_client_concurrency(
         "workload": {**WORKLOAD, "num_requests": 8},
         "space": {"concurrency": {"low": 1, "high": 4}},
         "objectives": "max:output_tps",
-        "budget": {"trials": 2},
+        "baseline": False, "budget": {"trials": 2},
         "sampler": "random",
         "seed": 3,
     }
@@ -171,7 +171,7 @@ def test_unreachable_endpoint_is_a_failed_trial_with_its_reason(tiny_model: Path
     port = free_port()
     spec = {"model": "tiny", "engine": {"name": "external", "options": {"base_url": f"http://127.0.0.1:{port}"}},
             "hardware": {"device": "cpu"}, "workload": {**WORKLOAD, "num_requests": 4},
-            "objectives": "max:output_tps", "budget": {"trials": 1}}
+            "objectives": "max:output_tps", "baseline": False, "budget": {"trials": 1}}
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     out = subprocess.run(

@@ -117,7 +117,7 @@ def test_broken_python_environment_stops_the_study(tmp_path: Path, cli_env: dict
         "study_dir": str(tmp_path / "study"),
         "engine": {"env": {"PYTHONHOME": "/nonexistent", MARKER: marker}, "startup_timeout_s": 60},
         "workload": {"prompt_tokens": 16, "output_tokens": 16, "num_requests": 4},
-        "budget": {"trials": 8},
+        "baseline": False, "budget": {"trials": 8},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     proc = subprocess.run(autotune_cmd("optimize", "--spec", str(tmp_path / "spec.yaml")),
@@ -134,7 +134,7 @@ def test_engine_rejecting_an_argument_stops_the_study(tmp_path: Path, tiny_model
         "study_dir": str(tmp_path / "study"),
         "engine": {"extra_args": ["--no-such-flag-xyz"], "startup_timeout_s": 300},
         "workload": {"prompt_tokens": 16, "output_tokens": 16, "num_requests": 4},
-        "budget": {"trials": 8},
+        "baseline": False, "budget": {"trials": 8},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     proc = subprocess.run(autotune_cmd("optimize", "--spec", str(tmp_path / "spec.yaml")),

@@ -37,7 +37,7 @@ SPEC = {
                  "warmup_requests": 1, "request_timeout_s": REQUEST_TIMEOUT_S},
     "space": {"max_num_seqs": {"low": 1, "high": 64}, "max_num_batched_tokens": 1024, "block_size": 32,
               "enable_prefix_caching": False, "kv_cache_space_gib": 1, "kv_cache_dtype": "auto"},
-    "budget": {"trials": 2},
+    "baseline": False, "budget": {"trials": 2},
     "seed": 3,
 }
 

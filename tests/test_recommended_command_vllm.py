@@ -39,7 +39,7 @@ SPEC = {
                  "warmup_requests": 1},
     "space": {"max_num_seqs": 6, "max_num_batched_tokens": 512, "block_size": 64, "kv_cache_space_gib": 1,
               "enable_prefix_caching": False, "kv_cache_dtype": "auto"},
-    "budget": {"trials": 1},
+    "baseline": False, "budget": {"trials": 1},
 }
 # Options of the launch that belong to one start, not to the configuration.
 PER_START = {"host", "port", "model", "model_tag", "config", "served_model_name"}

@@ -41,7 +41,7 @@ def test_rejected_block_size_is_recorded_and_study_continues(tmp_path: Path, tin
         # vLLM's CPU attention needs a block size that is a multiple of 32: 16 is rejected by the engine.
         "space": {"block_size": {"choices": [16, 32]}, "max_num_seqs": 4, "max_num_batched_tokens": 512,
                   "kv_cache_space_gib": 1, "enable_prefix_caching": True},
-        "budget": {"trials": 2},
+        "baseline": False, "budget": {"trials": 2},
     }
     space = SearchSpace.load("vllm").for_hardware("cpu", {"gpu_count": 1}).with_overrides(overrides["space"])
     seed = _seed_giving(space, overrides, [16, 32])

@@ -106,7 +106,7 @@ def test_api_key_with_real_vllm(tmp_path: Path, tiny_model: Path, cli_env: dict)
                      "warmup_requests": 1},
         "space": {"max_num_seqs": 4, "max_num_batched_tokens": 512, "block_size": 32,
                   "enable_prefix_caching": True, "kv_cache_space_gib": 1},
-        "budget": {"trials": 1},
+        "baseline": False, "budget": {"trials": 1},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     import subprocess

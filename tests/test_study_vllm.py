@@ -35,7 +35,7 @@ SPEC = {
                  "warmup_requests": 2, "request_timeout_s": REQUEST_TIMEOUT_S},
     "space": {"max_num_seqs": {"low": 2, "high": 16}, "max_num_batched_tokens": {"choices": [512, 1024]},
               "kv_cache_space_gib": 1},
-    "budget": {"trials": 2},
+    "baseline": False, "budget": {"trials": 2},
     "seed": 1,
 }
 

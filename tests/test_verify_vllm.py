@@ -29,7 +29,8 @@ import pytest
 from autotune.spec import parse_slos
 from autotune.spec import StudySpec
 from autotune.tuning import StudyResults, load_study, open_study, run_study
-from autotune.verify import Verification, judge_starts, stored, verdict_lines
+from autotune.report import verdict_lines
+from autotune.verify import Verification, judge_starts, stored
 from tests.conftest import autotune_cmd
 
 pytestmark = pytest.mark.engine
@@ -47,7 +48,7 @@ def engine_study_spec(study_dir: Path, slo: str = SLO) -> StudySpec:
                      "warmup_requests": 32},
         "space": {"max_num_seqs": {"low": 1, "high": 32}, "max_num_batched_tokens": 512, "block_size": 32,
                   "enable_prefix_caching": False, "kv_cache_space_gib": 1},
-        "budget": {"trials": 2}, "study_dir": str(study_dir),
+        "baseline": False, "budget": {"trials": 2}, "study_dir": str(study_dir),
     })
 
 
