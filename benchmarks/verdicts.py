@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--starts", type=int, default=3, help="fresh engine starts per configuration")
     p.add_argument("--searches", type=int, default=10, help="goodput searches per configuration, over its starts")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--max-seconds", type=float, default=None, help="stop starting engines after this long")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="finish within this long: no engine start or search begins that may not end in time")
+    p.add_argument("--start-s", type=float, default=150.0, help="the longest an engine start is expected to take")
+    p.add_argument("--search-s", type=float, default=150.0, help="the longest one goodput search is expected to take")
+    p.add_argument("--logs", type=Path, default=None, help="keep each engine start's log in this folder")
     p.add_argument("--spec-set", action="append", default=[], help="spec field=value, dotted (e.g. goodput.start=4)")
     args = p.parse_args(argv)
 
@@ -90,21 +94,31 @@ def main(argv: list[str] | None = None) -> int:
     data["spec"] = spec.model_dump(mode="json", exclude={"study_dir", "storage"})
     t0 = time.monotonic()
     per_start = math.ceil(args.searches / args.starts)
+    def left() -> float:
+        return math.inf if args.max_seconds is None else args.max_seconds - (time.monotonic() - t0)
+
+    def stop() -> int:
+        print(f"stopping: {args.max_seconds:g} s would be passed; run again to go on")
+        args.out.write_text(json.dumps(data, indent=2))
+        return 0
+
     with tempfile.TemporaryDirectory(prefix="verdicts-") as tmp:
+        logs = args.logs or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
         for name, config in configs.items():
             entry = data.setdefault(name, {"config": config, "goodput": [], "bracket": [], "levels": [],
                                            "start": [], "starts": 0, "startup_s": []})
             while len(entry["goodput"]) < args.searches:
-                if args.max_seconds is not None and time.monotonic() - t0 > args.max_seconds:
-                    print(f"stopping: {args.max_seconds:g} s spent; run again to go on")
-                    args.out.write_text(json.dumps(data, indent=2))
-                    return 0
+                if left() < args.start_s + args.search_s:
+                    return stop()
                 launch = plan(setup, config, free_port(setup.host))
-                log = Path(tmp) / f"{name}-{entry['starts']}.log"
+                log = logs / f"{name}-{entry['starts'] + 1}.log"
                 with serving(launch, log, startup_timeout_s=setup.startup_timeout_s) as server:
                     entry["starts"] += 1
                     entry["startup_s"].append(server.startup_s)
                     for i in range(min(per_start, args.searches - len(entry["goodput"]))):
+                        if left() < args.search_s:
+                            break
                         m = measure(setup, launch.base_url, None, seed_offset=1000 * entry["starts"] + i,
                                     warm_up=i == 0)
                         g = m.figures.get("goodput")

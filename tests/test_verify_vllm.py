@@ -61,7 +61,7 @@ def verified(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tupl
     study.enqueue_trial({"max_num_seqs": 1})
     run_study(spec)
     out = subprocess.run(
-        autotune_cmd("verify", str(study_dir), "--top", "2", "--repeats", "2"),
+        autotune_cmd("verify", str(study_dir), "--top", "2", "--starts", "2"),
         capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
