@@ -20,6 +20,7 @@ from autotune.figures import label
 from autotune.json_safe import json_safe
 from autotune.spec import StudySpec
 from autotune.trial import TrialSetup, run_trial
+from autotune.tuning.quality_cache import quality_hook
 from autotune.tuning.records import TrialRecord
 
 __all__ = ["BASELINE_ATTR", "goodput_reference", "measure_baseline", "versus_defaults"]
@@ -46,7 +47,10 @@ def measure_baseline(
     assert spec.study_dir is not None
     trial_dir = spec.study_dir / "baseline"
     reporter.trial_started(-1, {})
-    outcome = run_trial(setup, {}, trial_dir, status=reporter.trial_status, progress=reporter.requests_progress)
+    quality = quality_hook(study, setup, spec.constraints, spec.objective_list, -1, {}, trial_dir,
+                           reporter.trial_status)
+    outcome = run_trial(setup, {}, trial_dir, status=reporter.trial_status, progress=reporter.requests_progress,
+                        quality=quality)
     figures = dict(outcome.figures)
     values: list[float] | None = None
     feasible: bool | None = None
@@ -58,9 +62,13 @@ def measure_baseline(
             values = [o.value(figures) for o in spec.objective_list]
         except KeyError:
             values = None
-        violations = {c.text: c.violation(figures, outcome.per_request) for c in spec.constraints}
-        slo = {text: {"violation": v, "holds": v <= 0} for text, v in violations.items()}
-        feasible = all(v <= 0 for v in violations.values())
+        try:
+            violations = {c.text: c.violation(figures, outcome.per_request) for c in spec.constraints}
+        except KeyError as e:  # a figure the engine could not give: the defaults are measured, not judged
+            reporter.trial_status(f"the defaults are not judged: {e.args[0]}")
+        else:
+            slo = {text: {"violation": v, "holds": v <= 0} for text, v in violations.items()}
+            feasible = all(v <= 0 for v in violations.values())
     data = {
         "config": {}, "status": outcome.status, "reason": outcome.reason, "figures": figures, "values": values,
         "feasible": feasible, "slo": slo, "environment": dict(environment), "command": outcome.command,
