@@ -72,6 +72,19 @@ def test_gpu_warm_compile_cache_is_a_hit_under_the_same_hash() -> None:
     assert both_h100.compile_hash == "77ce828bbd"
 
 
+def test_h200_second_start_loads_its_graph_and_skips_the_warm_up() -> None:
+    """vLLM's defaults on an H200, twice on one compile cache: the second start is a hit under the same hash."""
+    cold = VLLM.startup_phases(_lines(LOGS / "vllm_h200_defaults_cold.log"), total_s=108.64)
+    warm = VLLM.startup_phases(_lines(LOGS / "vllm_h200_defaults_warm.log"), total_s=55.10)
+    assert cold.compile_cache_hit is False and warm.compile_cache_hit is True
+    assert cold.compile_hash == warm.compile_hash == "5c1d11f3d1"
+    assert cold.phases["compile"] == pytest.approx(19.98) and warm.phases["compile"] == pytest.approx(4.67)
+    # After graph capture: 02:15:05 -> 02:15:21 cold, 02:30:06 -> 02:30:07 warm (its kernels are cached too).
+    assert cold.phases["warmup"] == 16.0 and warm.phases["warmup"] == 1.0
+    assert sum(warm.phases.values()) == pytest.approx(55.10)
+    assert cold.notes == [] and warm.notes == []
+
+
 def test_the_callers_total_adds_what_the_log_cannot_see() -> None:
     bill = _cpu("cold")
     span = _cpu("cold", total=False).total_s
