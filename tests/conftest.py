@@ -23,6 +23,40 @@ def autotune_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "autotune.cli", *args]
 
 
+#: Real-engine traffic whose latency the engine's queue decides, not the machine's other work: long
+#: answers (512 tokens) that reach the client 128 tokens at a time after the first (vLLM's
+#: --stream-interval), so that on two busy cores the API server and the client keep up with the
+#: engine; eager mode for a fast start. A closed loop (``arrival: concurrency``): unlike a Poisson
+#: schedule it does not hang on the client keeping time on a busy core.
+LONG_ANSWERS: dict = {
+    "model": "tiny",
+    "max_model_len": 1024,
+    "hardware": {"device": "cpu"},
+    "engine": {"extra_args": ["--enforce-eager", "--stream-interval", "128"]},
+    "workload": {"prompt_tokens": 32, "output_tokens": 512, "arrival": "concurrency"},
+}
+
+
+@pytest.fixture(scope="session")
+def alone_s(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> float:
+    """Seconds one LONG_ANSWERS request takes on this machine with nothing else in flight.
+
+    The unit that engine tests write latency bounds in, so that a verdict follows
+    from the configuration (one sequence slot queues whole answers; a batch does
+    not), not from how fast or busy the machine is.
+    """
+    from autotune.spec import load_spec
+    from autotune.trial import run_trial, setup_from_spec
+
+    spec = {**LONG_ANSWERS, "objectives": "max:output_tps",
+            "workload": {**LONG_ANSWERS["workload"], "concurrency": 1, "num_requests": 8, "warmup_requests": 2}}
+    outcome = run_trial(setup_from_spec(load_spec(None, spec)), {"max_num_seqs": 1},
+                        tmp_path_factory.mktemp("alone") / "alone")
+    assert outcome.status == "ok", outcome.reason
+    assert outcome.figures["completed"] == 8
+    return float(outcome.figures["median_e2el_ms"]) / 1000
+
+
 @pytest.fixture()
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -31,7 +65,6 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-# --- PostgreSQL for the multi-worker tests, and process checks (begin) ---
 def _pg_bindir() -> Path | None:
     """Where initdb and pg_ctl live: PATH, else Debian's versioned folder."""
     import shutil
@@ -158,4 +191,3 @@ def processes_with_env(name: str, value: str) -> list[int]:
     return sorted(marked | {p for p, sid in sessions.items() if sid in marked_sessions})
 
 
-# --- PostgreSQL and process checks (end) ---

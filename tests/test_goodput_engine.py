@@ -32,33 +32,18 @@ import pytest
 
 from autotune.spec import load_spec
 from autotune.trial import TrialOutcome, run_trial, setup_from_spec
+from tests.conftest import LONG_ANSWERS
 
 pytestmark = pytest.mark.engine
 
 SPEC: dict[str, Any] = {
-    "model": "tiny",
-    "max_model_len": 1024,
+    **LONG_ANSWERS,
     "objectives": "max:goodput",
-    "workload": {"prompt_tokens": 32, "output_tokens": 512, "arrival": "concurrency", "concurrency": 16,
-                 "num_requests": 16, "warmup_requests": 4},
-    # After the first token the answer reaches the client 128 tokens at a time (vLLM's
-    # --stream-interval): on a busy machine the API server and the client keep up with the engine.
-    "engine": {"extra_args": ["--enforce-eager", "--stream-interval", "128"]},
-    "hardware": {"device": "cpu"},
+    "workload": {**LONG_ANSWERS["workload"], "concurrency": 16, "num_requests": 16, "warmup_requests": 4},
 }
 # 16 requests in flight, then halving (one slot) or held at the ceiling (64 slots).
 GOODPUT = {"unit": "concurrency", "start": 16, "upper": 16, "max_levels": 3, "resolution": 0.3}
 BASE_CONFIG = {"max_num_batched_tokens": 2048, "kv_cache_space_gib": 1, "block_size": 32}
-
-
-def _alone_s(tmp: Path) -> float:
-    """The calibration: seconds one request of the workload's shape takes with nothing else in flight."""
-    alone = {**SPEC, "objectives": "max:output_tps",
-             "workload": {**SPEC["workload"], "concurrency": 1, "num_requests": 8, "warmup_requests": 2}}
-    outcome = run_trial(setup_from_spec(load_spec(None, alone)), {**BASE_CONFIG, "max_num_seqs": 1}, tmp / "alone")
-    assert outcome.status == "ok", outcome.reason
-    assert outcome.figures["completed"] == 8
-    return outcome.figures["median_e2el_ms"] / 1000
 
 
 def _trial(tmp: Path, alone_s: float, max_num_seqs: int, repeats: int) -> TrialOutcome:
@@ -70,9 +55,8 @@ def _trial(tmp: Path, alone_s: float, max_num_seqs: int, repeats: int) -> TrialO
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[int, TrialOutcome]:
+def outcomes(tmp_path_factory: pytest.TempPathFactory, alone_s: float) -> dict[int, TrialOutcome]:
     tmp = tmp_path_factory.mktemp("goodput-engine")
-    alone_s = _alone_s(tmp)
     return {1: _trial(tmp, alone_s, 1, repeats=1), 64: _trial(tmp, alone_s, 64, repeats=2)}
 
 
