@@ -331,17 +331,11 @@ def judge_level(
 
 
 def judge(
-    constraints: Sequence[Constraint],
-    figures: Mapping[str, Any],
-    per_request: Sequence[Mapping[str, Any]] | None,
-    *,
-    confidence_z: float = 1.96,
-    conservative: bool = False,
-    min_sustained: float = 0.85,
+    constraints: Sequence[Constraint], figures: Mapping[str, Any], per_request: Sequence[Mapping[str, Any]] | None,
+    *, confidence_z: float = 1.96, **options: Any,
 ) -> tuple[bool, dict[str, dict[str, float]], dict[str, float]]:
     """``judge_level`` in the shape of the first goodput search: ``(holds, attainment, violations)``."""
-    v = judge_level(constraints, figures, per_request, confidence=confidence_of(confidence_z),
-                    conservative=conservative, min_sustained=min_sustained)
+    v = judge_level(constraints, figures, per_request, confidence=confidence_of(confidence_z), **options)
     return v.holds, v.attainment, v.violations
 
 
