@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from autotune.errors import UserError
+from autotune.figures import trial_name
 from autotune.json_safe import json_safe
 from autotune.tuning import StudyResults, TrialRecord
 
@@ -95,7 +96,7 @@ def bench_runs(results: StudyResults, t: TrialRecord) -> list[dict[str, Any]]:
             if t.get("trial_dir") else []
         run: dict[str, Any] = {
             "date": when, "endpoint_type": BACKEND, "backend": BACKEND,
-            "label": f"autotune {results.name} {'engine defaults' if t.number < 0 else f'trial {t.number}'}",
+            "label": f"autotune {results.name} {trial_name(t.number)}",
             "model_id": model, "tokenizer_id": model, "num_prompts": w.num_requests,
             "request_rate": w.rate if w.rate and w.arrival != "concurrency" else "inf",
             "burstiness": w.burstiness, "max_concurrency": w.concurrency,

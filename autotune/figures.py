@@ -62,6 +62,11 @@ def label(key: str) -> str:
     return LABELS.get(key, (key, ""))[0]
 
 
+def trial_name(number: int) -> str:
+    """How a result is named in text: its trial, or the engine's defaults (stored as number -1)."""
+    return f"trial {number}" if number >= 0 else "engine defaults"
+
+
 def unit(key: str) -> str:
     """The figure's unit ("ms", "tok/s", ...); empty for a ratio or an unknown figure."""
     if key in _UNITS:

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     data["spec"] = spec.model_dump(mode="json", exclude={"study_dir", "storage"})
     t0 = time.monotonic()
     per_start = math.ceil(args.searches / args.starts)
+
     def left() -> float:
         return math.inf if args.max_seconds is None else args.max_seconds - (time.monotonic() - t0)
 

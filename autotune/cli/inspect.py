@@ -17,7 +17,7 @@ from autotune.cli import _options as opt
 from autotune.cli._app import app, console, err_console, interrupted
 from autotune.cli._results import print_results, write_html_report
 from autotune.errors import UserError
-from autotune.figures import startup_text
+from autotune.figures import startup_text, trial_name
 
 
 @app.command()
@@ -82,7 +82,7 @@ def verify(
     setup = setup_from_spec(spec)
     out = err_console if as_json else console
     out.print(
-        f"verifying {', '.join(f'trial {t.number}' if t.number >= 0 else 'the defaults' for t in chosen)} of "
+        f"verifying {', '.join(trial_name(t.number) for t in chosen)} of "
         f"{spec.name}: {starts} fresh start(s) each"
         + (f", SLO {spec.slo}" if spec.slo else ", no SLO"), highlight=False,
     )

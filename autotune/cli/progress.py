@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from autotune.cost import COST_KEY, format_cost
+from autotune.figures import trial_name
 from autotune.spec import StudySpec
 from autotune.trial import TrialOutcome
 from autotune.verify import Start, Verification
@@ -119,8 +120,7 @@ class RichVerifyReporter(_TwoBars):
         self._open("fresh starts", total_starts, already)
 
     def start_begun(self, trial: int, index: int, repeats: int) -> None:
-        name = f"trial {trial}" if trial >= 0 else "defaults"
-        self._begin(f"  {name} start {index + 1}/{repeats}")
+        self._begin(f"  {trial_name(trial)} start {index + 1}/{repeats}")
 
     def start_finished(self, trial: int, index: int, start: Start) -> None:
         self._end()

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from autotune.cost import COST_KEY, format_cost
 from autotune.load.stats import Summary
-from autotune.figures import label
+from autotune.figures import label, trial_name
 from autotune.verify import SHOWN_FIGURES, Verification, _fmt, _pct
 
 __all__ = ["figure_rows", "verdict_lines", "verify_table"]
@@ -55,8 +55,7 @@ def verify_table(results: list[Verification]) -> Table:
 
 
 def verdict_lines(result: Verification) -> list[str]:
-    name = f"trial {result.trial}" if result.trial >= 0 else "engine defaults"
-    head = f"{name}: " + ("VERIFIED" if result.verified else "NOT VERIFIED")
+    head = f"{trial_name(result.trial)}: " + ("VERIFIED" if result.verified else "NOT VERIFIED")
     holds = [f"{c.slo} holds ({c.basis}: {_fmt(c.value, c.unit) if c.unit else _pct(c.value)})"
              for c in result.checks if c.holds]
     lines = [head + (f" - {'; '.join(holds)}" if result.verified and holds else "")]
