@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, config in configs.items():
             entry = data.setdefault(name, {"config": config, "goodput": [], "bracket": [], "levels": [],
                                            "start": [], "starts": 0, "startup_s": []})
+            # The search's own options, with the figures they gave: a spec edited between runs must not
+            # relabel searches that ran before the edit.
+            entry.setdefault("goodput_options", spec.goodput.model_dump(mode="json"))
             while len(entry["goodput"]) < args.searches:
                 if left() < args.start_s + args.search_s:
                     return stop()
