@@ -386,7 +386,7 @@ def test_poisson_run_follows_the_schedule(url: str) -> None:
     workload = Workload(arrival="poisson", rate=200.0, concurrency=64, num_requests=60, warmup_requests=0, seed=3)
     result = asyncio.run(run_load_async(url, "m", [_spec(tokens=2, tag=i) for i in range(60)], workload))
     starts = sorted(r.start for r in result.records)
-    scheduled = poisson_offsets(60, 200.0, 3)
+    scheduled = poisson_offsets(60, 200.0, 3, planned=60)
     assert starts[-1] - starts[0] >= 0.5 * scheduled[-1]
 
 

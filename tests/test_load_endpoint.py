@@ -106,6 +106,24 @@ def test_arrival_streams_differ_by_offset_and_repeat_by_offset() -> None:
     assert arrival_offsets(50, 6.0, 7, stream=4) == pytest.approx([o / 2 for o in arrival_offsets(50, 3.0, 7, stream=4)])
 
 
+def test_a_planned_schedule_offers_the_rate_itself() -> None:
+    """Unscaled, the span of n arrivals is a draw (std ~1/sqrt(n) of its mean); planned, it is n/rate."""
+    spans = [arrival_offsets(301, 20.0, seed, stream=5)[300] for seed in range(40)]
+    assert np.std(spans) / np.mean(spans) > 0.02
+    for seed in range(40):
+        planned = arrival_offsets(301, 20.0, seed, stream=5, planned=300)
+        assert planned[300] == pytest.approx(300 / 20.0)
+        # The order and shape of the draw are kept: the same gaps, one factor apart.
+        raw = np.diff(arrival_offsets(301, 20.0, seed, stream=5))
+        assert np.diff(planned) == pytest.approx(raw * (15.0 / raw.sum()))
+    # Extended past its plan, a level keeps the arrivals it had, at the same scale.
+    long = arrival_offsets(600, 20.0, 3, 0.5, stream=4, planned=300)
+    assert long[:301] == pytest.approx(arrival_offsets(301, 20.0, 3, 0.5, stream=4, planned=300))
+    assert long[300] == pytest.approx(15.0)
+    with pytest.raises(ValueError):
+        arrival_offsets(10, 1.0, 0, planned=0)
+
+
 def test_each_repeat_sends_on_its_own_schedule(server: tuple[str, MeteredEngine]) -> None:
     url, _ = server
     workload = Workload(arrival="poisson", rate=40.0, num_requests=20, warmup_requests=0, concurrency=64, seed=3)
@@ -114,22 +132,22 @@ def test_each_repeat_sends_on_its_own_schedule(server: tuple[str, MeteredEngine]
         return run_load(url, "m", specs(20), workload, seed_offset=offset).scheduled_span_s
 
     assert span(1000) == span(1000) != span(2000)
-    assert span(0) == pytest.approx(arrival_offsets(20, 40.0, 3)[-1])
+    assert span(0) == pytest.approx(arrival_offsets(20, 40.0, 3, planned=20)[-1])
 
 
 def test_endpoint_levels_share_a_schedule_and_repeats_do_not(server: tuple[str, MeteredEngine]) -> None:
     """Sends follow the schedule of the measure's own seed offset, at each level's rate, and not another's."""
     url, _ = server
 
-    def schedule(stream: int, rate: float) -> np.ndarray:
-        return np.asarray(arrival_offsets(WORKLOAD.num_requests, rate, WORKLOAD.seed, stream=stream))
+    def schedule(stream: int, rate: float, n: int) -> np.ndarray:
+        return np.asarray(arrival_offsets(n, rate, WORKLOAD.seed, stream=stream, planned=n))
 
     for rate in (10.0, 20.0):
         measure = endpoint_measure(url, "m", WordTokenizer(), 1000, WORKLOAD, unit="req/s", seed_offset=1000,
                                    warmup_s=0)
         sent = np.asarray([r["start_s"] for r in measure(rate)[1]])
-        own = float(np.median(np.abs(sent - schedule(1000, rate))))  # the event loop's lateness only
-        other = float(np.median(np.abs(sent - schedule(2000, rate))))  # another repeat's draw
+        own = float(np.median(np.abs(sent - schedule(1000, rate, len(sent)))))  # the event loop's lateness only
+        other = float(np.median(np.abs(sent - schedule(2000, rate, len(sent)))))  # another repeat's draw
         assert own < other / 3, (rate, own, other)
 
 
@@ -191,7 +209,7 @@ def test_warmup_at_load_feeds_straight_into_the_measured_phase(server: tuple[str
     assert engine.busy_at[sent[26].prompt] > 0  # the first measured request found the warm-up at work
     assert [r.prompt_tokens for r in result.records] == [3] * 10 and len(result.send_lag_s) == 10
     # The measured phase starts one gap after the warm-up's last send, not after it drained.
-    assert result.scheduled_span_s == pytest.approx(arrival_offsets(10, 50.0, 0)[-1])
+    assert result.scheduled_span_s == pytest.approx(arrival_offsets(10, 50.0, 0, planned=10)[-1])
 
 
 # --------------------------------------------------------------------------- endpoint_measure

@@ -119,7 +119,7 @@ def endpoint_measure(
     level re-sends prompts an earlier level left in the prefix cache, which
     would flatter later levels.  Arrivals: every level of one search replays
     the schedule of ``seed_offset`` (``arrival_offsets``'s stream), scaled to
-    its rate, so differences between levels come from the load and not from a
+    its rate and to span exactly its planned requests, so differences between levels come from the load and not from a
     luckier draw; trials of one study with the same ``seed_offset`` share it
     too (common random numbers), while each repeat, with its own offset,
     samples the arrival process anew.
@@ -177,11 +177,11 @@ def endpoint_measure(
         with _QueueWatch(metrics_url, metric_names, metrics_headers, metrics_hz) as queue:
             result = run_load(
                 base_url, model, specs, run, ignore_eos=ignore_eos, api_key=api_key, progress=progress,
-                seed_offset=seed_offset, load_warmup=at_load, stop=stopper,
+                seed_offset=seed_offset, load_warmup=at_load, stop=stopper, planned=planned,
             )
         figures: dict[str, Any] = {}
         if stopper is not None:
-            result, figures = _settle(result, stopper, run, seed_offset)
+            result, figures = _settle(result, stopper, run, seed_offset, planned)
             figures.update(planned_requests=planned, max_requests=cap)
         out: dict[str, Any] = dict(summarize(result))
         out.update(figures, load_warmup_s=warm_for, load_warmup_requests=at_load)
@@ -196,7 +196,9 @@ def endpoint_measure(
     return measure
 
 
-def _settle(result: LoadResult, stopper: LevelStopper, run: Workload, stream: int) -> tuple[LoadResult, dict[str, Any]]:
+def _settle(
+    result: LoadResult, stopper: LevelStopper, run: Workload, stream: int, planned: int
+) -> tuple[LoadResult, dict[str, Any]]:
     """The level as judged: the requests of the look that settled it, or those that condemned it."""
     cut_short = result.stopped_early and stopper.decided_at is None
     keep = stopper.decided_at or (stopper.looks[stopper.look] if cut_short else None)
@@ -215,7 +217,7 @@ def _settle(result: LoadResult, stopper: LevelStopper, run: Workload, stream: in
     duration = max(ends) - min(r.start for r in records)
     span = None
     if run.open_loop and run.rate:
-        offsets = arrival_offsets(kept[-1][0] + 1, run.rate, run.seed, run.burstiness, stream)
+        offsets = arrival_offsets(kept[-1][0] + 1, run.rate, run.seed, run.burstiness, stream, planned)
         span = offsets[kept[-1][0]] - offsets[kept[0][0]]
     trimmed = replace(
         result, records=records, indices=[i for i, _ in kept], duration_s=duration,

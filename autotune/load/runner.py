@@ -152,7 +152,9 @@ def send_rate_ratio(result: LoadResult) -> float | None:
     return result.scheduled_span_s / sent if sent > 0 else None
 
 
-def arrival_offsets(count: int, rate: float, seed: int, burstiness: float = 1.0, stream: int = 0) -> list[float]:
+def arrival_offsets(
+    count: int, rate: float, seed: int, burstiness: float = 1.0, stream: int = 0, planned: int | None = None
+) -> list[float]:
     """Scheduled send times (s from the start) of a seeded gamma renewal process.
 
     The first request goes at 0; gaps are gamma with shape ``burstiness`` and
@@ -160,13 +162,21 @@ def arrival_offsets(count: int, rate: float, seed: int, burstiness: float = 1.0,
     their mean is ``1/rate`` whatever the burstiness and their coefficient of
     variation ``1/sqrt(burstiness)``.  ``burstiness=1`` is a Poisson process.
 
+    ``planned``: the first ``planned`` gaps are scaled to add up to exactly
+    ``planned / rate`` (as ``vllm bench serve`` scales its schedule), so that a
+    run planned at ``planned`` requests offers the requested rate itself, not a
+    draw of it: unscaled, 300 Poisson arrivals offer a rate within ±5.8% (one
+    std) of the one asked for, and so does a level's verdict. Later gaps take
+    the same factor, so the arrivals' order and burstiness are the process's.
+
     ``stream`` picks one of many independent schedules of one seed: repeats
     pass their own (their seed offset) so that they sample the arrival process
     instead of replaying one draw, while runs with the same stream (trials of
     one study, levels of one goodput search) share it on purpose: common random
     numbers, so two configurations differ by their own doing, not by a luckier
     draw.  Gaps scale with ``1/rate``, and a longer schedule starts with the
-    shorter one, so a run extended past its plan keeps the arrivals it had.
+    shorter one (the same ``planned``), so a run extended past its plan keeps
+    the arrivals it had.
     """
     if rate <= 0:
         raise ValueError("rate must be > 0")
@@ -174,24 +184,32 @@ def arrival_offsets(count: int, rate: float, seed: int, burstiness: float = 1.0,
         raise ValueError("burstiness must be > 0")
     if stream < 0:
         raise ValueError("stream must be >= 0")
+    if planned is not None and planned < 1:
+        raise ValueError("planned must be >= 1")
     if count <= 0:
         return []
     # Stream 0 keeps the key the schedules had before streams existed.
     rng = np.random.default_rng([seed, _ARRIVAL_STREAM] if stream == 0 else [seed, _ARRIVAL_STREAM, stream])
-    return _schedule(rng, count, rate, burstiness)
+    return _schedule(rng, count, rate, burstiness, planned)
 
 
-def poisson_offsets(count: int, rate: float, seed: int, stream: int = 0) -> list[float]:
+def poisson_offsets(count: int, rate: float, seed: int, stream: int = 0, planned: int | None = None) -> list[float]:
     """Scheduled send times of a seeded Poisson process: exponential gaps of mean ``1/rate``."""
-    return arrival_offsets(count, rate, seed, 1.0, stream)
+    return arrival_offsets(count, rate, seed, 1.0, stream, planned)
 
 
-def _schedule(rng: np.random.Generator, count: int, rate: float, burstiness: float) -> list[float]:
+def _schedule(
+    rng: np.random.Generator, count: int, rate: float, burstiness: float, planned: int | None = None
+) -> list[float]:
+    # Gaps are drawn in order, so a longer draw starts with the shorter one.
+    n = max(count - 1, planned or 0)
     if burstiness == 1.0:
-        gaps = rng.exponential(1.0 / rate, size=count - 1)  # exponential draws keep seeded Poisson schedules stable
+        gaps = rng.exponential(1.0 / rate, size=n)  # exponential draws keep seeded Poisson schedules stable
     else:
-        gaps = rng.gamma(burstiness, 1.0 / (rate * burstiness), size=count - 1)
-    return [0.0, *np.cumsum(gaps).tolist()]
+        gaps = rng.gamma(burstiness, 1.0 / (rate * burstiness), size=n)
+    if planned:
+        gaps *= (planned / rate) / gaps[:planned].sum()
+    return [0.0, *np.cumsum(gaps[: count - 1]).tolist()]
 
 
 async def run_load_async(
@@ -206,6 +224,7 @@ async def run_load_async(
     seed_offset: int = 0,
     load_warmup: int = 0,
     stop: StopFn | None = None,
+    planned: int | None = None,
 ) -> LoadResult:
     """Send warm-up then measured requests; see the module docstring for policies.
 
@@ -215,7 +234,10 @@ async def run_load_async(
     policy, straight into the measured phase) and the measured requests.
     ``seed_offset`` picks the arrival schedule (``arrival_offsets``'s
     ``stream``).  ``progress(done, total)`` is called as each measured request
-    finishes, then ``stop(index, record)``.
+    finishes, then ``stop(index, record)``.  ``planned``: how many measured
+    requests an open-loop run is planned at (a level that may be extended
+    past its plan); their arrivals span exactly ``planned / rate``
+    (``arrival_offsets``).  Default: all of them.
     """
     n_warmup = workload.warmup_requests
     if load_warmup < 0:
@@ -235,7 +257,8 @@ async def run_load_async(
         tally = _Tally(len(measured), progress, stop, discard=len(at_load))
         if workload.open_loop:
             assert workload.rate is not None  # enforced by Workload's validator
-            offsets = arrival_offsets(len(measured), workload.rate, workload.seed, workload.burstiness, seed_offset)
+            offsets = arrival_offsets(len(measured), workload.rate, workload.seed, workload.burstiness, seed_offset,
+                                      planned or len(measured))
             if workload.duration_s is not None:
                 offsets = [o for o in offsets if o <= workload.duration_s]
             warm = _warmup_offsets(len(at_load), workload, seed_offset)
