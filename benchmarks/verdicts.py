@@ -123,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                     for i in range(min(per_start, args.searches - len(entry["goodput"]))):
                         if left() < args.search_s:
                             break
+                        began = time.monotonic()
                         m = measure(setup, launch.base_url, None, seed_offset=1000 * entry["starts"] + i,
                                     warm_up=i == 0)
+                        entry.setdefault("search_s", [None] * len(entry["goodput"])).append(
+                            round(time.monotonic() - began, 1))
                         g = m.figures.get("goodput")
                         levels = (m.goodput or {}).get("levels", [])
                         entry["goodput"].append(g)
