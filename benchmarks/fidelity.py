@@ -658,12 +658,12 @@ def docs_section(env: dict[str, Any], command: str, args: argparse.Namespace, te
         cmd += f" --repeats {args.repeats}"
     if args.goodput_repeats != 3:
         cmd += f" --goodput-repeats {args.goodput_repeats}"
-    if args.model != Fixed.model:
-        cmd += f" --model {args.model}"
     if args.guidellm_workers != 1:
         cmd += f" --guidellm-workers {args.guidellm_workers}"
-    if args.rate:
-        cmd += f" --rate {args.rate:g} --burstiness {args.burstiness:g}"
+    for name, default in asdict(Fixed()).items():  # every workload setting that differs from the default
+        if getattr(args, name) != default:
+            cmd += f" --{name.replace('_', '-')} {getattr(args, name):g}" if isinstance(default, float) else \
+                f" --{name.replace('_', '-')} {getattr(args, name)}"
     return (
         "### Latest output\n\n"
         f"Latest run: {environment_line(env)}; load average at end {env['loadavg_end']}; "
