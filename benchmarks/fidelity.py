@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,7 @@ class Fixed:
     goodput_requests: int = 48
     rate: float = 0.0  # > 0: open loop at this many requests/s instead of the closed loop
     burstiness: float = 1.0  # gamma arrivals' shape with a rate; below 1 they clump
+    shared_schedule: int = 0  # 1: with a rate, vllm bench serve replays autotune's schedule of each seed
 
     @property
     def open_loop(self) -> bool:
@@ -86,8 +88,10 @@ class Fixed:
     def load_text(self) -> str:
         if not self.open_loop:
             return f"closed loop at concurrency {self.concurrency}"
+        schedules = ("one schedule per seed, autotune's draw, sent by both tools" if self.shared_schedule
+                     else "a new arrival schedule per seed, each tool its own draw")
         return (f"open loop at {self.rate:g} req/s, gamma arrivals with burstiness {self.burstiness:g} "
-                f"(at most {self.concurrency} in flight), a new arrival schedule per seed")
+                f"(at most {self.concurrency} in flight), {schedules}")
 
 
 # --------------------------------------------------------------------------- the server
@@ -159,17 +163,50 @@ def run_autotune(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
     return result
 
 
+def autotune_schedule(ctx: dict[str, Any], seed: int) -> list[float]:
+    """The send times autotune's run with this seed offset keeps to (its measured requests)."""
+    from autotune.load import arrival_offsets
+
+    f: Fixed = ctx["fixed"]
+    w = ctx["setup"].workload
+    return arrival_offsets(f.requests, f.rate, w.seed, f.burstiness, stream=seed, planned=f.requests)
+
+
+def shared_schedule_args(ctx: dict[str, Any], seed: int) -> list[str]:
+    """``vllm bench serve`` replaying autotune's schedule of this seed (its ``timed_trace`` dataset).
+
+    Each request: its send time, the prompt's and answer's lengths, and prompt blocks of its own
+    (16 tokens per hash id), so no two prompts share a cached prefix.
+    """
+    f: Fixed = ctx["fixed"]
+    blocks = -(-f.prompt_tokens // 16)
+    trace = ctx["work"] / f"trace-{seed}.jsonl"
+    trace.write_text("".join(
+        json.dumps({"timestamp": t, "input_length": f.prompt_tokens, "output_length": f.output_tokens,
+                    "hash_ids": list(range((seed * f.requests + i) * blocks, (seed * f.requests + i + 1) * blocks))})
+        + "\n" for i, t in enumerate(autotune_schedule(ctx, seed))
+    ))
+    return ["--dataset-name", "timed_trace", "--dataset-path", str(trace)]
+
+
 def run_vllm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
     f: Fixed = ctx["fixed"]
     work: Path = ctx["work"]
     out = work / "vllm.json"
     out.unlink(missing_ok=True)
+    if not f.open_loop:
+        load = ["--dataset-name", "random", "--random-input-len", str(f.prompt_tokens),
+                "--random-output-len", str(f.output_tokens), "--request-rate", "inf"]
+    elif f.shared_schedule:
+        load = shared_schedule_args(ctx, seed)
+    else:
+        load = ["--dataset-name", "random", "--random-input-len", str(f.prompt_tokens),
+                "--random-output-len", str(f.output_tokens), "--request-rate", str(f.rate),
+                "--burstiness", str(f.burstiness)]
     _run([
         *vllm_cli(), "bench", "serve", "--backend", "openai", "--base-url", ctx["url"], "--model", ctx["model"],
-        "--tokenizer", ctx["tokenizer"], "--dataset-name", "random", "--seed", str(seed),
-        "--random-input-len", str(f.prompt_tokens), "--random-output-len", str(f.output_tokens),
+        "--tokenizer", ctx["tokenizer"], "--seed", str(seed), *load,
         "--num-prompts", str(f.requests), "--max-concurrency", str(f.concurrency),
-        *(["--request-rate", str(f.rate), "--burstiness", str(f.burstiness)] if f.open_loop else ["--request-rate", "inf"]),
         "--ignore-eos", "--temperature", "0", "--num-warmups", "0", "--disable-tqdm", "--save-detailed",
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(work), "--result-filename", out.name,
@@ -531,9 +568,11 @@ def tables(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, An
 
 
 def verdict(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, Any]]], clients: list[str],
-            open_loop: bool = False) -> list[str]:
+            open_loop: bool = False, paired: bool = False) -> list[str]:
     """Each figure's difference against its bound: tighter for a closed loop, where one schedule is shared;
-    an open loop samples its arrival process anew in every run of every tool, so the tail varies more."""
+    an open loop samples its arrival process anew in every run, so the tail varies more. With each seed's
+    schedule sent by both tools (``paired``), each figure is also read seed by seed: the median of the
+    per-seed ratios and a Wilcoxon signed-rank test of the pairs."""
     if "autotune" not in clients:
         return []
     bounds = ((("output_throughput", "throughput", 3.0), ("median_ttft_ms", "p50 TTFT", 10.0),
@@ -546,7 +585,15 @@ def verdict(fig: dict[str, list[dict[str, Any]]], gp: dict[str, list[dict[str, A
         for key, label, bound in bounds:
             a, b = stat([r[key] for r in fig["autotune"]]), stat([r[key] for r in fig[c]])
             diff = 100 * (a.mean - b.mean) / b.mean
-            lines.append(f"{label} vs {c}: {diff:+.1f}% ({'within' if abs(diff) <= bound else 'outside'} ±{bound:g}%)")
+            line = f"{label} vs {c}: {diff:+.1f}% ({'within' if abs(diff) <= bound else 'outside'} ±{bound:g}%)"
+            if paired and len(fig["autotune"]) == len(fig[c]) > 1:
+                from scipy.stats import wilcoxon
+
+                pairs = [(x[key], y[key]) for x, y in zip(fig["autotune"], fig[c], strict=True)]
+                ratio = statistics.median(x / y for x, y in pairs if y)
+                p = wilcoxon([x for x, _ in pairs], [y for _, y in pairs]).pvalue
+                line += f"; seed by seed: median ratio {ratio:.3f}, Wilcoxon p = {p:.2f}"
+            lines.append(line)
     if "autotune" in gp and "guidellm" in gp:
         a, b = stat([r["goodput"] for r in gp["autotune"]]), stat([r["goodput"] for r in gp["guidellm"]])
         diff = 100 * (a.mean - b.mean) / b.mean if b.mean else float("nan")
@@ -641,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(t1)
     if t2 is not None:
         console.print(t2)
-    for line in verdict(fig, gp, clients, fixed.open_loop):
+    for line in verdict(fig, gp, clients, fixed.open_loop, fixed.open_loop and bool(fixed.shared_schedule)):
         console.print(line, highlight=False)
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "fixed": asdict(fixed), "figures": fig, "goodput": gp},

@@ -14,9 +14,16 @@ Typical use::
 """
 
 from autotune.load.client import CompletionsClient, RequestRecord
-from autotune.load.runner import LoadResult, arrival_offsets, poisson_offsets, run_load, run_load_async
 from autotune.load.prompts import PromptTokenizer, build_requests, load_tokenizer
-from autotune.load.stats import Summary, generator_verdict, per_request_view, summarize, t95
+from autotune.load.runner import LoadResult, run_load, run_load_async
+from autotune.load.schedule import arrival_offsets, poisson_offsets
+from autotune.load.stats import (
+    Summary,
+    generator_verdict,
+    per_request_view,
+    summarize,
+    t95,
+)
 from autotune.load.workload import Lengths, RequestSpec, Workload, load_dataset
 
 __all__ = [

@@ -17,9 +17,10 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from autotune.load.levels import LevelStopper, confidence_of, statistical
-from autotune.load.runner import LoadResult, arrival_offsets, run_load
-from autotune.load.stats import per_request_view, summarize
 from autotune.load.prompts import PromptTokenizer, build_requests
+from autotune.load.runner import LoadResult, run_load
+from autotune.load.schedule import arrival_offsets
+from autotune.load.stats import per_request_view, summarize
 from autotune.load.workload import Workload
 from autotune.spec.slo import Constraint
 
