@@ -165,11 +165,9 @@ def run_autotune(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def autotune_schedule(ctx: dict[str, Any], seed: int) -> list[float]:
     """The send times autotune's run with this seed offset keeps to (its measured requests)."""
-    from autotune.load import arrival_offsets
+    from autotune.load.schedule import run_offsets
 
-    f: Fixed = ctx["fixed"]
-    w = ctx["setup"].workload
-    return arrival_offsets(f.requests, f.rate, w.seed, f.burstiness, stream=seed, planned=f.requests)
+    return run_offsets(ctx["setup"].workload, ctx["fixed"].requests, seed)
 
 
 def shared_schedule_args(ctx: dict[str, Any], seed: int) -> list[str]:
@@ -194,15 +192,13 @@ def run_vllm(ctx: dict[str, Any], seed: int) -> dict[str, Any]:
     work: Path = ctx["work"]
     out = work / "vllm.json"
     out.unlink(missing_ok=True)
-    if not f.open_loop:
-        load = ["--dataset-name", "random", "--random-input-len", str(f.prompt_tokens),
-                "--random-output-len", str(f.output_tokens), "--request-rate", "inf"]
-    elif f.shared_schedule:
+    if f.open_loop and f.shared_schedule:
         load = shared_schedule_args(ctx, seed)
     else:
         load = ["--dataset-name", "random", "--random-input-len", str(f.prompt_tokens),
-                "--random-output-len", str(f.output_tokens), "--request-rate", str(f.rate),
-                "--burstiness", str(f.burstiness)]
+                "--random-output-len", str(f.output_tokens),
+                *(["--request-rate", str(f.rate), "--burstiness", str(f.burstiness)] if f.open_loop
+                  else ["--request-rate", "inf"])]
     _run([
         *vllm_cli(), "bench", "serve", "--backend", "openai", "--base-url", ctx["url"], "--model", ctx["model"],
         "--tokenizer", ctx["tokenizer"], "--seed", str(seed), *load,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from autotune.load.levels import LevelStopper, confidence_of, statistical
 from autotune.load.prompts import PromptTokenizer, build_requests
 from autotune.load.runner import LoadResult, run_load
-from autotune.load.schedule import arrival_offsets
+from autotune.load.schedule import run_offsets
 from autotune.load.stats import per_request_view, summarize
 from autotune.load.workload import Workload
 from autotune.spec.slo import Constraint
@@ -218,7 +218,7 @@ def _settle(
     duration = max(ends) - min(r.start for r in records)
     span = None
     if run.open_loop and run.rate:
-        offsets = arrival_offsets(kept[-1][0] + 1, run.rate, run.seed, run.burstiness, stream, planned)
+        offsets = run_offsets(run, kept[-1][0] + 1, stream, planned)
         span = offsets[kept[-1][0]] - offsets[kept[0][0]]
     trimmed = replace(
         result, records=records, indices=[i for i, _ in kept], duration_s=duration,

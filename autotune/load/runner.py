@@ -34,7 +34,12 @@ from typing import Any
 import numpy as np
 
 from autotune.load.client import CompletionsClient, RequestRecord
-from autotune.load.schedule import arrival_offsets, poisson_offsets, warmup_offsets
+from autotune.load.schedule import (
+    arrival_offsets,
+    poisson_offsets,
+    run_offsets,
+    warmup_offsets,
+)
 from autotune.load.workload import RequestSpec, Workload
 
 __all__ = [
@@ -194,8 +199,7 @@ async def run_load_async(
         tally = _Tally(len(measured), progress, stop, discard=len(at_load))
         if workload.open_loop:
             assert workload.rate is not None  # enforced by Workload's validator
-            offsets = arrival_offsets(len(measured), workload.rate, workload.seed, workload.burstiness, seed_offset,
-                                      planned or len(measured))
+            offsets = run_offsets(workload, len(measured), seed_offset, planned)
             if workload.duration_s is not None:
                 offsets = [o for o in offsets if o <= workload.duration_s]
             warm = warmup_offsets(len(at_load), workload, seed_offset)

@@ -11,7 +11,7 @@ import numpy as np
 
 from autotune.load.workload import Workload
 
-__all__ = ["arrival_offsets", "poisson_offsets", "warmup_offsets"]
+__all__ = ["arrival_offsets", "poisson_offsets", "run_offsets", "warmup_offsets"]
 
 # Mixed into the workload seed so arrival times and prompts use unrelated streams.
 _ARRIVAL_STREAM = 0x41525256
@@ -77,6 +77,14 @@ def _schedule(
     if planned:
         gaps *= (planned / rate) / gaps[:planned].sum()
     return [0.0, *np.cumsum(gaps[: count - 1]).tolist()]
+
+
+def run_offsets(workload: Workload, count: int, stream: int, planned: int | None = None) -> list[float]:
+    """The send times an open-loop run of ``count`` measured requests keeps to, planned at ``planned``
+    (default: all of them): the one place a run's schedule is derived, so that whoever rebuilds it
+    (a trimmed level, a benchmark replaying it with another tool) gets the arrivals that were sent."""
+    return arrival_offsets(count, float(workload.rate or 0), workload.seed, workload.burstiness, stream,
+                           planned or count)
 
 
 def warmup_offsets(count: int, workload: Workload, stream: int) -> list[float]:
