@@ -53,11 +53,11 @@ def alone_s(tmp_path_factory: pytest.TempPathFactory) -> float:
     from autotune.trial import run_trial, setup_from_spec
 
     spec = {**ENGINE_BOUND, "objectives": "max:output_tps",
-            "workload": {**ENGINE_BOUND["workload"], "concurrency": 1, "num_requests": 8, "warmup_requests": 2}}
+            "workload": {**ENGINE_BOUND["workload"], "concurrency": 1, "num_requests": 5, "warmup_requests": 1}}
     outcome = run_trial(setup_from_spec(load_spec(None, spec)), {"max_num_seqs": 1},
                         tmp_path_factory.mktemp("alone") / "alone")
     assert outcome.status == "ok", outcome.reason
-    assert outcome.figures["completed"] == 8
+    assert outcome.figures["completed"] == 5
     return float(outcome.figures["median_e2el_ms"]) / 1000
 
 

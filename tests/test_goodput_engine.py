@@ -38,8 +38,8 @@ SPEC: dict[str, Any] = {
     "objectives": "max:goodput",
     "workload": {**ENGINE_BOUND["workload"], "concurrency": 8, "num_requests": 16, "warmup_requests": 4},
 }
-# 8 requests in flight, then halving (one slot) or held at the ceiling (64 slots).
-GOODPUT = {"unit": "concurrency", "start": 8, "upper": 8, "max_levels": 3, "resolution": 0.3}
+# 8 requests in flight, then 4 (one slot), or held at the ceiling (64 slots).
+GOODPUT = {"unit": "concurrency", "start": 8, "upper": 8, "max_levels": 2, "resolution": 0.3}
 BASE_CONFIG = {"max_num_batched_tokens": 2048, "kv_cache_space_gib": 1, "block_size": 32}
 
 

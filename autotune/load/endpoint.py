@@ -178,14 +178,15 @@ def endpoint_measure(
         with _QueueWatch(metrics_url, metric_names, metrics_headers, metrics_hz) as queue:
             result = run_load(
                 base_url, model, specs, run, ignore_eos=ignore_eos, api_key=api_key, progress=progress,
-                seed_offset=seed_offset, load_warmup=at_load, stop=stopper, planned=planned,
+                seed_offset=seed_offset, load_warmup=at_load, load_warmup_s=warm_for or None, stop=stopper,
+                planned=planned,
             )
         figures: dict[str, Any] = {}
         if stopper is not None:
             result, figures = _settle(result, stopper, run, seed_offset, planned)
             figures.update(planned_requests=planned, max_requests=cap)
         out: dict[str, Any] = dict(summarize(result))
-        out.update(figures, load_warmup_s=warm_for, load_warmup_requests=at_load)
+        out.update(figures, load_warmup_s=warm_for, load_warmup_requests=result.load_warmup_sent)
         first = min(r.start for r in result.records)
         if metrics_url:
             out["engine_queue"] = queue.series(first)

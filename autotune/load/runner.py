@@ -103,6 +103,7 @@ class LoadResult:
     cancelled: int = 0
     unsent: int = 0
     indices: list[int] = field(default_factory=list)  # of each record among the measured requests
+    load_warmup_sent: int = 0
 
     def health(self) -> dict[str, float]:
         """The load generator's own figures, and whether it kept up (1) or not (0)."""
@@ -165,6 +166,7 @@ async def run_load_async(
     progress: ProgressFn | None = None,
     seed_offset: int = 0,
     load_warmup: int = 0,
+    load_warmup_s: float | None = None,
     stop: StopFn | None = None,
     planned: int | None = None,
 ) -> LoadResult:
@@ -207,7 +209,8 @@ async def run_load_async(
             schedule = [*warm[:-1], *(start + o for o in offsets)]
             await _open_loop(client, [*at_load, *measured[: len(offsets)]], schedule, workload.concurrency, tally)
         else:
-            await _closed_loop(client, [*at_load, *measured], workload.concurrency, tally, workload.duration_s)
+            await _closed_loop(client, [*at_load, *measured], workload.concurrency, tally, workload.duration_s,
+                               load_warmup_s)
         cpu, loop_cpu, loop_wait = tally.cpu_since_measured()
 
     done = tally.collected()
@@ -237,6 +240,7 @@ async def run_load_async(
         cancelled=tally.sent - tally.done,
         unsent=len(measured) - tally.sent,
         indices=[i for i, _ in done],
+        load_warmup_sent=tally.warmed,
     )
 
 
@@ -265,6 +269,7 @@ class _Tally:
     def __init__(self, total: int, progress: ProgressFn | None, stop: StopFn | None, discard: int = 0) -> None:
         self.outcomes: list[_Outcome | None] = [None] * total
         self.discard = discard
+        self.warmed = 0
         self.done = 0
         self.sent = 0
         self.progress = progress
@@ -279,6 +284,7 @@ class _Tally:
 
     async def send(self, client: CompletionsClient, item: int, spec: RequestSpec) -> None:
         if not self.measured(item):
+            self.warmed += 1
             await client.send(spec)
             return
         if self._clocks is None:
@@ -308,20 +314,26 @@ async def _closed_loop(
     concurrency: int,
     tally: _Tally,
     duration_s: float | None,
+    warmup_s: float | None = None,
 ) -> None:
     """``concurrency`` workers, each sending its next request as soon as one ends.
 
     With ``duration_s`` no worker starts a measured request after that many
-    seconds from the first one; those in flight finish.
+    seconds from the first one; those in flight finish.  With ``warmup_s`` no
+    worker starts a warm-up request after that many seconds; the rest of the
+    warm-up is skipped, and those in flight run on into the measured phase.
     """
     queue: asyncio.Queue[tuple[int, RequestSpec]] = asyncio.Queue()
     for item in enumerate(specs):
         queue.put_nowait(item)
     deadline = [math.inf]
+    warm_until = math.inf if warmup_s is None else time.perf_counter() + warmup_s
 
     async def worker() -> None:
         while not queue.empty() and time.perf_counter() < deadline[0] and not tally.stopped.is_set():
             item, spec = queue.get_nowait()
+            if item < tally.discard and time.perf_counter() >= warm_until:
+                continue
             if item == tally.discard and duration_s is not None:
                 deadline[0] = time.perf_counter() + duration_s
             await tally.send(client, item, spec)
