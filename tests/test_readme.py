@@ -16,6 +16,8 @@ from tests.conftest import REPO
 README = REPO / "README.md"
 INSTALL = "bash scripts/install.sh"
 DEMO = ".venv/bin/autotune optimize --model tiny --slo 'p99(ttft)<500ms' --trials 8"
+TEST_COMMAND = ("bash scripts/install.sh && bash scripts/install-test-services.sh"
+                " && .venv/bin/python -m pytest -q -n 2 -m \"not engine\" && .venv/bin/python -m pytest -q -m engine")
 
 
 def _commands() -> list[list[str]]:
@@ -44,12 +46,19 @@ def test_readme_is_short_and_starts_with_the_two_commands() -> None:
     assert any(line.strip() == INSTALL for line in first_screen)
     assert any(line.strip() == DEMO for line in first_screen)
     assert (REPO / "scripts" / "install.sh").exists()
-    test_command = "bash scripts/install.sh && bash scripts/install-test-services.sh && .venv/bin/python -m pytest -q"
-    where = [i for i, line in enumerate(first_screen) if line.strip() == test_command]
+    where = [i for i, line in enumerate(first_screen) if line.strip() == TEST_COMMAND]
     demo = next(i for i, line in enumerate(first_screen) if line.strip() == DEMO)
     assert where, "the test command is on the first screen"
     headings = [line for line in first_screen[demo:where[0]] if line.startswith("## ")]
     assert headings == ["## Tests"]  # its own section, after the quick start
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """CI runs what the README tells a contributor to run, pytest invocation by invocation."""
+    readme = TEST_COMMAND.split(" && ")
+    ci = [line.replace(" -p no:cacheprovider", "") for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd ", "start=", "echo "))]
+    assert ci == readme
 
 
 def test_every_readme_command_parses_as_written() -> None:
