@@ -28,8 +28,11 @@ case $step in
   verdicts)
     "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" ;;
   cost-before)
-    # The code before the trial-cost work: a checkout of that commit's autotune/ folder, e.g.
+    # The code before the trial-cost work: that commit's autotune/ folder, e.g.
     #   git worktree add /tmp/autotune-before 681ece3
+    # or, for a machine that gets a copy of the working tree without its history, extracted
+    # beside it and sent along (.before/ is ignored by git):
+    #   mkdir -p .before && git archive 681ece3 autotune | tar -x -C .before    # then BEFORE=.before
     "${py[@]}" benchmarks/trial_cost.py --spec "$spec" --trials 3 --label before \
       --autotune "${BEFORE:-/tmp/autotune-before}" --study-dir "$data/cost-before" --out "$data/trial-cost.json" ;;
   cost-after)
