@@ -46,6 +46,25 @@ def test_child_that_exits_is_a_start_error_with_its_words(tmp_path: Path) -> Non
     server.stop()
 
 
+def test_alive_waits_for_a_death_in_progress_when_asked(tmp_path: Path) -> None:
+    """An engine killed a moment ago can still look alive; with settle_s its exit is waited for."""
+    flag = tmp_path / "die"
+    code = (
+        "import os, pathlib, signal, time\n"
+        f"while not pathlib.Path({str(flag)!r}).exists(): time.sleep(0.02)\n"
+        "time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    server = EngineServer(_plan([sys.executable, "-c", code], free_port()), tmp_path / "engine.log")
+    server.start()
+    try:
+        assert server.alive() and server.alive(settle_s=0.2)  # nothing asked it to die: still running
+        flag.touch()
+        assert not server.alive(settle_s=120)
+        assert "signal 9 (SIGKILL)" in (tmp_path / "engine.log").read_text()
+    finally:
+        server.stop()
+
+
 def test_never_healthy_hits_the_deadline_and_the_group_is_gone(tmp_path: Path) -> None:
     # A parent that starts a grandchild and never answers /health.
     code = (

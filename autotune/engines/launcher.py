@@ -8,6 +8,7 @@ last words, because that is what a user needs to fix the configuration.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -162,7 +163,17 @@ class EngineServer:
                 on_wait(elapsed)
             time.sleep(self.poll_s)
 
-    def alive(self) -> bool:
+    def alive(self, settle_s: float = 0.0) -> bool:
+        """Whether the engine still runs; with ``settle_s``, after waiting that long for it to exit.
+
+        A process killed a moment ago may not have exited yet: tearing down a
+        large address space takes a while on a busy machine, and until then the
+        process is neither running nor reapable. Callers with evidence of a
+        death (requests cut off) give it ``settle_s`` to show.
+        """
+        if self.proc is not None and settle_s > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=settle_s)
         if self.proc is None or self.proc.poll() is not None:
             self._drain()  # so that the log holds the engine's last words before anyone reads it
             self._note_signal_death()

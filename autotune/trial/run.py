@@ -30,6 +30,9 @@ Status = Literal["ok", "failed", "infeasible"]
 #: Called with the running server's base URL; returns {"figures": {...}, ...}.
 QualityHook = Callable[[str], Mapping[str, Any]]
 
+#: How long an engine whose requests were cut off is given to exit before it is judged alive.
+_DEATH_SETTLE_S = 15.0
+
 
 @dataclass
 class TrialOutcome:
@@ -114,7 +117,8 @@ def run_trial(
             outcome.measure_s = time.monotonic() - t0
             if launch.metrics_path:
                 _save_metrics(launch.base_url + launch.metrics_path, trial_dir / "metrics.txt")
-            if not server.alive():
+            # Requests cut off mid-run are the mark of an engine that may be dying: give it time to show.
+            if not server.alive(settle_s=_DEATH_SETTLE_S if measured.figures.get("failed") else 0.0):
                 outcome.reason = f"engine died during measurement: {reason_from_log(log_path)}"
                 return _finish(trial_dir, outcome)
             outcome.figures, outcome.per_request, outcome.goodput = measured.figures, measured.per_request, measured.goodput
