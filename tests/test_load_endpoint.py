@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ from autotune.load.goodput import search_goodput
 from autotune.load.runner import arrival_offsets, run_load
 from autotune.load.stats import summarize
 from autotune.load.workload import RequestSpec, Workload
-from autotune.spec import parse_slos
+from autotune.spec import load_spec, parse_slos
+from autotune.trial import run_trial, setup_from_spec
 from tests.test_goodput import CrowdedEngine, WordTokenizer
 
 
@@ -230,6 +232,20 @@ def test_a_closed_loop_warm_up_at_load_ends_at_its_time_bound(server: tuple[str,
     engine.cost_s = 0.0005
     whole = run_load(url, "m", specs(30 + 10), workload, load_warmup=30)
     assert whole.load_warmup_sent == 30 and len(engine.prompts) == 40
+
+
+def test_a_trial_against_an_endpoint_autotune_did_not_start(server: tuple[str, MeteredEngine], tmp_path: Path) -> None:
+    """The whole trial path with an external endpoint: nothing launched, nothing stopped, figures kept."""
+    url, engine = server
+    setup = setup_from_spec(load_spec(None, {
+        "model": "tiny", "hardware.device": "cpu",
+        "engine": {"name": "external", "options": {"base_url": url + "/v1", "served_model": "m"}},
+        "workload": {"prompt_tokens": 8, "output_tokens": 4, "num_requests": 6, "warmup_requests": 1},
+    }))
+    outcome = run_trial(setup, {"concurrency": 2}, tmp_path / "trial")
+    assert outcome.status == "ok", outcome.reason
+    assert outcome.figures["completed"] == 6 and outcome.command == ""
+    assert len(engine.prompts) == 1 + 6
 
 
 # --------------------------------------------------------------------------- endpoint_measure
