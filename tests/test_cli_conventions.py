@@ -82,10 +82,12 @@ def test_verify_counts_fresh_starts_with_its_own_flag(tmp_path: Path) -> None:
     assert "--starts" in _run("verify", "-h").stdout
 
 
-def test_dry_run_shows_space_verdicts_and_commands_without_starting_anything() -> None:
+def test_dry_run_shows_space_verdicts_and_commands_without_starting_anything(tmp_path: Path) -> None:
     from autotune.cli._dry_run import preview
 
+    # A folder of its own: the default (autotune-runs/tiny-vllm) is where the README's quick start writes.
     spec = load_spec(None, {"model": "tiny", "slo": "p99(ttft)<500ms", "budget.trials": 8,
+                            "study_dir": str(tmp_path / "run"),
                             "enqueue": [{"max_num_seqs": 4, "block_size": 64}]})
     before = _children()
     data = preview(spec, samples=4)
