@@ -41,6 +41,7 @@ from autotune.environment import record  # noqa: E402
 from autotune.spec import load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, setup_from_spec  # noqa: E402
 
+SAME_MACHINE = ("gpu", "engine", "engine_version", "cuda")
 CONFIGS = {"defaults": {}, "fp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"}}
 
 
@@ -90,7 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     setup = setup_from_spec(spec)
     assert setup.goodput is not None, "the spec must search a goodput (a max:goodput objective)"
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    data["environment"] = record(setup.engine.name, setup.engine.version(), setup.device)
+    env = record(setup.engine.name, setup.engine.version(), setup.device)
+    before = data.get("environment") or {}
+    moved = {k: (before[k], env.get(k)) for k in SAME_MACHINE if k in before and before[k] != env.get(k)}
+    if moved:
+        # Searches from another GPU or engine are not repeats of these: the spread would be the machines'.
+        print(f"error: {args.out} was measured on another machine ({moved}); pass a new --out", file=sys.stderr)
+        return 2
+    data["environment"] = env
     data["spec"] = spec.model_dump(mode="json", exclude={"study_dir", "storage"})
     t0 = time.monotonic()
     per_start = math.ceil(args.searches / args.starts)
