@@ -25,6 +25,7 @@ from autotune.engines.base import (
     StartupBill,
     options_as_config,
 )
+from autotune.models.cache import cache_root
 
 CACHE_ROOT_ENV = "VLLM_CACHE_ROOT"
 PROGRAM = ("-m", "vllm.entrypoints.cli.main", "serve")
@@ -40,12 +41,6 @@ COMPILE_KNOBS = (
     "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_dtype", "dtype", "max_model_len",
     "enforce_eager", "quantization", "tensor_parallel_size", "pipeline_parallel_size", "compilation_config",
 )
-
-
-def autotune_cache_dir() -> Path:
-    """autotune's cache folder, resolved as autotune.models does (``AUTOTUNE_CACHE``, else
-    ``~/.cache/autotune``); written out here because an adapter imports nothing of autotune."""
-    return Path(os.environ.get("AUTOTUNE_CACHE") or Path("~/.cache/autotune").expanduser())
 
 
 class VLLMAdapter(EngineAdapter):
@@ -111,7 +106,7 @@ class VLLMAdapter(EngineAdapter):
         if self.compile_cache is False or CACHE_ROOT_ENV in os.environ:
             return {}
         root = Path(self.compile_cache).expanduser() if isinstance(self.compile_cache, str) else (
-            autotune_cache_dir() / "vllm"
+            cache_root() / "vllm"
         )
         return {CACHE_ROOT_ENV: str(root)}
 

@@ -12,15 +12,11 @@ a hub id that the engine itself resolves (autotune fetches nothing).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from autotune.engines.base import ModelRef
 from autotune.errors import UserError
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AUTOTUNE_CACHE", Path.home() / ".cache" / "autotune"))
+from autotune.models.cache import cache_root
 
 
 def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
@@ -49,7 +45,7 @@ def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
         shape = name.removeprefix("shape:")
         if shape not in SHAPES:
             raise UserError(f"unknown model shape {shape!r} (known: {', '.join(sorted(SHAPES))})")
-        path = build_shape_model(shape, cache_dir() / "shapes" / shape)
+        path = build_shape_model(shape, cache_root() / "shapes" / shape)
         return ModelRef(str(path), shape, str(path), dummy_weights=True, max_model_len=max_model_len)
     local = Path(name).expanduser()
     if local.exists():
