@@ -12,14 +12,15 @@
 #
 # Needs vLLM for CUDA and autotune's gpu extra; no weights are downloaded (Llama-3.1-8B shape,
 # --load-format dummy). SECONDS_LEFT bounds each step (default 480 s) so that no engine is
-# still starting when a short run ends.
+# still starting when a short run ends. A machine that keeps nothing between runs can carry
+# vLLM's compile cache: VLLM_CACHE_ROOT=$PWD/.vcache (ignored by git), packed back after each run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 step=${1:?step}
 left=${SECONDS_LEFT:-480}
 spec=studies/h200-llama8b-chat.yaml
-data=benchmarks/data/h200
+data=${DATA:-benchmarks/data/h200}   # another GPU model: its own folder, e.g. DATA=benchmarks/data/h100
 study=${STUDY:-$data/study}
 mkdir -p "$data"
 py=(python3)
