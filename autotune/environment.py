@@ -135,7 +135,7 @@ def record(engine: str, engine_version: str | None, device: str) -> dict[str, An
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "autotune": __version__,
         "engine": engine,
@@ -161,7 +161,7 @@ def record(engine: str, engine_version: str | None, device: str) -> dict[str, An
     return env
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     # platform.processor() is empty on most Linux builds; /proc/cpuinfo names the part.
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -21,18 +21,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune.environment import cpu_model
+
 BENCH_VENV = Path(os.environ.get("AUTOTUNE_BENCH_VENV", ROOT / ".venv-bench"))
 DOCS = ROOT / "docs" / "benchmarks.md"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def loadavg() -> str:
