@@ -120,3 +120,14 @@ def test_vllm_reads_the_config_file_as_the_trials_own_argv(tmp_path: Path) -> No
     differ = {k for k in trial if trial[k] != served.get(k)}
     assert differ == {"host", "port"}, {k: (trial[k], served.get(k)) for k in differ}
     assert served["max_model_len"] == 512 and served["enforce_eager"] is True and served["seed"] == 3
+
+
+def test_each_vllm_start_gets_its_own_socket_folder_unless_the_user_named_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_RPC_BASE_PATH", raising=False)
+    launch = _plan()
+    assert launch.scratch_env == ("VLLM_RPC_BASE_PATH",)
+    # The folder is the launcher's, made at start: no plan, command or recommendation names it.
+    assert "VLLM_RPC_BASE_PATH" not in launch.env and "VLLM_RPC_BASE_PATH" not in launch.command_line()
+    assert _plan(extra_env={"VLLM_RPC_BASE_PATH": "/srv/ipc"}).scratch_env == ()
+    monkeypatch.setenv("VLLM_RPC_BASE_PATH", "/srv/ipc")
+    assert _plan().scratch_env == ()

@@ -30,7 +30,11 @@ def _served_max_model_len(launch: LaunchPlan) -> int:
 def _run(launch: LaunchPlan, log: Path) -> tuple[int, float]:
     with EngineServer(launch, log, startup_timeout_s=600) as server:
         startup_s = server.wait_healthy()
-        return _served_max_model_len(launch), startup_s
+        # vLLM's processes talk over sockets in this start's own folder, and the stop removes it.
+        assert server.scratch is not None and any(p.is_socket() for p in server.scratch.iterdir())
+        served = _served_max_model_len(launch)
+    assert not server.scratch.exists()
+    return served, startup_s
 
 
 def test_recommended_config_serves_what_the_trial_measured(tiny_model: Path, tmp_path: Path) -> None:

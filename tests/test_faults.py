@@ -29,7 +29,8 @@ import optuna
 import pytest
 import yaml
 
-from autotune.engines.launcher import CappedLog, group_members
+from autotune.engines.engine_log import CappedLog
+from autotune.engines.launcher import group_members
 from autotune.errors import RunFailed
 from autotune.spec import load_spec
 from autotune.tuning import budget_state, counted, load_study, run_study

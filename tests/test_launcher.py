@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,30 @@ def test_alive_waits_for_a_death_in_progress_when_asked(tmp_path: Path) -> None:
         assert "signal 9 (SIGKILL)" in (tmp_path / "engine.log").read_text()
     finally:
         server.stop()
+
+
+def test_a_start_gets_a_scratch_folder_that_its_stop_removes(tmp_path: Path) -> None:
+    """What an engine leaves in its scratch folder (vLLM: a socket per process) goes with it,
+    even when it is killed and cleans nothing up itself."""
+    code = (
+        "import os, pathlib, socket, time\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(os.path.join(os.environ['ENGINE_SCRATCH'], 'ipc'))\n"
+        "pathlib.Path(os.environ['ENGINE_SCRATCH'], 'ready').touch()\n"
+        "time.sleep(600)"
+    )
+    plan = LaunchPlan(argv=[sys.executable, "-c", code], env={}, host="127.0.0.1", port=free_port(),
+                      health_path="/health", metrics_path=None, scratch_env=("ENGINE_SCRATCH",))
+    server = EngineServer(plan, tmp_path / "engine.log")
+    server.start()
+    try:
+        assert server.scratch is not None and server.scratch.is_dir()
+        while not (server.scratch / "ready").exists():
+            assert server.alive(), (tmp_path / "engine.log").read_text()
+            time.sleep(0.05)
+        assert (server.scratch / "ipc").is_socket()
+    finally:
+        server.stop(grace_s=0)
+    assert not server.scratch.exists()
 
 
 def test_never_healthy_hits_the_deadline_and_the_group_is_gone(tmp_path: Path) -> None:

@@ -11,10 +11,18 @@ module, so adding an engine is one adapter file plus one YAML.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Mapping
+
+
+def cache_root() -> Path:
+    """autotune's cache folder (``$AUTOTUNE_CACHE``, else ``~/.cache/autotune``): built models,
+    engines' compile caches and the device locks live under it, shared by trials and studies."""
+    return Path(os.environ.get("AUTOTUNE_CACHE") or "~/.cache/autotune").expanduser()
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,8 @@ class LaunchPlan:
     (``vllm serve MODEL --config FILE``): every option the trial ran with, so a
     recommendation serves what was measured. ``housekeeping_env`` names the
     variables in ``env`` that only serve autotune's running of the engine (a
-    cache folder) and are no part of what it recommends.
+    cache folder) and are no part of what it recommends. ``scratch_env`` names
+    variables that each start sets to a folder of its own, removed when it stops.
     """
 
     argv: list[str]
@@ -71,6 +80,7 @@ class LaunchPlan:
     endpoint: str | None = None  # the server's root URL when autotune does not start it
     program_len: int = 1  # leading argv items that name the program; the rest are its arguments
     housekeeping_env: tuple[str, ...] = ()
+    scratch_env: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -207,6 +217,10 @@ class EngineAdapter(ABC):
     # The adapter is the one place these names are written down; telemetry is given them.
     metric_prefix: ClassVar[str | None] = None
     metric_names: ClassVar[Mapping[str, tuple[str, ...]] | None] = None
+    # Variables naming where the engine leaves per-process litter (IPC sockets): a study of
+    # hundreds of starts, each killed, would otherwise fill the temp folder. A user's own
+    # setting wins.
+    scratch_env: ClassVar[tuple[str, ...]] = ()
 
     def request_model(self, model: ModelRef) -> str:
         """The model name requests must carry; engines that cannot rename a model override it."""
@@ -317,11 +331,13 @@ class EngineAdapter(ABC):
         env: dict[str, str] = {}
         config_file: dict[str, Any] = {}
         housekeeping: tuple[str, ...] = ()
+        scratch: tuple[str, ...] = ()
         if self.capabilities.launches:
             argv = self.base_argv(model, host, port) + self.knob_argv(knobs, config) + list(extra_args or [])
             own = self.housekeeping_env(device)
             env = {**own, **self.base_env(device), **self.knob_env(knobs, config), **dict(extra_env or {})}
             housekeeping = tuple(k for k, v in own.items() if env.get(k) == v)
+            scratch = tuple(k for k in self.scratch_env if k not in env and k not in os.environ)
             config_file = self.launch_config(argv, knobs, config)
         return LaunchPlan(
             argv=argv,
@@ -334,4 +350,5 @@ class EngineAdapter(ABC):
             endpoint=self.endpoint(),
             program_len=self.program_length(argv) if argv else 0,
             housekeeping_env=housekeeping,
+            scratch_env=scratch,
         )

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Callable
 
-from autotune.models.cache import cache_root
+from autotune.engines.base import cache_root
 
 __all__ = ["devices_of", "holding", "lock_folder"]
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -22,9 +24,15 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Callable
+from typing import Callable
 
 from autotune.engines.base import LaunchPlan
+from autotune.engines.engine_log import (
+    CappedLog,
+    default_log_max_bytes,
+    rotated,
+    secret_values,
+)
 from autotune.errors import EngineStartError
 
 _ERROR_LINE = re.compile(
@@ -47,7 +55,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def tail(path: Path, lines: int = 40) -> list[str]:
     """The last lines of a log, reaching into its rotated copy when the live one is short."""
     out: deque[str] = deque(maxlen=lines)
-    for part in (_rotated(path), path):
+    for part in (rotated(path), path):
         try:
             with open(part, "r", errors="replace") as f:
                 out.extend(line.rstrip("\n") for line in f)
@@ -106,12 +114,16 @@ class EngineServer:
         self._pump: threading.Thread | None = None
         self._gpu_baseline: dict[int, int] | None = None
         self._death_noted = False
+        self.scratch: Path | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.plan.env}
+        if self.plan.scratch_env:
+            self.scratch = Path(tempfile.mkdtemp(prefix="autotune-engine-"))
+            env.update(dict.fromkeys(self.plan.scratch_env, str(self.scratch)))
         self._gpu_baseline = gpu_memory_used(_visible_gpus(env))
-        self._log = CappedLog(self.log_path, self.log_max_bytes, secrets=_secret_values(env))
+        self._log = CappedLog(self.log_path, self.log_max_bytes, secrets=secret_values(env))
         self._log.write(f"$ {self.plan.command_line()}\n".encode())
         try:
             self.proc = subprocess.Popen(  # argv list, never a shell string
@@ -223,6 +235,8 @@ class EngineServer:
         if left:
             self.teardown_problems.append(f"engine processes still alive after SIGKILL: {left}")
         self.teardown_problems += wait_gpu_memory_baseline(self._gpu_baseline)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
         if self._log is not None:
             for problem in self.teardown_problems:
                 self._log.write(f"autotune teardown: {problem}\n".encode())
@@ -364,85 +378,3 @@ def wait_gpu_memory_baseline(baseline: dict[int, int] | None, timeout_s: float =
                 + ", ".join(f"GPU {i} +{b / 2**30:.1f} GiB" for i, b in over.items())
             ]
         time.sleep(0.5)
-
-
-DEFAULT_LOG_MAX_BYTES = 64 * 2**20
-
-
-def default_log_max_bytes() -> int:
-    """Per log file; ``AUTOTUNE_ENGINE_LOG_MAX_MIB`` overrides it."""
-    value = os.environ.get("AUTOTUNE_ENGINE_LOG_MAX_MIB")
-    try:
-        return max(4096, int(float(value) * 2**20)) if value else DEFAULT_LOG_MAX_BYTES
-    except ValueError:
-        return DEFAULT_LOG_MAX_BYTES
-
-
-_SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD)", re.IGNORECASE)
-
-
-def _secret_values(env: dict[str, str]) -> list[bytes]:
-    """Values of secret-looking variables, to be masked if an engine ever prints them."""
-    return sorted(
-        {v.encode() for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 8}, key=len, reverse=True
-    )
-
-
-def _rotated(path: Path) -> Path:
-    return path.with_name(path.name + ".1")
-
-
-class CappedLog:
-    """An engine's output on disk, never more than two files of ``max_bytes``.
-
-    A chatty or looping engine must not fill the study folder's disk: when the
-    live file reaches the cap it becomes ``<name>.1`` (replacing the older one)
-    and a new one starts, so the newest output, where the engine's last words
-    are, is always kept. A full disk stops the copy, never the engine: the pipe
-    is still drained. Secret values are masked line by line.
-    """
-
-    def __init__(self, path: Path, max_bytes: int, *, secrets: list[bytes] | None = None) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.secrets = secrets or []
-        self.rotations = 0
-        self.broken: str | None = None
-        self._lock = threading.Lock()
-        self._file = open(path, "ab")
-        self._size = self._file.tell()
-
-    def write(self, data: bytes) -> None:
-        for secret in self.secrets:
-            data = data.replace(secret, b"***")
-        with self._lock:
-            if self.broken is not None or self._file.closed:
-                return
-            try:
-                if self._size + len(data) > self.max_bytes and self._size > 0:
-                    self._rotate()
-                data = data[: self.max_bytes]
-                self._file.write(data)
-                self._file.flush()
-                self._size += len(data)
-            except OSError as e:  # ENOSPC and friends
-                self.broken = f"{type(e).__name__}: {e}"
-
-    def _rotate(self) -> None:
-        self._file.close()
-        os.replace(self.path, _rotated(self.path))
-        self.rotations += 1
-        self._file = open(self.path, "wb")
-        note = f"autotune: log reached {self.max_bytes} bytes; earlier output in {_rotated(self.path).name}, older dropped\n"
-        self._file.write(note.encode())
-        self._size = len(note)
-
-    def pump(self, stream: "IO[bytes]") -> None:
-        """Copies the engine's output line by line until it closes its end."""
-        with stream:
-            for line in iter(lambda: stream.readline(1 << 16), b""):
-                self.write(line)
-
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()

@@ -23,9 +23,9 @@ from autotune.engines.base import (
     KnobSpec,
     ModelRef,
     StartupBill,
+    cache_root,
     options_as_config,
 )
-from autotune.models.cache import cache_root
 
 CACHE_ROOT_ENV = "VLLM_CACHE_ROOT"
 PROGRAM = ("-m", "vllm.entrypoints.cli.main", "serve")
@@ -49,6 +49,7 @@ class VLLMAdapter(EngineAdapter):
         ignore_eos=True, prompt_logprobs=True, metrics=True, dummy_weights=True, token_id_prompts=True
     )
     metric_prefix = "vllm:"
+    scratch_env = ("VLLM_RPC_BASE_PATH",)  # its ZMQ sockets, one set per start, left behind by a kill
     # Newer names first; counters without "_total" (the parser strips it).
     metric_names = {
         "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),  # a fraction 0..1

@@ -16,14 +16,11 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from autotune.engines.base import cache_root
+
 __all__ = ["REQUIRED_FILES", "building", "cache_root", "is_complete", "model_cli", "once"]
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-def cache_root() -> Path:
-    """``$AUTOTUNE_CACHE``, else ``~/.cache/autotune``."""
-    return Path(os.environ.get("AUTOTUNE_CACHE") or "~/.cache/autotune").expanduser()
 
 
 def is_complete(dest: Path) -> bool:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autotune.engines.base import ModelRef
+from autotune.engines.base import ModelRef, cache_root
 from autotune.errors import UserError
-from autotune.models.cache import cache_root
 
 
 def resolve_model(name: str, *, max_model_len: int | None = None) -> ModelRef:
