@@ -90,6 +90,16 @@ def test_a_start_gets_a_scratch_folder_that_its_stop_removes(tmp_path: Path) -> 
     assert not server.scratch.exists()
 
 
+def test_a_start_that_cannot_launch_leaves_no_scratch_folder(tmp_path: Path) -> None:
+    plan = LaunchPlan(argv=[str(tmp_path / "no-such-engine")], env={}, host="127.0.0.1", port=free_port(),
+                      health_path="/health", metrics_path=None, scratch_env=("ENGINE_SCRATCH",))
+    server = EngineServer(plan, tmp_path / "engine.log")
+    with pytest.raises(EngineStartError, match="cannot launch"):
+        server.start()
+    server.stop()
+    assert server.scratch is not None and not server.scratch.exists()
+
+
 def test_never_healthy_hits_the_deadline_and_the_group_is_gone(tmp_path: Path) -> None:
     # A parent that starts a grandchild and never answers /health.
     code = (

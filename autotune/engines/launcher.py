@@ -139,6 +139,7 @@ class EngineServer:
             reason = f"cannot launch {self.plan.argv[0] if self.plan.argv else 'an empty command'}: {e.strerror or e}"
             self._log.write(f"autotune: {reason}\n".encode())
             self._log.close()
+            self._drop_scratch()
             raise EngineStartError(reason) from None
         assert self.proc.stdout is not None
         self._pump = threading.Thread(target=self._log.pump, args=(self.proc.stdout,), daemon=True)
@@ -235,12 +236,15 @@ class EngineServer:
         if left:
             self.teardown_problems.append(f"engine processes still alive after SIGKILL: {left}")
         self.teardown_problems += wait_gpu_memory_baseline(self._gpu_baseline)
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+        self._drop_scratch()
         if self._log is not None:
             for problem in self.teardown_problems:
                 self._log.write(f"autotune teardown: {problem}\n".encode())
             self._log.close()
+
+    def _drop_scratch(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> "EngineServer":
         self.start()
