@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections import deque
 from pathlib import Path
 from typing import IO
 
@@ -35,8 +36,20 @@ def secret_values(env: dict[str, str]) -> list[bytes]:
     )
 
 
-def rotated(path: Path) -> Path:
+def _rotated(path: Path) -> Path:
     return path.with_name(path.name + ".1")
+
+
+def tail(path: Path, lines: int = 40) -> list[str]:
+    """The last lines of a log, reaching into its rotated copy when the live one is short."""
+    out: deque[str] = deque(maxlen=lines)
+    for part in (_rotated(path), path):
+        try:
+            with open(part, "r", errors="replace") as f:
+                out.extend(line.rstrip("\n") for line in f)
+        except FileNotFoundError:
+            continue
+    return list(out)
 
 
 class CappedLog:
@@ -77,10 +90,10 @@ class CappedLog:
 
     def _rotate(self) -> None:
         self._file.close()
-        os.replace(self.path, rotated(self.path))
+        os.replace(self.path, _rotated(self.path))
         self.rotations += 1
         self._file = open(self.path, "wb")
-        note = f"autotune: log reached {self.max_bytes} bytes; earlier output in {rotated(self.path).name}, older dropped\n"
+        note = f"autotune: log reached {self.max_bytes} bytes; earlier output in {_rotated(self.path).name}, older dropped\n"
         self._file.write(note.encode())
         self._size = len(note)
 

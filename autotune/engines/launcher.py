@@ -21,18 +21,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from pathlib import Path
 from types import TracebackType
 from typing import Callable
 
 from autotune.engines.base import LaunchPlan
-from autotune.engines.engine_log import (
-    CappedLog,
-    default_log_max_bytes,
-    rotated,
-    secret_values,
-)
+from autotune.engines.engine_log import CappedLog, default_log_max_bytes, secret_values, tail
 from autotune.errors import EngineStartError
 
 _ERROR_LINE = re.compile(
@@ -50,18 +44,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 40) -> list[str]:
-    """The last lines of a log, reaching into its rotated copy when the live one is short."""
-    out: deque[str] = deque(maxlen=lines)
-    for part in (rotated(path), path):
-        try:
-            with open(part, "r", errors="replace") as f:
-                out.extend(line.rstrip("\n") for line in f)
-        except FileNotFoundError:
-            continue
-    return list(out)
 
 
 def reason_from_log(path: Path) -> str:
