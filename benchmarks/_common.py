@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.environment import cpu_model  # importable wherever benchmarks._common is: the repo root is on the path
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from autotune.environment import cpu_model
-
 BENCH_VENV = Path(os.environ.get("AUTOTUNE_BENCH_VENV", ROOT / ".venv-bench"))
 DOCS = ROOT / "docs" / "benchmarks.md"
 
