@@ -10,8 +10,15 @@ configuration, the goodputs' mean ± std, coefficient of variation, the lowest
 against the median, and the bracket between the highest level that held and
 the lowest that failed, as a share of the goodput.
 
+Each search is kept whole (``searches``): every level's verdict, requests,
+intervals, the load generator's own load, and the GPU's telemetry over the
+level (clocks, power, the engine's queue), so that a search that reads far
+from the others can be explained from the file.
+
 Resumable: searches already in ``--out`` are kept and the file is rewritten
-after each, so the runs fit short device sessions:
+after each, so the runs fit short device sessions. A configuration's searches
+are only added to under the goodput options they began with (a spec edited
+between runs must not mix two searches into one spread):
 
     .venv/bin/python benchmarks/verdicts.py --spec studies/h200-llama8b-chat.yaml \
         --out benchmarks/data/h200/verdicts.json --max-seconds 480
@@ -49,6 +56,17 @@ def bracket(levels: list[dict[str, Any]], goodput: float) -> float | None:
     """The lowest failing load above the goodput, minus the goodput: where the true value may lie."""
     above = [lv["load"] for lv in levels if not lv.get("holds") and lv.get("load", 0) > goodput]
     return min(above) - goodput if above and goodput > 0 else None
+
+
+def kept_search(goodput: dict[str, Any], search_dir: Path) -> dict[str, Any]:
+    """The search as measured, each level with the telemetry of its own window (not the time series)."""
+    windows: list[dict[str, Any]] = []
+    telemetry = search_dir / "telemetry.json"
+    if telemetry.exists():
+        windows = json.loads(telemetry.read_text()).get("windows", [])
+    by_load = {w.get("load"): w.get("figures") for w in windows}
+    levels = [{**level, "telemetry": by_load.get(level.get("load"))} for level in goodput.get("levels", [])]
+    return {**goodput, "levels": levels}
 
 
 def summary(entry: dict[str, Any]) -> dict[str, Any]:
@@ -117,9 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, config in configs.items():
             entry = data.setdefault(name, {"config": config, "goodput": [], "bracket": [], "levels": [],
                                            "start": [], "starts": 0, "startup_s": []})
-            # The search's own options, with the figures they gave: a spec edited between runs must not
-            # relabel searches that ran before the edit.
-            entry.setdefault("goodput_options", spec.goodput.model_dump(mode="json"))
+            options = spec.goodput.model_dump(mode="json")
+            began_with = entry.setdefault("goodput_options", options)
+            if len(entry["goodput"]) < args.searches and began_with != options:
+                changed = {k: (began_with.get(k), v) for k, v in options.items() if began_with.get(k) != v}
+                print(f"error: {name}'s searches in {args.out} ran with other goodput options {changed}; "
+                      f"move them aside (rename the key) or pass a new --out", file=sys.stderr)
+                args.out.write_text(json.dumps(data, indent=2))
+                return 2
             while len(entry["goodput"]) < args.searches:
                 if left() < args.start_s + args.search_s:
                     return stop()
@@ -132,17 +155,22 @@ def main(argv: list[str] | None = None) -> int:
                         if left() < args.search_s:
                             break
                         began = time.monotonic()
-                        m = measure(setup, launch.base_url, None, seed_offset=1000 * entry["starts"] + i,
+                        search_dir = logs / f"{name}-{entry['starts']}-{i + 1}"
+                        search_dir.mkdir(parents=True, exist_ok=True)
+                        m = measure(setup, launch.base_url, search_dir, seed_offset=1000 * entry["starts"] + i,
                                     warm_up=i == 0)
                         entry.setdefault("search_s", [None] * len(entry["goodput"])).append(
                             round(time.monotonic() - began, 1))
+                        entry.setdefault("searches", [None] * len(entry["goodput"])).append(
+                            kept_search(m.goodput or {}, search_dir))
                         g = m.figures.get("goodput")
                         levels = (m.goodput or {}).get("levels", [])
                         entry["goodput"].append(g)
                         entry["bracket"].append(bracket(levels, g or 0.0))
                         entry["levels"].append([(lv["load"], lv.get("verdict") or lv.get("holds")) for lv in levels])
                         entry["start"].append(entry["starts"])
-                        print(f"{name} start {entry['starts']} search {i + 1}: goodput {g} levels {entry['levels'][-1]}")
+                        print(f"{name} start {entry['starts']} search {i + 1}: goodput {g} "
+                              f"levels {entry['levels'][-1]}", flush=True)
                         args.out.write_text(json.dumps(data, indent=2))
             entry["summary"] = summary(entry)
     args.out.write_text(json.dumps(data, indent=2))
