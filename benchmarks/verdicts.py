@@ -24,7 +24,8 @@ between runs must not mix two searches into one spread):
         --out benchmarks/data/h200/verdicts.json --max-seconds 480
 
 Targets (per configuration): CV <= 5%, no search below 85% of the median,
-bracket <= 5% of the goodput.
+bracket <= 5% of the goodput. ``--report FILE`` prints a file as Markdown
+tables against them, for the docs, without measuring anything.
 """
 
 from __future__ import annotations
@@ -83,14 +84,58 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+TARGETS = {"cv": 0.05, "min_over_median": 0.85, "bracket_share_max": 0.05}
+MARK = {"holds": "✓", "fails": "✗", "uncertain": "?", True: "✓", False: "✗"}
+
+
+def report(data: dict[str, Any]) -> str:
+    """The file as Markdown tables: each start's searches, then each configuration against the targets."""
+    env = data.get("environment") or {}
+    out = [f"{env.get('gpu', '?')}, driver {env.get('driver', '?')}, CUDA {env.get('cuda', '?')}, "
+           f"{env.get('engine', '?')} {env.get('engine_version', '?')}", ""]
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("goodput"), list):
+            continue
+        s = summary(entry)
+        out += [f"**{name}** ({json.dumps(entry.get('config', {}))}, "
+                f"max_levels {(entry.get('goodput_options') or {}).get('max_levels', '?')}): "
+                f"{s['n']} searches over {entry['starts']} starts", "",
+                "| start | engine start (s) | goodputs | levels (✓ holds, ✗ fails, ? uncertain) |",
+                "| --- | --- | --- | --- |"]
+        for k in range(1, entry["starts"] + 1):
+            mine = [i for i, start in enumerate(entry["start"]) if start == k]
+            took = entry["startup_s"][k - 1] if k - 1 < len(entry["startup_s"]) else None
+            levels = "; ".join(" ".join(f"{load:g} {MARK.get(v, v)}" for load, v in entry["levels"][i]) for i in mine)
+            goodputs = ", ".join(f"{entry['goodput'][i]:g}" for i in mine)
+            out.append(f"| {k} | {'-' if took is None else f'{took:.1f}'} | {goodputs} | {levels} |")
+        if s["n"]:
+            out += ["", "| figure | measured | target | |", "| --- | --- | --- | --- |",
+                    f"| searches over starts | {s['n']} over {entry['starts']} | >= 10 over >= 3 | "
+                    f"{'met' if s['n'] >= 10 and entry['starts'] >= 3 else 'not yet'} |",
+                    f"| goodput, mean ± std | {s['mean']:.2f} ± {s['std']:.2f} | | |"]
+            for key, label, fmt, ok in (("cv", "coefficient of variation", "{:.1%}", lambda v, t: v <= t),
+                                        ("min_over_median", "lowest search / median", "{:.0%}", lambda v, t: v >= t),
+                                        ("bracket_share_max", "widest bracket / median", "{:.1%}",
+                                         lambda v, t: v <= t)):
+                v = s.get(key)
+                shown = "-" if v is None else fmt.format(v)
+                met = "-" if v is None else ("met" if ok(v, TARGETS[key]) else "**missed**")
+                sign = ">=" if key == "min_over_median" else "<="
+                out.append(f"| {label} | {shown} | {sign} {fmt.format(TARGETS[key])} | {met} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--spec", type=Path, required=True, help="study spec: model, workload, SLO, goodput options")
+    p.add_argument("--report", type=Path, metavar="VERDICTS_JSON",
+                   help="print a file's searches as Markdown tables against the targets; measures nothing")
+    p.add_argument("--spec", type=Path, help="study spec: model, workload, SLO, goodput options")
     p.add_argument("--config", action="append", default=[], metavar="NAME:knob=value,...",
                    help="a configuration to judge (default: defaults and fp8)")
     p.add_argument("--starts", type=int, default=3, help="fresh engine starts per configuration")
     p.add_argument("--searches", type=int, default=10, help="goodput searches per configuration, over its starts")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
     p.add_argument("--max-seconds", type=float, default=None,
                    help="finish within this long: no engine start or search begins that may not end in time")
     p.add_argument("--start-s", type=float, default=150.0, help="the longest an engine start is expected to take")
@@ -98,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logs", type=Path, default=None, help="keep each engine start's log in this folder")
     p.add_argument("--spec-set", action="append", default=[], help="spec field=value, dotted (e.g. goodput.start=4)")
     args = p.parse_args(argv)
+    if args.report is not None:
+        if not args.report.exists():
+            print(f"error: {args.report} does not exist", file=sys.stderr)
+            return 2
+        print(report(json.loads(args.report.read_text())))
+        return 0
+    if args.spec is None or args.out is None:
+        p.error("--spec and --out are needed to measure (or --report FILE to print one)")
 
     configs = dict(CONFIGS)
     if args.config:
