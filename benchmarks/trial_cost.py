@@ -54,10 +54,17 @@ print(json.dumps({"trials": out, "baseline": None if not base else
                   {k: base.get(k) for k in ("startup_s", "measure_s", "status")},
                   "environment": (study.trials[0].user_attrs.get("environment") if study.trials else None)}))
 '''
-    env = {**os.environ, "PYTHONPATH": str(autotune)}
-    out = subprocess.run([sys.executable, "-c", code, str(study_dir)], capture_output=True, text=True, env=env,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(study_dir.resolve())], capture_output=True, text=True,
+                         env=_env(autotune), cwd=study_dir.resolve().parent, check=True)
     return json.loads(out.stdout)
+
+
+def _env(autotune: Path) -> dict[str, str]:
+    """The environment that imports ``autotune`` from that folder first, keeping the rest of the path (an
+    engine installed under PYTHONPATH). The child must not run from this checkout's root either: the
+    current folder comes first on ``python -m``'s path, and would import this autotune instead."""
+    rest = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(autotune), *([rest] if rest else [])])}
 
 
 def cost(trial: dict[str, Any]) -> float | None:
@@ -76,11 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more optimize flags")
     args = p.parse_args(argv)
 
-    study_dir = args.study_dir or (REPO / "autotune-runs" / f"trial-cost-{args.label}")
-    env = {**os.environ, "PYTHONPATH": str(args.autotune.resolve())}
+    study_dir = (args.study_dir or (REPO / "autotune-runs" / f"trial-cost-{args.label}")).resolve()
+    study_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "autotune.cli", "optimize", "--spec", str(args.spec.resolve()),
            "--trials", str(args.trials), "--study-dir", str(study_dir), *args.extra]
-    run = subprocess.run(cmd, env=env)
+    env = _env(args.autotune.resolve())
+    found = subprocess.run([sys.executable, "-c", "import autotune; print(autotune.__file__)"], env=env,
+                           cwd=study_dir.parent, capture_output=True, text=True)
+    origin = Path(found.stdout.strip() or ".").resolve()
+    if found.returncode != 0 or args.autotune.resolve() not in origin.parents:
+        seen = found.stdout.strip() or found.stderr.strip()
+        print(f"error: the study would not run the autotune in {args.autotune} but {seen}", file=sys.stderr)
+        return 2
+    print(f"autotune: {origin.parent}", flush=True)
+    run = subprocess.run(cmd, env=env, cwd=study_dir.parent)
     if run.returncode not in (0, 1):
         return run.returncode
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}

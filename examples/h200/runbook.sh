@@ -20,6 +20,9 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 step=${1:?step}
 left=${SECONDS_LEFT:-480}
+# A study stops launching trials after its wall time, but finishes the trial it has launched:
+# one trial (a start and a full search) must still fit.
+wall=$(( left - ${TRIAL_S:-300} ))
 spec=studies/h200-llama8b-chat.yaml
 data=${DATA:-benchmarks/data/h200}   # another GPU model: its own folder, e.g. DATA=benchmarks/data/h100
 study=${STUDY:-$data/study}
@@ -30,23 +33,25 @@ case $step in
   verdicts)
     "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" ;;
   cost-before)
-    # The code before the trial-cost work: that commit's autotune/ folder, e.g.
+    # The code before the trial-cost work: that commit's autotune/ and search_spaces/, e.g.
     #   git worktree add /tmp/autotune-before 681ece3
     # or, for a machine that gets a copy of the working tree without its history, extracted
     # beside it and sent along (.before/ is ignored by git):
-    #   mkdir -p .before && git archive 681ece3 autotune | tar -x -C .before    # then BEFORE=.before
+    #   mkdir -p .before && git archive 681ece3 autotune search_spaces | tar -x -C .before   # BEFORE=.before
+    # (that code read its search spaces from the repo root, beside autotune/)
     "${py[@]}" benchmarks/trial_cost.py --spec "$spec" --trials 3 --label before \
-      --autotune "${BEFORE:-/tmp/autotune-before}" --study-dir "$data/cost-before" --out "$data/trial-cost.json" ;;
+      --autotune "${BEFORE:-/tmp/autotune-before}" --study-dir "$data/cost-before" --out "$data/trial-cost.json" \
+      --extra --wall-time "$wall" ;;
   cost-after)
     "${py[@]}" benchmarks/trial_cost.py --spec "$spec" --trials 8 --label after \
-      --study-dir "$data/cost-after" --out "$data/trial-cost.json" -- --wall-time "$left" ;;
+      --study-dir "$data/cost-after" --out "$data/trial-cost.json" --extra --wall-time "$wall" ;;
   surface)
     "${py[@]}" benchmarks/record_surface.py --spec "$spec" --defaults --max-seconds "$left" \
       --grid max_num_seqs=64,128,256 --grid max_num_batched_tokens=2048,8192 \
       --grid quantization=null,fp8 --grid kv_cache_dtype=auto,fp8 \
       --fixed gpu_memory_utilization=0.9 --out "$data/surface.json" ;;
   study)
-    "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$left" ;;
+    "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$wall" ;;
   verify)
     "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 ;;
   *)
