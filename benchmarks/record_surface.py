@@ -9,7 +9,8 @@ so the benchmark can count engine-minutes as well as trials.
 
 Resumable: points already in the output file are skipped, and the file is
 rewritten after every point, so the grid can be recorded in short chunks
-(``--max-points``, ``--max-seconds``), each under the engine lock:
+(``--max-points``, ``--max-seconds``), each under the engine lock; its
+``"grid"`` says whether every point of the grid is in it yet:
 
     flock /tmp/autotune-engine.lock .venv/bin/python benchmarks/record_surface.py --max-seconds 400
 
@@ -333,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {args.out} was recorded with another {field}; choose another --out")
     done = {key(p["config"]) for p in data["points"]}
     todo = [c for c in grid_points(grid) if key(c) not in done]
+    # Whether every point of the grid is in the file: a replay compares searches with the whole grid.
+    data["grid"] = not todo
+    if args.out.exists():
+        write(args.out, data)
     random.Random(args.seed).shuffle(todo)
     later = assignments(args.later, "--later", many=False) if (args.grid or args.later) else dict(preset["later"])
     todo.sort(key=lambda c: any(c.get(k) == v for k, v in later.items()))  # stable: shuffled within each part
@@ -352,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         point = measure(setup, config, fixed, args.work_dir)
         data["points"].append(point)
+        data["grid"] = n + 1 == len(todo)
         data["last_recorded"] = dt.date.today().isoformat()
         write(args.out, data)
         p90 = point["p90_ttft_ms"]

@@ -46,7 +46,7 @@ case $step in
     "${py[@]}" benchmarks/trial_cost.py --spec "$spec" --trials 8 --label after \
       --study-dir "$data/cost-after" --out "$data/trial-cost.json" --extra --wall-time "$wall" ;;
   surface)
-    "${py[@]}" benchmarks/record_surface.py --spec "$spec" --defaults --max-seconds "$left" \
+    "${py[@]}" benchmarks/record_surface.py --spec "$spec" --defaults --max-seconds "$wall" \
       --grid max_num_seqs=64,128,256 --grid max_num_batched_tokens=2048,8192 \
       --grid quantization=null,fp8 --grid kv_cache_dtype=auto,fp8 \
       --fixed gpu_memory_utilization=0.9 --out "$data/surface.json" ;;
