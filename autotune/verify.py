@@ -15,7 +15,11 @@ least 10), and judged on what a user can rely on:
 
 Results are stored in the study's own storage, as the study user attribute
 ``verify:<trial number>``, after every start, so an interrupted verification
-keeps what it measured and the next run continues it. The raw files of each
+keeps what it measured and the next run continues it. The configurations take
+turns, one start each (a recommendation and the defaults it is compared with
+are measured side by side in time, so a machine that drifts moves both), and
+a wall time stops new starts, never one under way: a machine lent for ten
+minutes at a time verifies over several runs. The raw files of each
 start (engine log, requests, outcome) are in ``verify/trial-<n>/<start>/``.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -218,8 +223,13 @@ def verify_study(
     price_per_gpu_hour: float | None = None,
     fresh: bool = False,
     reporter: VerifyReporter | None = None,
+    wall_time_s: float | None = None,
 ) -> list[Verification]:
-    """Runs the missing starts of each chosen trial, judges it, stores it after every start."""
+    """Runs the missing starts of each chosen trial, judges it, stores it after every start.
+
+    ``wall_time_s``: begin no start after this many seconds; those still missing are left for the
+    next call (each result then says how many of its starts were measured)."""
+    began = time.monotonic()
     reporter = reporter or _Silent()
     spec = results_of.spec
     env = record(setup.engine.name, setup.engine.version(), setup.device)
@@ -243,20 +253,24 @@ def verify_study(
         results.append(result)
     total = sum(r.repeats_wanted for r in results)
     reporter.opened(total, sum(min(len(r.starts), r.repeats_wanted) for r in results))
-    for result in results:
-        trial_root = study_dir / "verify" / f"trial-{result.trial}"
-        while len(result.starts) < result.repeats_wanted:
+    while True:
+        turn = [r for r in results if len(r.starts) < r.repeats_wanted]
+        if not turn or (wall_time_s is not None and time.monotonic() - began > wall_time_s):
+            break
+        for result in turn:
+            if wall_time_s is not None and time.monotonic() - began > wall_time_s:
+                break
             index = len(result.starts)
+            folder = study_dir / "verify" / f"trial-{result.trial}" / f"{index:02d}"
             reporter.start_begun(result.trial, index, result.repeats_wanted)
-            outcome = run_trial(
-                setup, result.config, trial_root / f"{index:02d}", status=reporter.status,
-                progress=reporter.requests_progress,
-            )
-            start = _start_from(outcome, setup, spec, result, trial_root / f"{index:02d}")
+            outcome = run_trial(setup, result.config, folder, status=reporter.status,
+                                progress=reporter.requests_progress)
+            start = _start_from(outcome, setup, spec, result, folder)
             result.starts.append(start)
             judge_starts(result, spec.constraints)
             save(results_of, result)
             reporter.start_finished(result.trial, index, start)
+    for result in results:
         judge_starts(result, spec.constraints)
         save(results_of, result)
         reporter.verified(result)

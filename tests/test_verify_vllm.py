@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -169,3 +170,29 @@ def test_report_written_with_the_verification(verified: tuple[Path, str]) -> Non
         verdict = "<span class='ok'>verified</span>" if r.verified else "<span class='bad'>not verified</span>"
         assert f"trial {r.trial}: {verdict}" in page
     assert (study_dir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_configurations_take_turns_one_start_each(verified: tuple[Path, str]) -> None:
+    # Side by side in time: a machine that drifts during a verification moves both, not one.
+    study_dir, _ = verified
+    results = stored(StudyResults(load_study(study_dir)[0]))
+    order = [trial for _, trial in sorted((s.finished_at, r.trial) for r in results.values() for s in r.starts)]
+    assert len(order) == 4 and order[0] != order[1] and order[:2] == order[2:], order
+
+
+def test_a_wall_time_begins_no_start_and_keeps_those_measured(verified: tuple[Path, str], tmp_path: Path) -> None:
+    study_dir, _ = verified
+    copy = tmp_path / "run"
+    shutil.copytree(study_dir, copy)
+    before = {t: [s.finished_at for s in r.starts] for t, r in stored(StudyResults(load_study(copy)[0])).items()}
+    out = subprocess.run(
+        autotune_cmd("verify", str(copy), "--top", "2", "--starts", "3", "--wall-time", "0"),
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "wall time reached with 2 start(s) still to measure" in out.stderr, out.stderr
+    after = stored(StudyResults(load_study(copy)[0]))
+    assert {t: [s.finished_at for s in r.starts] for t, r in after.items()} == before  # kept, none added
+    for r in after.values():
+        assert not r.verified and "only 2 of 3 starts measured so far" in r.reasons
+    assert not any(p.name == "02" for p in (copy / "verify").glob("trial-*/*"))  # no third start was begun

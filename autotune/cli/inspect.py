@@ -61,6 +61,9 @@ def verify(
     price: Optional[float] = opt.PRICE,
     fresh: bool = typer.Option(False, "--fresh", help="discard the starts stored by an earlier verify"),
     defaults: bool = typer.Option(False, "--defaults", help="verify the engine's defaults too, the reference of the ratio"),
+    wall_time: Optional[float] = typer.Option(
+        None, "--wall-time", min=0,
+        help="begin no fresh start after this many seconds; the same command goes on from the starts measured"),
     as_json: bool = opt.JSON,
 ) -> None:
     """Re-run the recommended configs on fresh server starts; verified only if the SLO holds at 95%."""
@@ -90,11 +93,15 @@ def verify(
         try:
             verified = verify_study(
                 results, setup, folder, chosen, repeats=starts, price_per_gpu_hour=price, fresh=fresh,
-                reporter=reporter,
+                reporter=reporter, wall_time_s=wall_time,
             )
         except KeyboardInterrupt:
             reporter.progress.stop()
             raise interrupted("interrupted: the starts measured so far are kept in the study; run the same command to go on")
+    missing = sum(max(0, v.repeats_wanted - len(v.starts)) for v in verified)
+    if missing:
+        err_console.print(f"note: wall time reached with {missing} start(s) still to measure; "
+                          "run the same command to go on", highlight=False)
     if as_json:
         print(json.dumps({"study": results.name, "slo": results.slo_texts(),
                           "verifications": [{"verified": v.verified, **v.to_json()} for v in verified]},

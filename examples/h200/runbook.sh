@@ -53,7 +53,7 @@ case $step in
   study)
     "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$wall" ;;
   verify)
-    "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 ;;
+    "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
   *)
     echo "unknown step $step" >&2; exit 2 ;;
 esac
