@@ -31,7 +31,8 @@ py=(python3)
 
 case $step in
   verdicts)
-    "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" ;;
+    "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
+      --logs "${LOGS:-$data/verdicts-logs}" ;;
   cost-before)
     # The code before the trial-cost work: that commit's autotune/ and search_spaces/, e.g.
     #   git worktree add /tmp/autotune-before 681ece3
