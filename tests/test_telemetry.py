@@ -28,7 +28,7 @@ from autotune.telemetry import (
     reduce_window,
 )
 from autotune.telemetry import window as window_mod
-from autotune.telemetry.nvml import GpuSample, NvmlSampler, _Gpu, reduce_gpus, visible_gpus
+from autotune.telemetry.nvml import GpuSample, NvmlSampler, _Gpu, reduce_gpus, slowdown_note, visible_gpus
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = REPO / "tests" / "data" / "metrics"
@@ -163,6 +163,28 @@ def test_gpu_reduction_prefers_the_energy_counter_and_integrates_power_otherwise
     assert integrated["energy_j"] == pytest.approx(800.0)
     assert integrated["energy_source_counter"] == 0.0
     assert integrated["energy_per_token_j"] == pytest.approx(8.0)
+
+
+def test_clock_slowdowns_are_shares_of_the_samples_that_could_be_read() -> None:
+    g = _Gpu(0, None, "H100", 80 * 2**30, sm_clock_max_mhz=1980.0)
+    # busy at full clock; power-capped; thermally slowed; idle (not a slowdown); unreadable
+    events = [0x0, 0x4, 0x4 | 0x20, 0x1, -1]
+    clocks = [1980.0, 1600.0, 1400.0, 345.0, float("nan")]
+    g.samples = [GpuSample(float(t), 2**30, 90.0, 50.0, 600.0, c, e) for t, (c, e) in enumerate(zip(clocks, events))]
+    out = reduce_gpus([g], 0.0, 5.0, tokens=None)
+    assert out["clock_slowdown_share"] == pytest.approx(2 / 4)
+    assert out["clock_slowdown_power_share"] == pytest.approx(2 / 4)
+    assert out["clock_slowdown_thermal_share"] == pytest.approx(1 / 4)
+    assert out["sm_clock_mhz_min"] == 345.0 and out["sm_clock_mhz_max_rated"] == 1980.0
+    assert out["sm_clock_mhz_mean"] == pytest.approx((1980 + 1600 + 1400 + 345) / 4)
+    note = slowdown_note(out)
+    assert note is not None and "50% of the measurement (power cap 50%, heat 25%" in note and "of 1980" in note
+    assert slowdown_note({**out, "clock_slowdown_share": 0.05}) is None  # a blip is not worth a warning
+    assert slowdown_note({}) is None and slowdown_note(None) is None
+    # A GPU whose clocks NVML cannot read gives no clock figure rather than a made-up one.
+    blind = _Gpu(1, None, "vGPU", 80 * 2**30)
+    blind.samples = [GpuSample(0.0, 2**30, 90.0, 50.0, 600.0)]
+    assert not any(k.startswith(("sm_clock", "clock_")) for k in reduce_gpus([blind], 0.0, 1.0, tokens=None))
 
 
 def test_visible_gpus_follow_the_engine_environment(monkeypatch: pytest.MonkeyPatch) -> None:

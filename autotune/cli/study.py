@@ -15,6 +15,7 @@ from autotune.cli._results import print_results, write_html_report
 from autotune.cli.progress import RichReporter
 from autotune.folders import check_folder
 from autotune.load.stats import generator_verdict
+from autotune.telemetry import slowdown_note
 from autotune.spec import flag_overrides, load_spec, redact_url
 from autotune.tuning import StudyResults, budget_state, run_study, worker_spec
 
@@ -68,6 +69,7 @@ def optimize(
     print_results(results, spec.study_dir)
     write_html_report(results, spec.study_dir, None)
     warn_generator([(f"trial {t.number}", t.figures) for t in results.trials])
+    warn_slowdown([(f"trial {t.number}", t.telemetry) for t in results.trials])
     console.print(f"wall time: {time.monotonic() - t0:,.0f} s")
 
 
@@ -94,6 +96,14 @@ def worker(
             raise interrupted("interrupted: this worker's trial is marked interrupted; the others go on")
     state = budget_state(run.study)
     console.print(f"study {spec.name}: {state.done} of {spec.budget.trials} trials done, {state.running} running")
+
+
+def warn_slowdown(runs: list[tuple[str, dict]]) -> None:
+    """Names the runs measured while the GPU throttled itself."""
+    for label, telemetry in runs:
+        note = slowdown_note(telemetry)
+        if note is not None:
+            err_console.print(f"warning: {label}: {note}", highlight=False, soft_wrap=True)
 
 
 def warn_generator(runs: list[tuple[str, dict]]) -> None:

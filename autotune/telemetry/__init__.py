@@ -16,7 +16,7 @@ from autotune.telemetry.engine_metrics import (
     reduce_window,
     register_engine_metrics,
 )
-from autotune.telemetry.nvml import NvmlSampler, nvml_status, visible_gpus
+from autotune.telemetry.nvml import NvmlSampler, nvml_status, slowdown_note, visible_gpus
 from autotune.telemetry.window import TelemetryWindow, announce_once, combine_windows
 
 __all__ = [
@@ -34,5 +34,6 @@ __all__ = [
     "parse_metrics",
     "reduce_window",
     "register_engine_metrics",
+    "slowdown_note",
     "visible_gpus",
 ]

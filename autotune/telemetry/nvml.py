@@ -20,10 +20,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GpuSample", "NvmlSampler", "nvml_status", "visible_gpus"]
+__all__ = ["GpuSample", "NvmlSampler", "nvml_status", "slowdown_note", "visible_gpus"]
+
+SLOWDOWN_NOTE_SHARE = 0.1  # slowed for more than this share of a measurement: say so
 
 _NVML_LOCK = threading.Lock()
 _INIT_COUNT = 0
+
+
+# NVML's clock-event reasons that slow a busy GPU down (its power cap, heat, an external brake), as
+# opposed to idling or clocks someone set: a level measured through them measured the machine's state.
+_POWER_SLOWDOWN = 0x4 | 0x80  # SwPowerCap, HwPowerBrakeSlowdown
+_THERMAL_SLOWDOWN = 0x20 | 0x40  # SwThermalSlowdown, HwThermalSlowdown
+_SLOWDOWN = _POWER_SLOWDOWN | _THERMAL_SLOWDOWN | 0x8  # and HwSlowdown
 
 
 @dataclass
@@ -33,6 +42,8 @@ class GpuSample:
     sm_util: float  # percent of time a kernel ran (NVML utilization.gpu)
     mem_bw_util: float  # percent of time device memory was read or written (utilization.memory)
     power_w: float
+    sm_clock_mhz: float = math.nan
+    clock_events: int = -1  # NVML's clock-event reasons bitmask; -1: not readable here
 
 
 @dataclass
@@ -42,6 +53,7 @@ class _Gpu:
     name: str
     mem_total: float
     samples: list[GpuSample] = field(default_factory=list)
+    sm_clock_max_mhz: float | None = None
     pcie: list[tuple[float, float, float]] = field(default_factory=list)  # t, tx B/s, rx B/s
     energy_start_mj: float | None = None
     energy_end_mj: float | None = None
@@ -201,7 +213,12 @@ class NvmlSampler:
                 handle = nv.nvmlDeviceGetHandleByUUID(item)
             index = int(nv.nvmlDeviceGetIndex(handle))
             mem = nv.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(_Gpu(index, handle, _text(nv.nvmlDeviceGetName(handle)), float(mem.total)))
+            gpu = _Gpu(index, handle, _text(nv.nvmlDeviceGetName(handle)), float(mem.total))
+            try:
+                gpu.sm_clock_max_mhz = float(nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_SM))
+            except Exception:
+                pass
+            gpus.append(gpu)
         return gpus
 
     def _run(self) -> None:
@@ -230,7 +247,9 @@ class NvmlSampler:
                 power = nv.nvmlDeviceGetPowerUsage(gpu.handle) / 1000.0
             except Exception:
                 power = math.nan
-            gpu.samples.append(GpuSample(time.monotonic(), float(mem.used), float(util.gpu), float(util.memory), power))
+            clock, events = self._clocks(gpu)
+            gpu.samples.append(GpuSample(time.monotonic(), float(mem.used), float(util.gpu), float(util.memory), power,
+                                         clock, events))
         except Exception:
             gpu.errors += 1
         if pcie:
@@ -240,6 +259,22 @@ class NvmlSampler:
                 gpu.pcie.append((time.monotonic(), tx * 1024.0, rx * 1024.0))  # NVML gives KB/s
             except Exception:
                 pass
+
+    def _clocks(self, gpu: _Gpu) -> tuple[float, int]:
+        """The SM clock (MHz) and the clock-event reasons now; NaN and -1 where NVML cannot say."""
+        nv = self._nv
+        try:
+            clock = float(nv.nvmlDeviceGetClockInfo(gpu.handle, nv.NVML_CLOCK_SM))
+        except Exception:
+            clock = math.nan
+        # The reasons' newer name (drivers from 535 on); the older one where the binding lacks it.
+        read = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        try:
+            events = int(read(gpu.handle)) if read is not None else -1
+        except Exception:
+            events = -1
+        return clock, events
 
     def _energy(self, gpu: _Gpu) -> float | None:
         try:
@@ -299,6 +334,18 @@ def reduce_gpus(
         out[f"{key}_peak"] = max(values)
         # The busiest GPU's mean: one straggler in TP shows here, not in the mean over all.
         out[f"{key}_mean_max_gpu"] = max(_mean([getattr(s, attr) for s in g.samples]) for g in gpus)
+    clocks = [s.sm_clock_mhz for g in gpus for s in g.samples if math.isfinite(s.sm_clock_mhz)]
+    if clocks:
+        out["sm_clock_mhz_mean"] = _mean(clocks)
+        out["sm_clock_mhz_min"] = min(clocks)
+        if all(g.sm_clock_max_mhz for g in gpus):
+            out["sm_clock_mhz_max_rated"] = min(g.sm_clock_max_mhz for g in gpus)  # type: ignore[type-var]
+    events = [s.clock_events for g in gpus for s in g.samples if s.clock_events >= 0]
+    if events:
+        # Shares of the GPUs' samples taken while slowed (one slowed GPU slows its whole TP group).
+        out["clock_slowdown_share"] = sum(1 for e in events if e & _SLOWDOWN) / len(events)
+        out["clock_slowdown_power_share"] = sum(1 for e in events if e & _POWER_SLOWDOWN) / len(events)
+        out["clock_slowdown_thermal_share"] = sum(1 for e in events if e & _THERMAL_SLOWDOWN) / len(events)
     powers = [[s.power_w for s in g.samples if math.isfinite(s.power_w)] for g in gpus]
     if all(powers):
         out["power_w_mean"] = sum(_mean(p) for p in powers)
@@ -324,6 +371,25 @@ def reduce_gpus(
         out["nvlink_tx_gbps_mean"] = tx * 1024.0 / duration / 1e9
         out["nvlink_rx_gbps_mean"] = rx * 1024.0 / duration / 1e9
     return out
+
+
+def slowdown_note(telemetry: dict[str, Any] | None) -> str | None:
+    """One line when the GPU slowed its own clocks through much of a measurement, else None.
+
+    A power cap or heat that throttles the GPU lowers what any configuration
+    serves while it lasts: the figures then describe the machine's state as
+    much as the configuration, and a repeat may not reproduce them.
+    """
+    share = (telemetry or {}).get("clock_slowdown_share")
+    if not isinstance(share, (int, float)) or not share > SLOWDOWN_NOTE_SHARE:
+        return None
+    power = (telemetry or {}).get("clock_slowdown_power_share") or 0.0
+    thermal = (telemetry or {}).get("clock_slowdown_thermal_share") or 0.0
+    clock = (telemetry or {}).get("sm_clock_mhz_mean")
+    rated = (telemetry or {}).get("sm_clock_mhz_max_rated")
+    at = f"; SM clock {clock:.0f} MHz on average" + (f" of {rated:.0f}" if rated else "") if clock else ""
+    return (f"the GPU slowed its clocks for {share:.0%} of the measurement (power cap {power:.0%}, "
+            f"heat {thermal:.0%}{at}): its figures may not repeat")
 
 
 def _energy_j(gpus: list[_Gpu]) -> float | None:
