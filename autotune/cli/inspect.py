@@ -68,9 +68,10 @@ def verify(
 ) -> None:
     """Re-run the recommended configs on fresh server starts; verified only if the SLO holds at 95%."""
     from autotune.cli.progress import RichVerifyReporter
-    from autotune.report import verdict_lines, verify_table
+    from autotune.report import verdict_lines, verify_table, versus_line
     from autotune.trial import setup_from_spec
     from autotune.verify import candidates, verify_study
+    from autotune.versus import versus_defaults
 
     if repeats is not None:
         # --repeats is a measurement on one server start everywhere else; a fresh start is --starts.
@@ -102,9 +103,13 @@ def verify(
     if missing:
         err_console.print(f"note: wall time reached with {missing} start(s) still to measure; "
                           "run the same command to go on", highlight=False)
+    first = spec.objective_list[0] if spec.objective_list else None
+    maximize = first is not None and first.direction == "maximize"
+    versus = versus_defaults(verified, first.metric, maximize) if first is not None else []
     if as_json:
         print(json.dumps({"study": results.name, "slo": results.slo_texts(),
-                          "verifications": [{"verified": v.verified, **v.to_json()} for v in verified]},
+                          "verifications": [{"verified": v.verified, **v.to_json()} for v in verified],
+                          "versus_defaults": [v.to_json() for v in versus]},
                          indent=2, default=str))
         write_html_report(results.reload(), folder, price, quiet=True)
         return
@@ -112,6 +117,8 @@ def verify(
     for r in verified:
         for line in verdict_lines(r):
             console.print(line, highlight=False, soft_wrap=True)
+    for v in versus:
+        console.print(versus_line(v, maximize), highlight=False, soft_wrap=True)
     write_html_report(results.reload(), folder, price)
 
 

@@ -10,8 +10,9 @@ from autotune.cost import COST_KEY, format_cost
 from autotune.load.stats import Summary
 from autotune.figures import label, trial_name
 from autotune.verify import SHOWN_FIGURES, Verification, _fmt, _pct
+from autotune.versus import Versus
 
-__all__ = ["figure_rows", "verdict_lines", "verify_table"]
+__all__ = ["figure_rows", "verdict_lines", "verify_table", "versus_line"]
 
 
 def figure_rows(result: Verification) -> list[tuple[str, str, str, str]]:
@@ -70,3 +71,13 @@ def _ci_text(s: Summary, fmt: str) -> str:
     return f"{fmt.format(s.ci95[0])} .. {fmt.format(s.ci95[1])}"
 
 
+def versus_line(v: Versus, maximize: bool) -> str:
+    """One verified recommendation against the verified defaults, in words."""
+    what = f"the defaults' {label(v.metric)}" if maximize else f"lower {label(v.metric)} than the defaults"
+    head = f"{trial_name(v.trial)}: {v.ratio:.2f}x {what}"
+    if v.low is None or v.high is None:
+        return f"{head} ({v.note or 'no interval'}; {v.starts[0]} and {v.starts[1]} fresh starts)"
+    apart = ("the two 95% intervals are apart" if v.apart
+             else "the two 95% intervals overlap: not better beyond the noise of these starts")
+    return (f"{head} (95% CI {v.low:.2f}..{v.high:.2f}, Welch over {v.starts[0]} and {v.starts[1]} fresh starts); "
+            f"{apart}")
