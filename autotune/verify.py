@@ -285,6 +285,8 @@ def _start_from(
     figures = {k: float(v) for k, v in outcome.figures.items() if _finite_number(v)}
     if outcome.startup_s is not None:
         figures["startup_s"] = outcome.startup_s
+    if outcome.measure_s is not None:
+        figures["measure_s"] = outcome.measure_s  # with the start: the engine time this start cost
     cost = cost_per_1k_tokens(figures.get("output_throughput"), result.gpus, result.price_per_gpu_hour)
     if cost is not None:
         figures[COST_KEY] = cost  # for the progress line; the summary recomputes it at the price given then

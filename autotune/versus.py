@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,9 +72,12 @@ def versus_defaults(results: list[Verification], metric: str, maximize: bool) ->
         ratio = math.exp(statistics.fmean(map(math.log, better)) - statistics.fmean(map(math.log, worse)))
         low = high = None
         note = None
-        if len(a) >= 2 and len(b) >= 2:
-            test = stats.ttest_ind(np.log(better), np.log(worse), equal_var=False)
-            ci = test.confidence_interval(0.95)
+        if len(a) >= 2 and len(b) >= 2 and len(set(better)) == len(set(worse)) == 1:
+            low = high = ratio  # every start of each side read the same: the ratio is exact
+        elif len(a) >= 2 and len(b) >= 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # one side's starts all alike
+                ci = stats.ttest_ind(np.log(better), np.log(worse), equal_var=False).confidence_interval(0.95)
             low, high = (math.exp(ci.low), math.exp(ci.high)) if math.isfinite(ci.low) else (None, None)
         else:
             note = "one start on a side: no interval"

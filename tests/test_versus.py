@@ -59,3 +59,9 @@ def test_no_defaults_no_ratio_and_too_few_starts_no_interval() -> None:
     assert "no interval" in versus_line(v, maximize=True)
     [zero] = versus_defaults([_verified(-1, [0.0, 19.0]), _verified(3, [26.0, 27.0])], "goodput", True)
     assert zero.low is None and "measured 0" in (zero.note or "")
+
+
+def test_starts_that_all_read_alike_give_an_exact_ratio() -> None:
+    # A goodput search reads in steps, so few starts of a steady configuration can all read the same.
+    [v] = versus_defaults([_verified(-1, [18.0, 18.0, 18.0]), _verified(5, [27.0, 27.0])], "goodput", True)
+    assert v.ratio == pytest.approx(1.5) and v.low == v.high == v.ratio and v.apart

@@ -9,6 +9,9 @@
 #   bash examples/h200/runbook.sh surface         # the GPU response surface (grid), with the engine's defaults
 #   bash examples/h200/runbook.sh study           # the unseeded study (resumes)
 #   bash examples/h200/runbook.sh verify          # its recommendation and the defaults, fresh starts
+#   bash examples/h200/runbook.sh study-bf16      # the same study with quantization pinned to none
+#   bash examples/h200/runbook.sh verify-bf16
+#   bash examples/h200/runbook.sh record          # both studies and their verifications -> unseeded-study.json
 #
 # Needs vLLM for CUDA and autotune's gpu extra; no weights are downloaded (Llama-3.1-8B shape,
 # --load-format dummy). SECONDS_LEFT bounds each step (default 480 s) so that no engine is
@@ -26,6 +29,7 @@ wall=$(( left - ${TRIAL_S:-300} ))
 spec=studies/h200-llama8b-chat.yaml
 data=${DATA:-benchmarks/data/h200}   # another GPU model: its own folder, e.g. DATA=benchmarks/data/h100
 study=${STUDY:-$data/study}
+bf16=${STUDY_BF16:-$data/study-bf16}
 mkdir -p "$data"
 py=(python3)
 
@@ -55,6 +59,20 @@ case $step in
     "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$wall" ;;
   verify)
     "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
+  study-bf16)
+    # The same spec with the weights' quantization pinned to none (the KV cache dtype stays a knob).
+    mkdir -p "$bf16"
+    sed 's/^  quantization: {choices: \[null, fp8\]}$/  quantization: {choices: [null]}/' "$spec" > "$bf16/spec.yaml"
+    grep -q '^  quantization: {choices: \[null\]}$' "$bf16/spec.yaml" || { echo "could not pin quantization" >&2; exit 2; }
+    "${py[@]}" -m autotune optimize --spec "$bf16/spec.yaml" --name h200-llama8b-chat-bf16 --study-dir "$bf16" \
+      --wall-time "$wall" ;;
+  verify-bf16)
+    "${py[@]}" -m autotune verify "$bf16" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
+  record)
+    "${py[@]}" benchmarks/study_record.py --study-dir "$study" --label unseeded --out "$data/unseeded-study.json"
+    if [ -f "$bf16/study.db" ]; then
+      "${py[@]}" benchmarks/study_record.py --study-dir "$bf16" --label bf16 --out "$data/unseeded-study.json"
+    fi ;;
   *)
     echo "unknown step $step" >&2; exit 2 ;;
 esac
