@@ -49,6 +49,17 @@ def test_overrides_pin_and_narrow() -> None:
     assert (space.knobs["max_num_seqs"].low, space.knobs["max_num_seqs"].high) == (2, 8)
 
 
+def test_null_pins_a_knob_to_the_engines_own_default() -> None:
+    # `quantization: null` reads as "no quantization", never as "the whole range".
+    space = SearchSpace.load("vllm").for_hardware("cuda", {"gpu_count": 1}).with_overrides(
+        {"quantization": None, "max_num_batched_tokens": None})
+    engine = get_engine("vllm")
+    for name in ("quantization", "max_num_batched_tokens"):
+        assert space.knobs[name].choices == [None] and space.knobs[name].fixed is None
+    argv = engine.knob_argv(space.knob_specs(), {"quantization": None, "max_num_batched_tokens": None, "max_num_seqs": 8})
+    assert argv == ["--max-num-seqs", "8"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [

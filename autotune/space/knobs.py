@@ -111,11 +111,16 @@ class SearchSpace(BaseModel):
         return SearchSpace(engine=self.engine, knobs=knobs, constraints=rules)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "SearchSpace":
-        """Applies the spec's ``space:`` section: a scalar pins a knob, a mapping narrows it."""
+        """Applies the spec's ``space:`` section: a scalar pins a knob, a mapping narrows it, and ``null``
+        pins it to the engine's own default (the setting is never passed), as ``null`` means in ``choices``."""
         knobs = dict(self.knobs)
         self.require_known(overrides)
         for name, value in overrides.items():
-            if isinstance(value, Mapping):
+            if value is None:
+                knobs[name] = knobs[name].model_copy(update={
+                    "type": "categorical", "choices": [None], "fixed": None, "low": None, "high": None,
+                    "step": None, "log": False, "by_device": None})
+            elif isinstance(value, Mapping):
                 try:
                     knobs[name] = Knob.model_validate({**knobs[name].model_dump(exclude_none=True), **value})
                 except ValidationError as e:
