@@ -6,6 +6,7 @@
 #   bash examples/h200/runbook.sh verdicts        # issue: trustworthy verdicts (defaults and fp8, 10 searches, 3 starts)
 #   bash examples/h200/runbook.sh cost-before     # the trial bill with the code before the trial-cost work
 #   bash examples/h200/runbook.sh cost-after      # ... and with this code
+#   bash examples/h200/runbook.sh stop-check      # 3 of its early-stopped trials searched in full: any flip?
 #   bash examples/h200/runbook.sh surface         # the GPU response surface (grid), with the engine's defaults
 #   bash examples/h200/runbook.sh study           # the unseeded study (resumes)
 #   bash examples/h200/runbook.sh verify          # its recommendation and the defaults, fresh starts
@@ -50,6 +51,9 @@ case $step in
   cost-after)
     "${py[@]}" benchmarks/trial_cost.py --spec "$spec" --trials 8 --label after \
       --study-dir "$data/cost-after" --out "$data/trial-cost.json" --extra --wall-time "$wall" ;;
+  stop-check)
+    "${py[@]}" benchmarks/early_stop_check.py --study-dir "$data/cost-after" --out "$data/trial-cost.json" \
+      --trials 3 --max-seconds "$left" --logs "${LOGS:-$data/early-stop-checks}" ;;
   surface)
     "${py[@]}" benchmarks/record_surface.py --spec "$spec" --defaults --max-seconds "$wall" \
       --grid max_num_seqs=64,128,256 --grid max_num_batched_tokens=2048,8192 \
