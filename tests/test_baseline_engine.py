@@ -17,13 +17,14 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from autotune.tuning import StudyResults
-from tests.conftest import ENGINE_BOUND, autotune_cmd
+from tests.conftest import ENGINE_BOUND, REPO, autotune_cmd
 
 pytestmark = pytest.mark.engine
 
@@ -93,3 +94,22 @@ def test_review_reads_every_trial_against_the_defaults_and_bills_the_starts(stud
     assert re.search(r"│ 0 +│ +\d", out.stdout)
     spent = re.search(r"engine time: [\d.]+ min, (\d+)% starting engines, (\d+)% under load, (\d+)% other", out.stdout)
     assert spent and 98 <= sum(int(x) for x in spent.groups()) <= 102
+
+
+def test_the_early_stopped_trial_searched_in_full_stays_below_its_bound(study_dir: Path, tmp_path: Path) -> None:
+    # The check behind early stopping (benchmarks/early_stop_check.py): a fresh start of the stopped
+    # configuration, searched from the study's own first level with no incumbent, must not hold at the bound.
+    out_file = tmp_path / "trial-cost.json"
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "early_stop_check.py"), "--study-dir", str(study_dir),
+         "--out", str(out_file), "--trials", "3", "--logs", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    [check] = json.loads(out_file.read_text())["early_stop_checks"]
+    incumbent = StudyResults.load(study_dir).baseline().figures["goodput"]  # type: ignore[union-attr]
+    assert check["trial"] == 0 and check["bound"] == incumbent and check["config"]["max_num_seqs"] == 1
+    assert len(check["levels"]) > 1  # searched, not stopped at the first level
+    assert check["goodput"] < check["bound"] and check["flipped"] is False
+    assert "1 early-stopped trial(s) searched in full, 0 flipped" in out.stdout
+    assert (tmp_path / "logs" / "trial-0" / "engine.log").exists()
