@@ -78,20 +78,26 @@ def main(argv: list[str] | None = None) -> int:
             m = measure(setup, launch.base_url, folder)
         bound = float(t.figures["goodput_upper_bound"])
         full = m.figures.get("goodput")
+        levels = [(lv["load"], lv.get("verdict")) for lv in (m.goodput or {}).get("levels", [])]
         check = {
             "trial": t.number, "config": t.config, "bound": bound, "goodput": full,
             "flipped": isinstance(full, (int, float)) and math.isfinite(full) and full >= bound,
-            "levels": [(lv["load"], lv.get("verdict")) for lv in (m.goodput or {}).get("levels", [])],
+            # A flip on point estimates (uncertain levels acted on) is weaker than one held with confidence.
+            "flipped_with_confidence": any(load >= bound and verdict == "holds" for load, verdict in levels),
+            "levels": levels,
             "startup_s": server.startup_s, "engine_s": round(time.monotonic() - began, 1),
         }
         checks.append(check)
         data["early_stop_checks_environment"] = record(setup.engine.name, setup.engine.version(), setup.device)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(data, indent=2))
-        print(f"trial {t.number}: stopped below {bound:g}, searched in full: {full} "
-              f"({'FLIPPED' if check['flipped'] else 'stays below'})", flush=True)
+        verdict = ("stays below" if not check["flipped"] else
+                   "FLIPPED, held with confidence" if check["flipped_with_confidence"] else
+                   "FLIPPED on uncertain levels")
+        print(f"trial {t.number}: stopped below {bound:g}, searched in full: {full} ({verdict})", flush=True)
     flipped = sum(c["flipped"] for c in checks)
-    print(f"{len(checks)} early-stopped trial(s) searched in full, {flipped} flipped")
+    confident = sum(bool(c.get("flipped_with_confidence")) for c in checks)
+    print(f"{len(checks)} early-stopped trial(s) searched in full, {flipped} flipped ({confident} with confidence)")
     return 0
 
 

@@ -110,6 +110,6 @@ def test_the_early_stopped_trial_searched_in_full_stays_below_its_bound(study_di
     incumbent = StudyResults.load(study_dir).baseline().figures["goodput"]  # type: ignore[union-attr]
     assert check["trial"] == 0 and check["bound"] == incumbent and check["config"]["max_num_seqs"] == 1
     assert len(check["levels"]) > 1  # searched, not stopped at the first level
-    assert check["goodput"] < check["bound"] and check["flipped"] is False
-    assert "1 early-stopped trial(s) searched in full, 0 flipped" in out.stdout
+    assert check["goodput"] < check["bound"] and check["flipped"] is False and check["flipped_with_confidence"] is False
+    assert "1 early-stopped trial(s) searched in full, 0 flipped (0 with confidence)" in out.stdout
     assert (tmp_path / "logs" / "trial-0" / "engine.log").exists()
