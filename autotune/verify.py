@@ -253,12 +253,13 @@ def verify_study(
         results.append(result)
     total = sum(r.repeats_wanted for r in results)
     reporter.opened(total, sum(min(len(r.starts), r.repeats_wanted) for r in results))
-    while True:
-        turn = [r for r in results if len(r.starts) < r.repeats_wanted]
-        if not turn or (wall_time_s is not None and time.monotonic() - began > wall_time_s):
-            break
+
+    def out_of_time() -> bool:
+        return wall_time_s is not None and time.monotonic() - began > wall_time_s
+
+    while not out_of_time() and (turn := [r for r in results if len(r.starts) < r.repeats_wanted]):
         for result in turn:
-            if wall_time_s is not None and time.monotonic() - began > wall_time_s:
+            if out_of_time():
                 break
             index = len(result.starts)
             folder = study_dir / "verify" / f"trial-{result.trial}" / f"{index:02d}"

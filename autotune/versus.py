@@ -19,7 +19,7 @@ from scipy import stats
 
 from autotune.json_safe import json_safe
 from autotune.load.stats import Summary
-from autotune.spec.slo import figure_alternatives
+from autotune.spec.slo import Objective
 from autotune.verify import Verification
 
 __all__ = ["Versus", "versus_defaults"]
@@ -39,6 +39,7 @@ class Versus:
 
     trial: int
     metric: str
+    maximize: bool
     ratio: float
     low: float | None
     high: float | None
@@ -50,23 +51,24 @@ class Versus:
         return json_safe(asdict(self))
 
 
-def versus_defaults(results: list[Verification], metric: str, maximize: bool) -> list[Versus]:
+def versus_defaults(results: list[Verification], objective: Objective) -> list[Versus]:
     """Each verified trial against the defaults' verification (trial -1), when both were verified here."""
     base = next((r for r in results if r.trial < 0), None)
     if base is None:
         return []
-    a = _values(base, metric)
+    metric, maximize = objective.metric, objective.direction == "maximize"
+    a = _values(base, objective)
     out = []
     for r in results:
         if r.trial < 0:
             continue
-        b = _values(r, metric)
+        b = _values(r, objective)
         if not a or not b:
             continue
         better, worse = (b, a) if maximize else (a, b)
         if min(better + worse) <= 0:
             ratio = statistics.fmean(better) / statistics.fmean(worse) if statistics.fmean(worse) > 0 else math.inf
-            out.append(Versus(r.trial, metric, ratio, None, None, False, (len(b), len(a)),
+            out.append(Versus(r.trial, metric, maximize, ratio, None, None, False, (len(b), len(a)),
                               "a start measured 0: no interval on a ratio"))
             continue
         ratio = math.exp(statistics.fmean(map(math.log, better)) - statistics.fmean(map(math.log, worse)))
@@ -83,16 +85,17 @@ def versus_defaults(results: list[Verification], metric: str, maximize: bool) ->
             note = "one start on a side: no interval"
         sb, sa = Summary.of(b), Summary.of(a)
         apart = sb.n >= 2 and sa.n >= 2 and (sb.ci95[0] > sa.ci95[1] if maximize else sb.ci95[1] < sa.ci95[0])
-        out.append(Versus(r.trial, metric, ratio, low, high, apart, (len(b), len(a)), note))
+        out.append(Versus(r.trial, metric, maximize, ratio, low, high, apart, (len(b), len(a)), note))
     return out
 
 
-def _values(result: Verification, metric: str) -> list[float]:
+def _values(result: Verification, objective: Objective) -> list[float]:
     out = []
     for s in result.ok_starts:
-        for key in (metric, *figure_alternatives(metric)):
-            value = s.figures.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                out.append(float(value))
-                break
+        try:
+            value = objective.value(s.figures)
+        except KeyError:  # a start that never measured the figure
+            continue
+        if math.isfinite(value):
+            out.append(value)
     return out

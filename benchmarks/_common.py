@@ -15,7 +15,7 @@ import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,13 @@ class Stat:
         if self.n == 0 or math.isnan(self.mean):
             return "n/a"
         return f"{fmt.format(self.mean)} ± {fmt.format(self.std)}"
+
+
+def engine_seconds(record: Mapping[str, Any]) -> float | None:
+    """What one trial or fresh start held the engine for: its start and its measurement; None if it never
+    got as far as starting (nothing to bill)."""
+    up = record.get("startup_s")
+    return None if up is None else float(up) + float(record.get("measure_s") or 0.0)
 
 
 def stat(values: Sequence[float | None]) -> Stat:

@@ -26,14 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autotune.errors import UserError  # noqa: E402
+from benchmarks._common import engine_seconds  # noqa: E402
 from autotune.tuning import StudyResults, load_study  # noqa: E402
 from autotune.verify import stored  # noqa: E402
 from autotune.versus import versus_defaults  # noqa: E402
-
-
-def engine_seconds(record: dict[str, Any]) -> float:
-    """What one trial held the GPU for: its engine start and its measurement (a failed start: its start)."""
-    return sum(float(record.get(k) or 0.0) for k in ("startup_s", "measure_s"))
 
 
 def study_record(study_dir: Path) -> dict[str, Any]:
@@ -43,13 +39,11 @@ def study_record(study_dir: Path) -> dict[str, Any]:
     baseline = results.baseline()
     base = baseline.to_json() if baseline is not None else None
     verified = stored(results)
-    first = spec.objective_list[0]
-    maximize = first.direction == "maximize"
-    versus = versus_defaults(list(verified.values()), first.metric, maximize)
+    versus = versus_defaults(list(verified.values()), spec.objective_list[0])
     best = max(versus, key=lambda v: v.ratio, default=None)
     missing = [what for what, there in (("the defaults", -1 in verified),
                                         ("a recommendation", any(n >= 0 for n in verified))) if not there]
-    verify_seconds = sum(engine_seconds(s.figures) for v in verified.values() for s in v.starts)
+    verify_seconds = sum(engine_seconds(s.figures) or 0.0 for v in verified.values() for s in v.starts)
     return {
         "study": spec.name,
         "spec": spec.model_dump(mode="json", exclude={"study_dir", "storage"}),
@@ -57,7 +51,7 @@ def study_record(study_dir: Path) -> dict[str, Any]:
         "environment": (base or {}).get("environment") or next((t.get("environment") for t in trials), None),
         "baseline": base,
         "trials": trials,
-        "study_engine_seconds": sum(engine_seconds(t) for t in trials) + (engine_seconds(base) if base else 0.0),
+        "study_engine_seconds": sum(engine_seconds(t) or 0.0 for t in [*trials, *([base] if base else [])]),
         "verifications": {str(n): v.to_json() for n, v in sorted(verified.items())},
         "verify_engine_seconds": verify_seconds,
         "versus_defaults": [v.to_json() for v in versus],

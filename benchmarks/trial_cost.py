@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks._common import engine_seconds  # noqa: E402
 
 
 def trials_of(study_dir: Path, autotune: Path) -> dict[str, Any]:
@@ -67,11 +70,6 @@ def _env(autotune: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(autotune), *([rest] if rest else [])])}
 
 
-def cost(trial: dict[str, Any]) -> float | None:
-    up, measured = trial.get("startup_s"), trial.get("measure_s")
-    return None if up is None else up + (measured or 0.0)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spec", type=Path, required=True)
@@ -101,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return run.returncode
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     got = trials_of(study_dir, args.autotune.resolve())
-    costs = [c for c in (cost(t) for t in got["trials"]) if c is not None]
-    got["gpu_seconds"] = sum(costs) + sum(v or 0.0 for v in (got.get("baseline") or {}).values()
-                                          if isinstance(v, (int, float)))
+    costs = [c for c in (engine_seconds(t) for t in got["trials"]) if c is not None]
+    got["gpu_seconds"] = sum(costs) + (engine_seconds(got.get("baseline") or {}) or 0.0)
     got["median_trial_s"] = statistics.median(costs) if costs else None
     got["command"] = " ".join(cmd[1:])
     data[args.label] = got

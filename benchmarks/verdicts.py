@@ -59,17 +59,6 @@ def bracket(levels: list[dict[str, Any]], goodput: float) -> float | None:
     return min(above) - goodput if above and goodput > 0 else None
 
 
-def kept_search(goodput: dict[str, Any], search_dir: Path) -> dict[str, Any]:
-    """The search as measured, each level with the telemetry of its own window (not the time series)."""
-    windows: list[dict[str, Any]] = []
-    telemetry = search_dir / "telemetry.json"
-    if telemetry.exists():
-        windows = json.loads(telemetry.read_text()).get("windows", [])
-    by_load = {w.get("load"): w.get("figures") for w in windows}
-    levels = [{**level, "telemetry": by_load.get(level.get("load"))} for level in goodput.get("levels", [])]
-    return {**goodput, "levels": levels}
-
-
 def summary(entry: dict[str, Any]) -> dict[str, Any]:
     g = [x for x in entry["goodput"] if x is not None]
     if not g:
@@ -113,15 +102,13 @@ def report(data: dict[str, Any]) -> str:
                     f"| searches over starts | {s['n']} over {entry['starts']} | >= 10 over >= 3 | "
                     f"{'met' if s['n'] >= 10 and entry['starts'] >= 3 else 'not yet'} |",
                     f"| goodput, mean ± std | {s['mean']:.2f} ± {s['std']:.2f} | | |"]
-            for key, label, fmt, ok in (("cv", "coefficient of variation", "{:.1%}", lambda v, t: v <= t),
-                                        ("min_over_median", "lowest search / median", "{:.0%}", lambda v, t: v >= t),
-                                        ("bracket_share_max", "widest bracket / median", "{:.1%}",
-                                         lambda v, t: v <= t)):
-                v = s.get(key)
-                shown = "-" if v is None else fmt.format(v)
-                met = "-" if v is None else ("met" if ok(v, TARGETS[key]) else "**missed**")
-                sign = ">=" if key == "min_over_median" else "<="
-                out.append(f"| {label} | {shown} | {sign} {fmt.format(TARGETS[key])} | {met} |")
+            for key, label, fmt in (("cv", "coefficient of variation", "{:.1%}"),
+                                    ("min_over_median", "lowest search / median", "{:.0%}"),
+                                    ("bracket_share_max", "widest bracket / median", "{:.1%}")):
+                v, target, floor = s.get(key), TARGETS[key], key == "min_over_median"
+                met = "-" if v is None else "met" if (v >= target if floor else v <= target) else "**missed**"
+                out.append(f"| {label} | {'-' if v is None else fmt.format(v)} | {'>=' if floor else '<='} "
+                           f"{fmt.format(target)} | {met} |")
         out.append("")
     return "\n".join(out)
 
@@ -214,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                                     warm_up=i == 0)
                         entry.setdefault("search_s", [None] * len(entry["goodput"])).append(
                             round(time.monotonic() - began, 1))
-                        entry.setdefault("searches", [None] * len(entry["goodput"])).append(
-                            kept_search(m.goodput or {}, search_dir))
+                        entry.setdefault("searches", [None] * len(entry["goodput"])).append(m.goodput)
                         g = m.figures.get("goodput")
                         levels = (m.goodput or {}).get("levels", [])
                         entry["goodput"].append(g)

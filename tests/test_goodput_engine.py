@@ -77,6 +77,10 @@ def test_trial_records_the_levels_tried(outcomes: dict[int, TrialOutcome]) -> No
     assert one.goodput["goodput"] == max((lv["load"] for lv in levels if lv["holds"]), default=0.0)
     for level in levels:
         assert level["p99_ttft_ms"] is not None and "loadgen_saturated" in level
+        # Each level carries its own window's telemetry: the engine finished that level's requests in it.
+        assert level["telemetry"]["telemetry_window_s"] > 0 and level["telemetry"]["requests_finished"] > 0
+    chosen = max((lv for lv in levels if lv["holds"]), key=lambda lv: lv["load"], default=levels[0])
+    assert chosen["telemetry"]["telemetry_window_s"] == pytest.approx(one.telemetry["telemetry_window_s"])
     on_disk = json.loads((Path(one.log_path).parent / "goodput.json").read_text())
     assert on_disk == one.goodput
 

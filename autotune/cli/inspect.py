@@ -103,9 +103,7 @@ def verify(
     if missing:
         err_console.print(f"note: wall time reached with {missing} start(s) still to measure; "
                           "run the same command to go on", highlight=False)
-    first = spec.objective_list[0] if spec.objective_list else None
-    maximize = first is not None and first.direction == "maximize"
-    versus = versus_defaults(verified, first.metric, maximize) if first is not None else []
+    versus = versus_defaults(verified, spec.objective_list[0]) if spec.objective_list else []
     if as_json:
         print(json.dumps({"study": results.name, "slo": results.slo_texts(),
                           "verifications": [{"verified": v.verified, **v.to_json()} for v in verified],
@@ -118,7 +116,7 @@ def verify(
         for line in verdict_lines(r):
             console.print(line, highlight=False, soft_wrap=True)
     for v in versus:
-        console.print(versus_line(v, maximize), highlight=False, soft_wrap=True)
+        console.print(versus_line(v), highlight=False, soft_wrap=True)
     write_html_report(results.reload(), folder, price)
 
 

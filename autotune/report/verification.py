@@ -71,9 +71,9 @@ def _ci_text(s: Summary, fmt: str) -> str:
     return f"{fmt.format(s.ci95[0])} .. {fmt.format(s.ci95[1])}"
 
 
-def versus_line(v: Versus, maximize: bool) -> str:
+def versus_line(v: Versus) -> str:
     """One verified recommendation against the verified defaults, in words."""
-    what = f"the defaults' {label(v.metric)}" if maximize else f"lower {label(v.metric)} than the defaults"
+    what = f"the defaults' {label(v.metric)}" if v.maximize else f"lower {label(v.metric)} than the defaults"
     head = f"{trial_name(v.trial)}: {v.ratio:.2f}x {what}"
     if v.low is None or v.high is None:
         return f"{head} ({v.note or 'no interval'}; {v.starts[0]} and {v.starts[1]} fresh starts)"

@@ -380,13 +380,12 @@ def slowdown_note(telemetry: dict[str, Any] | None) -> str | None:
     serves while it lasts: the figures then describe the machine's state as
     much as the configuration, and a repeat may not reproduce them.
     """
-    share = (telemetry or {}).get("clock_slowdown_share")
+    t = telemetry or {}
+    share = t.get("clock_slowdown_share")
     if not isinstance(share, (int, float)) or not share > SLOWDOWN_NOTE_SHARE:
         return None
-    power = (telemetry or {}).get("clock_slowdown_power_share") or 0.0
-    thermal = (telemetry or {}).get("clock_slowdown_thermal_share") or 0.0
-    clock = (telemetry or {}).get("sm_clock_mhz_mean")
-    rated = (telemetry or {}).get("sm_clock_mhz_max_rated")
+    power, thermal = t.get("clock_slowdown_power_share") or 0.0, t.get("clock_slowdown_thermal_share") or 0.0
+    clock, rated = t.get("sm_clock_mhz_mean"), t.get("sm_clock_mhz_max_rated")
     at = f"; SM clock {clock:.0f} MHz on average" + (f" of {rated:.0f}" if rated else "") if clock else ""
     return (f"the GPU slowed its clocks for {share:.0%} of the measurement (power cap {power:.0%}, "
             f"heat {thermal:.0%}{at}): its figures may not repeat")

@@ -89,9 +89,10 @@ def measure(
     g = setup.goodput
     judged = [c for c in setup.constraints if c.kind in ("latency", "throughput")]
     metrics_url = _metrics_url(setup, base_url)
-    level_telemetry: dict[float, dict[str, Any]] = {}
 
-    def search(offset: int, warm: bool, start_at: float | None) -> Any:
+    def search(offset: int, warm: bool, start_at: float | None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+        """One goodput search: its result, its record (each level with its own window's telemetry), and
+        that telemetry in the order the levels were measured."""
         probe = endpoint_measure(
             base_url, setup.engine.request_model(setup.model), tokenizer, vocab, workload, unit=g.unit,
             ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
@@ -100,34 +101,35 @@ def measure(
             metrics_url=metrics_url, metric_names=_metric_names(setup) if metrics_url else None,
             metrics_headers=_auth(setup), metrics_hz=_scrape_hz(setup),
         )
-        tried = 0
+        telemetry: list[dict[str, Any]] = []
 
         def level(load: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
-            nonlocal tried
-            tried += 1
-            say(f"goodput level {tried}/{g.max_levels}: {load:g} {g.unit}")
+            say(f"goodput level {len(telemetry) + 1}/{g.max_levels}: {load:g} {g.unit}")
             with _telemetry_window(setup, base_url, gpu_limit, say) as tel:
                 level_figures, per_request = probe(load)
             level_figures = dict(level_figures)
-            level_telemetry[load] = _telemetry_figures(tel, level_figures, windows, load, out_dir)
+            telemetry.append(_telemetry_figures(tel, level_figures, windows, load, out_dir))
             return level_figures, per_request
 
-        return search_goodput(
+        found = search_goodput(
             level, judged, unit=g.unit, start=g.start, max_levels=g.max_levels, upper=g.upper,
             min_load=g.min_load, resolution=g.resolution, conservative=g.conservative, growth=g.growth,
             incumbent=start_at,
         )
+        record = found.to_json()
+        for entry, figures in zip(record["levels"], telemetry, strict=True):
+            entry["telemetry"] = {k: v for k, v in json_safe(figures).items() if v is not None}
+        return found, record, telemetry
 
-    found = search(seed_offset, warm_up, incumbent)
-    summary = found.to_json()
+    found, summary, telemetry = search(seed_offset, warm_up, incumbent)
     if recheck_below is not None and _reading(found) < recheck_below:
         # A verdict far below what a configuration one knob away (or the defaults) served is more
         # likely a bad reading than a bad configuration: one more search on the same start decides.
         say(f"goodput {_reading(found):g} is far below {recheck_below:g}: measuring again")
-        again = search(seed_offset + 500, False, None)
-        readings = [summary, again.to_json()]
+        again, again_summary, again_telemetry = search(seed_offset + 500, False, None)
+        readings = [summary, again_summary]
         if _reading(again) > _reading(found):
-            found, summary = again, readings[1]
+            found, summary, telemetry = again, again_summary, again_telemetry
         summary = {**summary, "readings": readings, "rechecked_below": recheck_below}
     chosen = found.best or found.levels[0]
     figures = dict(chosen.figures)
@@ -138,7 +140,8 @@ def measure(
     if out_dir is not None:
         (out_dir / "goodput.json").write_text(json.dumps(summary, indent=2))
     _first_error(figures, [r.get("error") for r in chosen.per_request])
-    return Measurement(figures, chosen.per_request, summary, level_telemetry.get(chosen.load))
+    chosen_at = next(i for i, level in enumerate(found.levels) if level is chosen)
+    return Measurement(figures, chosen.per_request, summary, telemetry[chosen_at])
 
 
 def _reading(found: Any) -> float:
