@@ -36,8 +36,9 @@ py=(python3)
 
 case $step in
   verdicts)
+    # START_S: the longest an engine start may take (less where a compile cache is carried).
     "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
-      --logs "${LOGS:-$data/verdicts-logs}" ;;
+      --start-s "${START_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" ;;
   cost-before)
     # The code before the trial-cost work: that commit's autotune/ and search_spaces/, e.g.
     #   git worktree add /tmp/autotune-before 681ece3
