@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from autotune.spec import load_spec
@@ -83,6 +84,13 @@ def test_trial_records_the_levels_tried(outcomes: dict[int, TrialOutcome]) -> No
     assert chosen["telemetry"]["telemetry_window_s"] == pytest.approx(one.telemetry["telemetry_window_s"])
     on_disk = json.loads((Path(one.log_path).parent / "goodput.json").read_text())
     assert on_disk == one.goodput
+    # Each level's requests are kept, and are the requests its verdict was judged on.
+    kept = [json.loads(line) for line in (Path(one.log_path).parent / "levels.jsonl").read_text().splitlines()]
+    assert [k["load"] for k in kept] == [lv["load"] for lv in levels]
+    for k, level in zip(kept, levels, strict=True):
+        assert len(k["ttft_s"]) == len(k["start_s"]) == level["requests"]
+        served = [t for t in k["ttft_s"] if t is not None]
+        assert 1000 * float(np.percentile(served, 99)) == pytest.approx(level["p99_ttft_ms"])
 
 
 def test_repeats_report_mean_spread_and_interval(outcomes: dict[int, TrialOutcome]) -> None:

@@ -109,6 +109,8 @@ def measure(
                 level_figures, per_request = probe(load)
             level_figures = dict(level_figures)
             telemetry.append(_telemetry_figures(tel, level_figures, windows, load, out_dir))
+            if out_dir is not None:
+                _append_level(out_dir / "levels.jsonl", offset, len(telemetry), load, per_request)
             return level_figures, per_request
 
         found = search_goodput(
@@ -283,6 +285,17 @@ def _first_error(figures: dict[str, Any], errors: list[str | None]) -> None:
 @lru_cache(maxsize=4)
 def _tokenizer(source: str):  # type: ignore[no-untyped-def]
     return load_tokenizer(Path(source))
+
+
+def _append_level(path: Path, search: int, level: int, load: float, rows: list[dict[str, Any]]) -> None:
+    """One goodput level's requests, kept so that a verdict can be re-examined after the engine is gone.
+
+    Columns, not rows, and without the inter-token gaps: a GPU search measures
+    thousands of requests, and TPOT already summarises each one's gaps.
+    """
+    columns = {key: [row.get(key) for row in rows] for key in ("start_s", "ttft_s", "tpot_s", "e2e_s")}
+    with open(path, "a") as f:
+        f.write(json.dumps({"search": search, "level": level, "load": load, **columns}) + "\n")
 
 
 def _write_requests(path: Path, rows: list[dict[str, Any]]) -> None:
