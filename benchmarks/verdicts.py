@@ -73,6 +73,34 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def same_load(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each SLO at each load that several searches measured: their estimates, and how many pairs of
+    the levels' 95% intervals lie apart.
+
+    A level's interval speaks for its own requests; two searches at one load differ also in their
+    arrival schedules (and in time). Intervals that often lie apart say the spread between searches
+    is larger than what one level's interval allows for.
+    """
+    readings: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for search in entry.get("searches") or []:
+        for level in (search or {}).get("levels", []):
+            for slo, judged in (level.get("slos") or {}).items():
+                if judged.get("estimate") is not None:
+                    readings.setdefault((level["load"], slo), []).append(judged)
+    rows = []
+    for (load, slo), found in sorted(readings.items()):
+        if len(found) < 2:
+            continue
+        low = [math.inf if r.get("upper") is None else r["upper"] for r in found]
+        pairs = [(a, b) for a in range(len(found)) for b in range(a + 1, len(found))]
+        apart = sum(1 for a, b in pairs if (found[a].get("lower") or -math.inf) > low[b]
+                    or (found[b].get("lower") or -math.inf) > low[a])
+        rows.append({"load": load, "slo": slo, "estimates": [r["estimate"] for r in found],
+                     "intervals": [(r.get("lower"), r.get("upper")) for r in found],
+                     "verdicts": [r.get("verdict") for r in found], "apart": apart, "pairs": len(pairs)})
+    return rows
+
+
 TARGETS = {"cv": 0.05, "min_over_median": 0.85, "bracket_share_max": 0.05}
 MARK = {"holds": "✓", "fails": "✗", "uncertain": "?", True: "✓", False: "✗"}
 
@@ -109,8 +137,20 @@ def report(data: dict[str, Any]) -> str:
                 met = "-" if v is None else "met" if (v >= target if floor else v <= target) else "**missed**"
                 out.append(f"| {label} | {'-' if v is None else fmt.format(v)} | {'>=' if floor else '<='} "
                            f"{fmt.format(target)} | {met} |")
+        rows = same_load(entry)
+        if rows:
+            out += ["", "Loads several searches measured (estimate [95% interval] in ms, and its verdict):", "",
+                    "| load | SLO | readings | intervals apart |", "| --- | --- | --- | --- |"]
+            for r in rows:
+                shown = ", ".join(f"{1000 * e:.1f} [{_ms(lo)}, {_ms(hi)}] {MARK.get(v, v)}"
+                                  for e, (lo, hi), v in zip(r["estimates"], r["intervals"], r["verdicts"], strict=True))
+                out.append(f"| {r['load']:g} | {r['slo']} | {shown} | {r['apart']} of {r['pairs']} pairs |")
         out.append("")
     return "\n".join(out)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,47 @@
+"""benchmarks/verdicts.py: loads measured by several searches, and whether their intervals agree."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import verdicts  # noqa: E402
+
+
+def _level(load: float, estimate: float, lower: float, upper: float | None, verdict: str) -> dict[str, Any]:
+    judged = {"kind": "percentile", "verdict": verdict, "estimate": estimate, "lower": lower, "upper": upper}
+    return {"load": load, "verdict": verdict, "slos": {"p99(tpot)<25ms": judged}}
+
+
+def _entry(*searches: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"config": {}, "goodput": [20.0] * len(searches), "bracket": [None] * len(searches),
+            "levels": [[(lv["load"], lv["verdict"]) for lv in s] for s in searches], "start": [1] * len(searches),
+            "starts": 1, "startup_s": [40.0], "searches": [{"levels": s} for s in searches]}
+
+
+def test_intervals_apart_are_counted_per_load() -> None:
+    entry = _entry(
+        [_level(20, 0.0140, 0.0139, 0.0141, "holds"), _level(25, 0.0251, 0.0250, None, "fails")],
+        [_level(20, 0.0128, 0.0127, 0.0130, "holds"), _level(25, 0.0243, 0.0242, 0.0244, "holds"),
+         _level(30, 0.0260, 0.0255, None, "fails")],
+        [_level(20, 0.0135, 0.0129, 0.0140, "holds")],
+    )
+    rows = {r["load"]: r for r in verdicts.same_load(entry)}
+    assert set(rows) == {20, 25}  # 30 was measured once: nothing to compare
+    # 14.0 [13.9, 14.1] and 12.8 [12.7, 13.0] lie apart; the third overlaps both.
+    assert (rows[20]["apart"], rows[20]["pairs"]) == (1, 3)
+    # An interval open above (a level condemned early) lies apart only where its lower end is above the other.
+    assert (rows[25]["apart"], rows[25]["pairs"]) == (1, 1)
+    text = verdicts.report({"environment": {}, "x": {**entry, "goodput_options": {"max_levels": 6}}})
+    assert "| 25 | p99(tpot)<25ms | 25.1 [25.0, -] ✗, 24.3 [24.2, 24.4] ✓ | 1 of 1 pairs |" in text
+
+
+def test_old_records_without_searches_report_no_comparison() -> None:
+    entry = _entry([_level(20, 0.014, 0.0139, 0.0141, "holds")])
+    del entry["searches"]
+    assert verdicts.same_load(entry) == []
+    assert "intervals apart" not in verdicts.report({"environment": {}, "x": entry})
