@@ -15,6 +15,12 @@ intervals, the load generator's own load, and the GPU's telemetry over the
 level (clocks, power, the engine's queue), so that a search that reads far
 from the others can be explained from the file.
 
+Each search also keeps its levels' requests (``levels.jsonl`` under ``--logs``).
+``--schedules 0,1,0`` replays one arrival schedule twice on each start, to
+tell what a search's schedule decides from what its place on the start does
+(a first search after a start reading low, say); such searches are no longer
+independent draws, so give them a key of their own (``--config``).
+
 Resumable: searches already in ``--out`` are kept and the file is rewritten
 after each, so the runs fit short device sessions. A configuration's searches
 are only added to under the goodput options they began with (a spec edited
@@ -137,6 +143,16 @@ def report(data: dict[str, Any]) -> str:
                 met = "-" if v is None else "met" if (v >= target if floor else v <= target) else "**missed**"
                 out.append(f"| {label} | {'-' if v is None else fmt.format(v)} | {'>=' if floor else '<='} "
                            f"{fmt.format(target)} | {met} |")
+        offsets = entry.get("seed_offset") or []
+        repeated = sorted({o for o in offsets if o is not None and offsets.count(o) > 1})
+        if repeated:
+            out += ["", "Searches that replayed one arrival schedule (start.place: goodput):", "",
+                    "| schedule (seed offset) | searches |", "| --- | --- |"]
+            for o in repeated:
+                mine = [i for i, x in enumerate(offsets) if x == o]
+                out.append(f"| {o} | " + ", ".join(
+                    f"{entry['start'][i]}.{entry['start'][:i + 1].count(entry['start'][i])}: {entry['goodput'][i]:g}"
+                    for i in mine) + " |")
         rows = same_load(entry)
         if rows:
             out += ["", "Loads several searches measured (estimate [95% interval] in ms, and its verdict):", "",
@@ -147,6 +163,16 @@ def report(data: dict[str, Any]) -> str:
                 out.append(f"| {r['load']:g} | {r['slo']} | {shown} | {r['apart']} of {r['pairs']} pairs |")
         out.append("")
     return "\n".join(out)
+
+
+def _offsets(text: str) -> list[int]:
+    try:
+        found = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers joined by commas, got {text!r}") from None
+    if not found or min(found) < 0 or max(found) >= 500:
+        raise argparse.ArgumentTypeError("each schedule must be between 0 and 499 (500 on are the rechecks')")
+    return found
 
 
 def _ms(seconds: float | None) -> str:
@@ -167,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="finish within this long: no engine start or search begins that may not end in time")
     p.add_argument("--start-s", type=float, default=150.0, help="the longest an engine start is expected to take")
     p.add_argument("--search-s", type=float, default=150.0, help="the longest one goodput search is expected to take")
+    p.add_argument("--schedules", type=_offsets, default=None, metavar="0,1,0,1",
+                   help="the arrival schedules of each start's searches, in order (seed offsets after 1000 x the "
+                        "start); repeating one tells the schedule's effect from the search's place on the start "
+                        "(default: each search its own)")
     p.add_argument("--logs", type=Path, default=None, help="keep each engine start's log in this folder")
     p.add_argument("--spec-set", action="append", default=[], help="spec field=value, dotted (e.g. goodput.start=4)")
     args = p.parse_args(argv)
@@ -199,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     data["environment"] = env
     data["spec"] = spec.model_dump(mode="json", exclude={"study_dir", "storage"})
     t0 = time.monotonic()
-    per_start = math.ceil(args.searches / args.starts)
+    per_start = len(args.schedules) if args.schedules else math.ceil(args.searches / args.starts)
 
     def left() -> float:
         return math.inf if args.max_seconds is None else args.max_seconds - (time.monotonic() - t0)
@@ -216,9 +246,12 @@ def main(argv: list[str] | None = None) -> int:
             entry = data.setdefault(name, {"config": config, "goodput": [], "bracket": [], "levels": [],
                                            "start": [], "starts": 0, "startup_s": []})
             options = spec.goodput.model_dump(mode="json")
+            if args.schedules:
+                options["schedules"] = args.schedules
             began_with = entry.setdefault("goodput_options", options)
             if len(entry["goodput"]) < args.searches and began_with != options:
-                changed = {k: (began_with.get(k), v) for k, v in options.items() if began_with.get(k) != v}
+                changed = {k: (began_with.get(k), options.get(k)) for k in {*began_with, *options}
+                           if began_with.get(k) != options.get(k)}
                 print(f"error: {name}'s searches in {args.out} ran with other goodput options {changed}; "
                       f"move them aside (rename the key) or pass a new --out", file=sys.stderr)
                 args.out.write_text(json.dumps(data, indent=2))
@@ -237,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                         began = time.monotonic()
                         search_dir = logs / f"{name}-{entry['starts']}-{i + 1}"
                         search_dir.mkdir(parents=True, exist_ok=True)
-                        m = measure(setup, launch.base_url, search_dir, seed_offset=1000 * entry["starts"] + i,
-                                    warm_up=i == 0)
+                        offset = 1000 * entry["starts"] + (args.schedules[i] if args.schedules else i)
+                        m = measure(setup, launch.base_url, search_dir, seed_offset=offset, warm_up=i == 0)
+                        entry.setdefault("seed_offset", [None] * len(entry["goodput"])).append(offset)
                         entry.setdefault("search_s", [None] * len(entry["goodput"])).append(
                             round(time.monotonic() - began, 1))
                         entry.setdefault("searches", [None] * len(entry["goodput"])).append(m.goodput)

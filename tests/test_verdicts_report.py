@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -45,3 +48,17 @@ def test_old_records_without_searches_report_no_comparison() -> None:
     del entry["searches"]
     assert verdicts.same_load(entry) == []
     assert "intervals apart" not in verdicts.report({"environment": {}, "x": entry})
+
+
+def test_a_replayed_schedule_is_shown_with_its_searches() -> None:
+    entry = _entry(*[[_level(20, 0.014, 0.0139, 0.0141, "holds")]] * 4)
+    entry.update(goodput=[26.5, 28.9, 26.5, 29.7], seed_offset=[1000, 1001, 1000, 1001])
+    text = verdicts.report({"environment": {}, "x": entry})
+    assert "| 1000 | 1.1: 26.5, 1.3: 26.5 |" in text and "| 1001 | 1.2: 28.9, 1.4: 29.7 |" in text
+
+
+def test_schedules_must_be_offsets_below_the_rechecks() -> None:
+    assert verdicts._offsets("0,1,0,1") == [0, 1, 0, 1]
+    for bad in ("a,b", "-1", "500"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            verdicts._offsets(bad)

@@ -4,6 +4,7 @@
 # benchmarks/data/h200/ (and the study under $STUDY), so the next run goes on from them.
 #
 #   bash examples/h200/runbook.sh verdicts        # issue: trustworthy verdicts (defaults and fp8, 10 searches, 3 starts)
+#   bash examples/h200/runbook.sh schedule-check  # one schedule replayed on a start: schedule or place?
 #   bash examples/h200/runbook.sh cost-before     # the trial bill with the code before the trial-cost work
 #   bash examples/h200/runbook.sh cost-after      # ... and with this code
 #   bash examples/h200/runbook.sh stop-check      # 3 of its early-stopped trials searched in full: any flip?
@@ -39,6 +40,12 @@ case $step in
     # START_S: the longest an engine start may take (less where a compile cache is carried).
     "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
       --start-s "${START_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" ;;
+  schedule-check)
+    # Is a search's reading its arrival schedule's, or its place on the start's? Each start replays
+    # schedule A, then B, then A again: A's two readings agree where the schedule decides.
+    "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
+      --start-s "${START_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" \
+      --config fp8_schedules:quantization=fp8,kv_cache_dtype=fp8 --schedules 0,1,0 --searches 6 --starts 2 ;;
   cost-before)
     # The code before the trial-cost work: that commit's autotune/ and search_spaces/, e.g.
     #   git worktree add /tmp/autotune-before 681ece3
