@@ -10,11 +10,9 @@ OpenAI-style SSE, slower the more requests are in flight) exercises
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import random
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +31,7 @@ from autotune.load.goodput import (
 from autotune.load.levels import clopper_pearson, confidence_of
 from autotune.load.workload import Workload
 from autotune.spec import parse_slos
+from tests.live_app import serve_app
 
 # --------------------------------------------------------------------------- wilson_interval
 
@@ -510,27 +509,8 @@ def _chunk(text: str, finish: str | None) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[str, CrowdedEngine]]:
     engine = CrowdedEngine()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[web.AppRunner, int]:
-        app = web.Application()
-        app.router.add_post("/v1/completions", engine.completions)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return runner, runner.addresses[0][1]
-
-    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        yield f"http://127.0.0.1:{port}", engine
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with serve_app([("POST", "/v1/completions", engine.completions)]) as url:
+        yield url, engine
 
 
 LIVE_WORKLOAD = Workload(prompt_tokens=8, output_tokens=4, num_requests=20, warmup_requests=2, concurrency=1)

@@ -14,7 +14,6 @@ import itertools
 import json
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +25,7 @@ from autotune.load.client import CompletionsClient, RequestRecord
 from autotune.load.runner import LoadResult, poisson_offsets, run_load, run_load_async
 from autotune.load.stats import summarize
 from autotune.load.workload import RequestSpec, Workload
+from tests.live_app import serve_app
 
 TOKEN_DELAY_S = 0.002
 # "hold" requests wait this long before their first token; "split" requests send
@@ -126,29 +126,8 @@ def _chunk(text: str, finish: str | None, usage: Any) -> dict[str, Any]:
     return {"id": "cmpl-0", "object": "text_completion", "model": "m", "choices": [choice], "usage": usage}
 
 
-@contextlib.contextmanager
-def _serve(engine: FakeEngine) -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[web.AppRunner, int]:
-        app = web.Application()
-        app.router.add_post("/v1/completions", engine.completions)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return runner, runner.addresses[0][1]
-
-    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+def _serve(engine: FakeEngine) -> contextlib.AbstractContextManager[str]:
+    return serve_app([("POST", "/v1/completions", engine.completions)])
 
 
 @pytest.fixture(scope="module")

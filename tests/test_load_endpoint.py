@@ -8,10 +8,8 @@ asserts that something was fast; counts of requests are exact.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from autotune.load.stats import summarize
 from autotune.load.workload import RequestSpec, Workload
 from autotune.spec import load_spec, parse_slos
 from autotune.trial import run_trial, setup_from_spec
+from tests.live_app import serve_app
 from tests.test_goodput import CrowdedEngine, WordTokenizer
 
 
@@ -55,28 +54,8 @@ class MeteredEngine(CrowdedEngine):
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[str, MeteredEngine]]:
     engine = MeteredEngine()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[web.AppRunner, int]:
-        app = web.Application()
-        app.router.add_post("/v1/completions", engine.completions)
-        app.router.add_get("/metrics", engine.metrics)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return runner, runner.addresses[0][1]
-
-    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        yield f"http://127.0.0.1:{port}", engine
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with serve_app([("POST", "/v1/completions", engine.completions), ("GET", "/metrics", engine.metrics)]) as url:
+        yield url, engine
 
 
 @pytest.fixture
