@@ -21,6 +21,10 @@ tell what a search's schedule decides from what its place on the start does
 (a first search after a start reading low, say); such searches are no longer
 independent draws, so give them a key of their own (``--config``).
 
+``--clustering LOGS --spec SPEC`` reads those ``levels.jsonl`` back and
+prints how far each level's SLO misses cluster in time (the design effect:
+1 where requests miss independently, as the level test assumes).
+
 Resumable: searches already in ``--out`` are kept and the file is rewritten
 after each, so the runs fit short device sessions. A configuration's searches
 are only added to under the goodput options they began with (a spec edited
@@ -52,6 +56,7 @@ sys.path.insert(0, str(REPO))
 from autotune.engines.launcher import free_port  # noqa: E402
 from autotune.engines.serving import serving  # noqa: E402
 from autotune.environment import record  # noqa: E402
+from autotune.load.levels import design_effect  # noqa: E402
 from autotune.spec import load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, setup_from_spec  # noqa: E402
 
@@ -105,6 +110,31 @@ def same_load(entry: dict[str, Any]) -> list[dict[str, Any]]:
                      "intervals": [(r.get("lower"), r.get("upper")) for r in found],
                      "verdicts": [r.get("verdict") for r in found], "apart": apart, "pairs": len(pairs)})
     return rows
+
+
+def clustering(logs: Path, slos: list[Any]) -> dict[str, dict[str, list[float]]]:
+    """Each configuration's design effects, per SLO, over every level kept under ``logs`` that missed it."""
+    found: dict[str, dict[str, list[float]]] = {}
+    for path in sorted(logs.glob("*/levels.jsonl")):
+        name = path.parent.name.rsplit("-", 2)[0]  # <name>-<start>-<search>
+        for line in path.read_text().splitlines():
+            level = json.loads(line)
+            columns = [k for k in ("start_s", "ttft_s", "tpot_s", "e2e_s") if k in level]
+            rows = [dict(zip(columns, values, strict=True)) for values in zip(*(level[k] for k in columns))]
+            for c in slos:
+                effect = design_effect(c, rows)
+                if effect is not None:
+                    found.setdefault(name, {}).setdefault(c.text, []).append(effect)
+    return found
+
+
+def clustering_report(found: dict[str, dict[str, list[float]]]) -> str:
+    out = ["| configuration | SLO | levels with misses | design effect, median (range) |", "| --- | --- | --- | --- |"]
+    for name, per_slo in found.items():
+        for slo, effects in per_slo.items():
+            out.append(f"| {name} | {slo} | {len(effects)} | {statistics.median(effects):.1f} "
+                       f"({min(effects):.1f}-{max(effects):.1f}) |")
+    return "\n".join(out if found else ["no level under the folder missed an SLO: nothing to tell"])
 
 
 TARGETS = {"cv": 0.05, "min_over_median": 0.85, "bracket_share_max": 0.05}
@@ -183,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--report", type=Path, metavar="VERDICTS_JSON",
                    help="print a file's searches as Markdown tables against the targets; measures nothing")
+    p.add_argument("--clustering", type=Path, metavar="LOGS",
+                   help="how far each level's SLO misses cluster in time (design effect), from the levels.jsonl "
+                        "under a --logs folder, judged by --spec's SLOs; measures nothing")
     p.add_argument("--spec", type=Path, help="study spec: model, workload, SLO, goodput options")
     p.add_argument("--config", action="append", default=[], metavar="NAME:knob=value,...",
                    help="a configuration to judge (default: defaults and fp8)")
@@ -205,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.report} does not exist", file=sys.stderr)
             return 2
         print(report(json.loads(args.report.read_text())))
+        return 0
+    if args.clustering is not None:
+        if args.spec is None or not args.clustering.is_dir():
+            p.error("--clustering needs an existing --logs folder and --spec")
+        slos = setup_from_spec(load_spec(args.spec, parse_assignments(args.spec_set, "--spec-set"))).constraints
+        print(clustering_report(clustering(args.clustering, slos)))
         return 0
     if args.spec is None or args.out is None:
         p.error("--spec and --out are needed to measure (or --report FILE to print one)")

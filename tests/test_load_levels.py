@@ -20,6 +20,7 @@ from autotune.load.goodput import GoodputResult, search_goodput
 from autotune.load.levels import (
     LevelStopper,
     clopper_pearson,
+    design_effect,
     judge_level,
     quantile_interval,
 )
@@ -32,6 +33,27 @@ AT99 = parse_slos("ttft<300ms@99%")
 AT95 = parse_slos("ttft<300ms@95%")
 
 # --------------------------------------------------------------------------- intervals
+
+
+def _timed(misses: set[int], n: int = 160) -> list[dict[str, float]]:
+    """n requests a tenth of a second apart, listed latest first; those in ``misses`` take 0.5 s."""
+    return [{"start_s": 0.1 * i, "ttft_s": 0.5 if i in misses else 0.1, "e2e_s": 1.0} for i in reversed(range(n))]
+
+
+def test_design_effect_tells_bursts_of_misses_from_scattered_ones() -> None:
+    (slo,) = P99
+    scattered = design_effect(slo, _timed(set(range(3, 160, 8))))  # one miss in every run of 8
+    burst = design_effect(slo, _timed(set(range(40, 60))))  # the same 20 misses, together in time
+    assert scattered is not None and burst is not None
+    assert scattered < 1 < burst
+    # All 20 in one block of 20 among 8: shares 1, 0 x 7; variance 1/8, against 0.125 * 0.875 / 20.
+    assert burst == pytest.approx((1 / 8) / (0.125 * 0.875 / 20))
+    # A request that never completed is a miss too.
+    failed = _timed(set()) + [{"start_s": 0.05, "ttft_s": None, "e2e_s": None}]
+    assert design_effect(slo, failed) is not None
+    assert design_effect(slo, _timed(set())) is None  # nothing missed: nothing to tell
+    assert design_effect(slo, _timed({1}, n=15)) is None  # under two requests a block
+    assert design_effect(parse_slos("mean(ttft)<300ms")[0], _timed({1, 2})) is None  # not a counted SLO
 
 
 def test_quantile_interval_uses_the_textbook_order_statistics() -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from autotune.spec import parse_slos
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -62,3 +65,23 @@ def test_schedules_must_be_offsets_below_the_rechecks() -> None:
     for bad in ("a,b", "-1", "500"):
         with pytest.raises(argparse.ArgumentTypeError):
             verdicts._offsets(bad)
+
+
+def test_clustering_reads_each_kept_level_against_the_slos(tmp_path: Path) -> None:
+    def level(misses: range) -> str:
+        start = [0.1 * i for i in range(160)]
+        return json.dumps({"search": 1000, "level": 1, "load": 20.0, "start_s": start,
+                           "ttft_s": [0.5 if i in misses else 0.1 for i in range(160)],
+                           "tpot_s": [0.01] * 160, "e2e_s": [1.0] * 160})
+
+    (tmp_path / "fp8-1-1").mkdir()
+    (tmp_path / "fp8-1-1" / "levels.jsonl").write_text(level(range(40, 60)) + "\n" + level(range(0)) + "\n")
+    (tmp_path / "fp8-2-1").mkdir()
+    (tmp_path / "fp8-2-1" / "levels.jsonl").write_text(level(range(3, 160, 8)) + "\n")
+    found = verdicts.clustering(tmp_path, parse_slos("p99(ttft)<300ms, p99(tpot)<25ms"))
+    # Two levels missed the TTFT bound (one in a burst, one scattered); none missed TPOT; both starts are fp8's.
+    assert list(found) == ["fp8"] and list(found["fp8"]) == ["p99(ttft)<300ms"]
+    burst, scattered = found["fp8"]["p99(ttft)<300ms"]
+    assert scattered < 1 < burst
+    assert "| fp8 | p99(ttft)<300ms | 2 |" in verdicts.clustering_report(found)
+    assert "nothing to tell" in verdicts.clustering_report({})
