@@ -58,7 +58,7 @@ from autotune.engines.serving import serving  # noqa: E402
 from autotune.environment import record  # noqa: E402
 from autotune.load.levels import design_effect  # noqa: E402
 from autotune.spec import load_spec, parse_assignments  # noqa: E402
-from autotune.trial import measure, plan, setup_from_spec  # noqa: E402
+from autotune.trial import measure, plan, read_levels, setup_from_spec  # noqa: E402
 
 SAME_MACHINE = ("gpu", "engine", "engine_version", "cuda")
 CONFIGS = {"defaults": {}, "fp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"}}
@@ -102,10 +102,11 @@ def same_load(entry: dict[str, Any]) -> list[dict[str, Any]]:
     for (load, slo), found in sorted(readings.items()):
         if len(found) < 2:
             continue
-        low = [math.inf if r.get("upper") is None else r["upper"] for r in found]
+        # An interval open at one end (a level condemned early has no upper end) reaches to infinity there.
+        lower = [-math.inf if r.get("lower") is None else r["lower"] for r in found]
+        upper = [math.inf if r.get("upper") is None else r["upper"] for r in found]
         pairs = [(a, b) for a in range(len(found)) for b in range(a + 1, len(found))]
-        apart = sum(1 for a, b in pairs if (found[a].get("lower") or -math.inf) > low[b]
-                    or (found[b].get("lower") or -math.inf) > low[a])
+        apart = sum(1 for a, b in pairs if lower[a] > upper[b] or lower[b] > upper[a])
         rows.append({"load": load, "slo": slo, "estimates": [r["estimate"] for r in found],
                      "intervals": [(r.get("lower"), r.get("upper")) for r in found],
                      "verdicts": [r.get("verdict") for r in found], "apart": apart, "pairs": len(pairs)})
@@ -117,10 +118,7 @@ def clustering(logs: Path, slos: list[Any]) -> dict[str, dict[str, list[float]]]
     found: dict[str, dict[str, list[float]]] = {}
     for path in sorted(logs.glob("*/levels.jsonl")):
         name = path.parent.name.rsplit("-", 2)[0]  # <name>-<start>-<search>
-        for line in path.read_text().splitlines():
-            level = json.loads(line)
-            columns = [k for k in ("start_s", "ttft_s", "tpot_s", "e2e_s") if k in level]
-            rows = [dict(zip(columns, values, strict=True)) for values in zip(*(level[k] for k in columns))]
+        for _, rows in read_levels(path):
             for c in slos:
                 effect = design_effect(c, rows)
                 if effect is not None:

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from autotune.spec import load_spec
-from autotune.trial import TrialOutcome, run_trial, setup_from_spec
+from autotune.trial import TrialOutcome, read_levels, run_trial, setup_from_spec
 from tests.conftest import ENGINE_BOUND
 
 pytestmark = pytest.mark.engine
@@ -85,11 +85,12 @@ def test_trial_records_the_levels_tried(outcomes: dict[int, TrialOutcome]) -> No
     on_disk = json.loads((Path(one.log_path).parent / "goodput.json").read_text())
     assert on_disk == one.goodput
     # Each level's requests are kept, and are the requests its verdict was judged on.
-    kept = [json.loads(line) for line in (Path(one.log_path).parent / "levels.jsonl").read_text().splitlines()]
-    assert [k["load"] for k in kept] == [lv["load"] for lv in levels]
-    for k, level in zip(kept, levels, strict=True):
-        assert len(k["ttft_s"]) == len(k["start_s"]) == level["requests"]
-        served = [t for t in k["ttft_s"] if t is not None]
+    kept = read_levels(Path(one.log_path).parent / "levels.jsonl")
+    assert [meta["load"] for meta, _ in kept] == [lv["load"] for lv in levels]
+    assert [meta["level"] for meta, _ in kept] == list(range(1, len(levels) + 1))
+    for (_, rows), level in zip(kept, levels, strict=True):
+        assert len(rows) == level["requests"] and all(row["start_s"] is not None for row in rows)
+        served = [row["ttft_s"] for row in rows if row["ttft_s"] is not None]
         assert 1000 * float(np.percentile(served, 99)) == pytest.approx(level["p99_ttft_ms"])
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import operator
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -265,9 +266,7 @@ def design_effect(c: Constraint, rows: Sequence[Mapping[str, Any]], blocks: int 
     if share in (0.0, 1.0):
         return None
     per_block = [sum(missed[i * size:(i + 1) * size]) / size for i in range(blocks)]
-    mean = sum(per_block) / blocks
-    spread = sum((x - mean) ** 2 for x in per_block) / (blocks - 1)
-    return spread * size / (share * (1 - share))
+    return statistics.variance(per_block) * size / (share * (1 - share))
 
 
 def statistical(c: Constraint) -> bool:

@@ -4,7 +4,7 @@ Knows nothing of Optuna: the tuning loop, ``measure``, ``verify`` and
 ``compare`` all run configurations through here.
 """
 
-from autotune.trial.measurement import Measurement, combine_repeats, measure, measure_repeated
+from autotune.trial.measurement import Measurement, combine_repeats, measure, measure_repeated, read_levels
 from autotune.trial.run import QualityHook, TrialOutcome, run_quality_only, run_trial
 from autotune.trial.setup import (
     TrialSetup,
@@ -28,6 +28,7 @@ __all__ = [
     "measure",
     "measure_repeated",
     "plan",
+    "read_levels",
     "run_quality_only",
     "run_trial",
     "setup_from_spec",

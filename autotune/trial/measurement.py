@@ -287,15 +287,28 @@ def _tokenizer(source: str):  # type: ignore[no-untyped-def]
     return load_tokenizer(Path(source))
 
 
+_LEVEL_COLUMNS = ("start_s", "ttft_s", "tpot_s", "e2e_s")
+
+
 def _append_level(path: Path, search: int, level: int, load: float, rows: list[dict[str, Any]]) -> None:
     """One goodput level's requests, kept so that a verdict can be re-examined after the engine is gone.
 
     Columns, not rows, and without the inter-token gaps: a GPU search measures
     thousands of requests, and TPOT already summarises each one's gaps.
     """
-    columns = {key: [row.get(key) for row in rows] for key in ("start_s", "ttft_s", "tpot_s", "e2e_s")}
+    columns = {key: [row.get(key) for row in rows] for key in _LEVEL_COLUMNS}
     with open(path, "a") as f:
         f.write(json.dumps({"search": search, "level": level, "load": load, **columns}) + "\n")
+
+
+def read_levels(path: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """A ``levels.jsonl`` back as ``(search, level, load)`` and the level's per-request rows."""
+    out = []
+    for line in path.read_text().splitlines():
+        kept = json.loads(line)
+        rows = [dict(zip(_LEVEL_COLUMNS, values, strict=True)) for values in zip(*(kept[k] for k in _LEVEL_COLUMNS))]
+        out.append(({k: kept[k] for k in ("search", "level", "load")}, rows))
+    return out
 
 
 def _write_requests(path: Path, rows: list[dict[str, Any]]) -> None:
