@@ -37,14 +37,15 @@ py=(python3)
 
 case $step in
   verdicts)
-    # START_S: the longest an engine start may take (less where a compile cache is carried).
+    # START_S, SEARCH_S: the longest an engine start (less where a compile cache is carried) and one
+    # goodput search may take.
     "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
-      --start-s "${START_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" ;;
+      --start-s "${START_S:-150}" --search-s "${SEARCH_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" ;;
   schedule-check)
     # Is a search's reading its arrival schedule's, or its place on the start's? Each start replays
     # schedule A, then B, then A again: A's two readings agree where the schedule decides.
     "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
-      --start-s "${START_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" \
+      --start-s "${START_S:-150}" --search-s "${SEARCH_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" \
       --config fp8_schedules:quantization=fp8,kv_cache_dtype=fp8 --schedules 0,1,0 --searches 6 --starts 2 ;;
   cost-before)
     # The code before the trial-cost work: that commit's autotune/ and search_spaces/, e.g.
