@@ -102,6 +102,7 @@ def endpoint_measure(
     constraints: Sequence[Constraint] = (),
     confidence_z: float = 1.96,
     extend: float = 2.0,
+    design_effect: float = 1.0,
     warmup_s: float = 5.0,
     warmup_latencies: float = 3.0,
     metrics_url: str | None = None,
@@ -136,7 +137,8 @@ def endpoint_measure(
     With ``constraints`` (the search's SLOs), each level is a statistical
     test (``LevelStopper``): it stops early once its percentile or attainment
     SLOs are settled, or condemned, and an uncertain level runs on to
-    ``extend`` times its planned requests.  Figures then carry
+    ``extend`` times its planned requests; ``design_effect`` widens the test
+    for misses that cluster in time.  Figures then carry
     ``planned_requests``, ``max_requests``, ``extended``, ``stopped_early``
     and ``stop_reason``.  With ``metrics_url`` (the engine's Prometheus
     endpoint, polled ``metrics_hz`` times a second: each poll costs a CPU
@@ -160,7 +162,8 @@ def endpoint_measure(
         )
         planned = level.num_requests
         cap = max(planned, math.ceil(planned * extend)) if slos else planned
-        stopper = LevelStopper(slos, planned, cap, confidence=confidence) if slos else None
+        stopper = (LevelStopper(slos, planned, cap, confidence=confidence, design_effect=design_effect)
+                   if slos else None)
         offset = next(calls)
         plain_warmup, at_load, warm_for = level.warmup_requests, 0, 0.0
         if warm[0]:

@@ -202,6 +202,7 @@ def search_goodput(
     growth: float = 2.0,
     incumbent: float | None = None,
     min_sustained: float = 0.85,
+    design_effect: float = 1.0,
 ) -> GoodputResult:
     """Find the highest load at which every SLO holds; see the module docstring.
 
@@ -216,7 +217,9 @@ def search_goodput(
     ceiled and at least 1).  ``on_level`` sees each level as soon as it is
     judged.  ``confidence_z`` sets the two-sided confidence of every interval
     (1.96: 95%); ``min_sustained`` the share of an open-loop rate a server
-    must confidently keep up with.  ``incumbent``, when given, replaces
+    must confidently keep up with; ``design_effect`` how much more a level's
+    miss count varies than independent requests' would (clustered misses,
+    ``autotune.load.intervals``).  ``incumbent``, when given, replaces
     ``start`` (clamped to ``min_load`` and ``upper``).
     """
     constraints = list(constraints)
@@ -246,7 +249,7 @@ def search_goodput(
         queue = figures.pop("engine_queue", None)
         reason = figures.pop("stop_reason", "")
         v = judge_level(constraints, figures, per_request, confidence=confidence, conservative=conservative,
-                        min_sustained=min_sustained, queue=queue)
+                        min_sustained=min_sustained, queue=queue, design_effect=design_effect)
         level = LevelResult(float(load), figures, list(per_request), v.holds, v.attainment, v.violations,
                             v.verdict, v.slos, v.backlog, v.requests, str(reason or ""))
         levels.append(level)

@@ -27,8 +27,10 @@ independent samples).
 
 The intervals count a level's requests as independent draws. Where misses
 come in bursts they are not, and ``design_effect`` says by how much (on
-vLLM-CPU misses clustered 2-7x over what independent requests give); the
-test does not yet widen its intervals by it.
+vLLM-CPU misses clustered 2-7x over what independent requests give). Given a
+design effect (``GoodputOptions.design_effect``), the test counts a level as
+that many times fewer independent requests (``autotune.load.intervals``): its
+intervals widen, fewer levels are certain, and more are extended.
 
 The price of confidence is requests: with no miss at all, a 97.5% one-sided
 bound on p99 needs 368 of them, one miss 555.  So an uncertain level is
@@ -45,10 +47,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from scipy import stats
-
 from autotune.load.backlog import backlog_verdict, percentile_of
 from autotune.load.client import RequestRecord
+from autotune.load.intervals import (
+    clopper_pearson,
+    confidence_of,
+    order_ranks,
+    quantile,
+    quantile_interval,
+    wilson_interval,
+)
 from autotune.spec.slo import Constraint
 
 __all__ = [
@@ -72,78 +80,6 @@ _EPS = 1e-12
 _OPS: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 # Canonical latency metric -> field of a per-request record (seconds); ITL percentiles stay aggregate.
 _FIELD = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s", "itl": "itl_s"}
-
-
-def confidence_of(z: float) -> float:
-    """The two-sided confidence of a normal ``z`` (1.96 -> 0.95): the scale ``search_goodput`` has always taken."""
-    return float(2 * stats.norm.cdf(z) - 1)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion ``successes / n``.
-
-    Unlike the normal (Wald) interval it stays inside [0, 1] and does not
-    collapse to a point at 0 or n successes, which is exactly where SLO
-    attainment lives (99% targets, few misses).  ``n == 0`` gives ``(0, 1)``:
-    nothing is known.  z=1.96 is a two-sided 95% interval.
-    """
-    if n < 0 or successes < 0 or successes > n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
-    if z < 0:
-        raise ValueError("z must be >= 0")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    lower = 0.0 if successes == 0 else max(0.0, center - half)
-    upper = 1.0 if successes == n else min(1.0, center + half)
-    return lower, upper
-
-
-def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) two-sided interval for ``successes / n``; ``(0, 1)`` when ``n == 0``."""
-    if n < 0 or successes < 0 or successes > n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
-    tail = (1 - confidence) / 2
-    lower = 0.0 if successes == 0 else float(stats.beta.ppf(tail, successes, n - successes + 1))
-    upper = 1.0 if successes == n else float(stats.beta.ppf(1 - tail, successes + 1, n - successes))
-    return lower, upper
-
-
-def _ranks(n: int, q: float, confidence: float) -> tuple[int, int]:
-    """1-based ranks ``l``, ``u`` with ``X(l) <= q-quantile <= X(u)`` at ``confidence``; 0 or n+1 when unbounded.
-
-    The number of samples below the true quantile is ``Binomial(n, q)``:
-    ``P(X(l) > xi) = P(B < l)`` and ``P(X(u) < xi) = P(B >= u)``, each kept
-    within half the error.
-    """
-    tail = (1 - confidence) / 2
-    j = int(stats.binom.ppf(tail, n, q))
-    lower = j if stats.binom.cdf(j, n, q) > tail else j + 1  # largest l with P(B <= l-1) <= tail
-    upper = int(stats.binom.ppf(1 - tail, n, q)) + 1
-    return max(lower, 0), min(upper, n + 1)
-
-
-def quantile_interval(values: Sequence[float], q: float, confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free interval of the ``q``-quantile from order statistics (-inf / inf where unbounded)."""
-    xs = sorted(values)
-    lo, hi = _ranks(len(xs), q, confidence)
-    return (xs[lo - 1] if lo >= 1 else -math.inf), (xs[hi - 1] if hi <= len(xs) else math.inf)
-
-
-def _quantile(xs: Sequence[float], q: float) -> float:
-    """numpy's linear-interpolation quantile of sorted ``xs``, where an infinite neighbour makes it infinite."""
-    if not xs:
-        return math.nan
-    h = (len(xs) - 1) * q
-    i = math.floor(h)
-    if i + 1 >= len(xs) or h == i:
-        return xs[i]
-    a, b = xs[i], xs[i + 1]
-    return math.inf if math.isinf(b) else a + (h - i) * (b - a)
 
 
 @dataclass
@@ -171,8 +107,8 @@ def _num(value: float) -> float | None:
 class _Rule:
     """How one statistical SLO turns ``k`` of ``n`` requests meeting its bound into a verdict."""
 
-    def __init__(self, c: Constraint, confidence: float) -> None:
-        self.c, self.confidence = c, confidence
+    def __init__(self, c: Constraint, confidence: float, design_effect: float = 1.0) -> None:
+        self.c, self.confidence, self.design_effect = c, confidence, design_effect
         self.field = _FIELD[c.metric]
         self.compare = _OPS[c.op]
         self.upward = c.op in ("<", "<=")  # a ceiling; a floor (">") mirrors the order statistics
@@ -196,13 +132,13 @@ class _Rule:
         if n == 0:
             return "fails" if self.kind == "attainment" else "uncertain"  # nothing served attained nothing
         if self.kind == "attainment":
-            lower, upper = clopper_pearson(k, n, self.confidence)
+            lower, upper = clopper_pearson(k, n, self.confidence, self.design_effect)
             if lower >= self.q - _EPS:
                 return "holds"
             return "fails" if upper < self.q - _EPS else "uncertain"
         # Ceiling: holds iff X(u) meets, i.e. k >= u; fails iff X(l) does not, k < l.
         # Floor: the same on -X, whose quantile 1-q is the mirror image.
-        lo, hi = _ranks(n, self.q if self.upward else 1 - self.q, self.confidence)
+        lo, hi = order_ranks(n, self.q if self.upward else 1 - self.q, self.confidence, self.design_effect)
         if hi <= n and k >= hi:
             return "holds"
         return "fails" if lo >= 1 and k < lo else "uncertain"
@@ -226,14 +162,14 @@ class _Rule:
             # Cut short: only a failure that the unsent requests could not have rescued counts.
             verdict = "fails" if self.decide(k + planned - n, planned) == "fails" else "uncertain"
         if self.kind == "attainment":
-            lower, upper = clopper_pearson(k, n, self.confidence)
+            lower, upper = clopper_pearson(k, n, self.confidence, self.design_effect)
             achieved = k / n if n else 0.0
             return SloVerdict(self.c.text, "attainment", verdict, achieved, lower, upper, n, self.q,
                               achieved >= self.q - _EPS)
         bad = math.inf if self.upward else -math.inf  # where a request that missed everything sorts
         values = sorted(v if (v := _value(r, self.field)) is not None else bad for r in rows)
-        lower, upper = quantile_interval(values, self.q, self.confidence)
-        estimate = _quantile(values, self.q)
+        lower, upper = quantile_interval(values, self.q, self.confidence, self.design_effect)
+        estimate = quantile(values, self.q)
         return SloVerdict(self.c.text, "percentile", verdict, estimate, lower, upper, n, self.c.threshold,
                           not math.isnan(estimate) and self.compare(estimate, self.c.threshold))
 
@@ -300,6 +236,7 @@ def judge_level(
     conservative: bool = False,
     min_sustained: float = 0.85,
     queue: Mapping[str, Sequence[float | None]] | None = None,
+    design_effect: float = 1.0,
 ) -> LevelVerdict:
     """Holds, fails or uncertain; see the module docstring.
 
@@ -313,7 +250,8 @@ def judge_level(
     engine's own ``queue`` series if given, else from the client's latencies.
     ``violations`` keeps ``Constraint.violation`` for every SLO (what Optuna
     sees) and ``"sustained"``: how far the served fraction's upper bound is
-    below ``min_sustained`` (<= 0: no confident shortfall).
+    below ``min_sustained`` (<= 0: no confident shortfall).  ``design_effect``
+    widens every counted interval for misses that cluster (``intervals``).
     """
     short = figures.get("cut_short_of")
     planned = int(short) if isinstance(short, (int, float)) and figures.get("stopped_early") else None
@@ -323,7 +261,7 @@ def judge_level(
     violations: dict[str, float] = {}
     for c in constraints:
         counted = statistical(c) and (rows or c.attainment is not None)  # no rows: a percentile's figure decides
-        slo = _Rule(c, confidence).verdict(rows, planned) if counted else None
+        slo = _Rule(c, confidence, design_effect).verdict(rows, planned) if counted else None
         try:
             violation = c.violation(figures, per_request)
         except KeyError:  # no summary figure: the percentile of the requests at hand stands in
@@ -390,10 +328,10 @@ class LevelStopper:
     """
 
     def __init__(self, constraints: Sequence[Constraint], planned: int, cap: int, *,
-                 confidence: float = 0.95, step: float = 0.5) -> None:
+                 confidence: float = 0.95, step: float = 0.5, design_effect: float = 1.0) -> None:
         if planned < 1 or cap < planned:
             raise ValueError("need 1 <= planned <= cap")
-        self.rules = [_Rule(c, confidence) for c in constraints if statistical(c)]
+        self.rules = [_Rule(c, confidence, design_effect) for c in constraints if statistical(c)]
         self.cap = cap
         gap = max(1, math.ceil(step * planned))
         self.looks = [*range(planned, cap, gap), cap]

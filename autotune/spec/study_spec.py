@@ -192,6 +192,12 @@ class GoodputOptions(BaseModel):
     warmup_latencies: float = Field(
         3.0, ge=0, description="...and at least this many end-to-end latencies, so the batch fills before measuring"
     )
+    design_effect: float = Field(
+        1.0, ge=1, le=50,
+        description="how much more a level's SLO misses vary than independent requests' would (they come in bursts): "
+                    "each level test counts its requests as this many times fewer, so its intervals widen; "
+                    "benchmarks/verdicts.py --clustering measures it",
+    )
 
 
 class StudySpec(BaseModel):

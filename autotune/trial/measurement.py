@@ -96,7 +96,7 @@ def measure(
         probe = endpoint_measure(
             base_url, setup.engine.request_model(setup.model), tokenizer, vocab, workload, unit=g.unit,
             ignore_eos=setup.engine.capabilities.ignore_eos, api_key=setup.api_key, progress=progress,
-            min_duration_s=g.min_duration_s, seed_offset=offset, constraints=judged,
+            min_duration_s=g.min_duration_s, seed_offset=offset, constraints=judged, design_effect=g.design_effect,
             warmup_s=g.warmup_s if warm else 0.0, warmup_latencies=g.warmup_latencies if warm else 0.0,
             metrics_url=metrics_url, metric_names=_metric_names(setup) if metrics_url else None,
             metrics_headers=_auth(setup), metrics_hz=_scrape_hz(setup),
@@ -116,7 +116,7 @@ def measure(
         found = search_goodput(
             level, judged, unit=g.unit, start=g.start, max_levels=g.max_levels, upper=g.upper,
             min_load=g.min_load, resolution=g.resolution, conservative=g.conservative, growth=g.growth,
-            incumbent=start_at,
+            incumbent=start_at, design_effect=g.design_effect,
         )
         record = found.to_json()
         for entry, figures in zip(record["levels"], telemetry, strict=True):
