@@ -21,9 +21,12 @@ tell what a search's schedule decides from what its place on the start does
 (a first search after a start reading low, say); such searches are no longer
 independent draws, so give them a key of their own (``--config``).
 
-``--clustering LOGS --spec SPEC`` reads those ``levels.jsonl`` back and
-prints how far each level's SLO misses cluster in time (the design effect:
-1 where requests miss independently, as the level test assumes).
+``--clustering LOGS --spec SPEC`` reads those ``levels.jsonl`` back (or the
+``*.levels.jsonl.gz`` a data folder keeps) and prints how far each level's
+SLO misses cluster in time (the design effect: 1 where requests miss
+independently, as the level test assumes), and whether the intervals of two
+searches at one load still lie apart once widened by it
+(``goodput.design_effect``): the check that the widened test is honest.
 
 Resumable: searches already in ``--out`` are kept and the file is rewritten
 after each, so the runs fit short device sessions. A configuration's searches
@@ -56,7 +59,7 @@ sys.path.insert(0, str(REPO))
 from autotune.engines.launcher import free_port  # noqa: E402
 from autotune.engines.serving import serving  # noqa: E402
 from autotune.environment import record  # noqa: E402
-from autotune.load.levels import design_effect  # noqa: E402
+from autotune.load.levels import design_effect, judge_level, statistical  # noqa: E402
 from autotune.spec import load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, read_levels, setup_from_spec  # noqa: E402
 
@@ -113,12 +116,24 @@ def same_load(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def clustering(logs: Path, slos: list[Any]) -> dict[str, dict[str, list[float]]]:
-    """Each configuration's design effects, per SLO, over every level kept under ``logs`` that missed it."""
+def kept_levels(logs: Path) -> dict[str, list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
+    """Every level kept under ``logs``, by configuration: ``<name>-<start>-<search>/levels.jsonl`` as a search
+    leaves it, or ``<name>-<start>-<search>.levels.jsonl.gz`` as the data folders keep it."""
+    found: dict[str, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
+    paths = [(p.parent.name, p) for p in logs.glob("*/levels.jsonl")]
+    paths += [(p.name.removesuffix(".levels.jsonl.gz"), p) for p in logs.glob("*.levels.jsonl.gz")]
+    for search, path in sorted(paths):
+        name, start, index = search.rsplit("-", 2)
+        found.setdefault(name, []).extend(({**meta, "search": f"{start}-{index}"}, rows)
+                                          for meta, rows in read_levels(path))
+    return found
+
+
+def clustering(levels: dict[str, list[Any]], slos: list[Any]) -> dict[str, dict[str, list[float]]]:
+    """Each configuration's design effects, per SLO, over every kept level that missed it."""
     found: dict[str, dict[str, list[float]]] = {}
-    for path in sorted(logs.glob("*/levels.jsonl")):
-        name = path.parent.name.rsplit("-", 2)[0]  # <name>-<start>-<search>
-        for _, rows in read_levels(path):
+    for name, kept in levels.items():
+        for _, rows in kept:
             for c in slos:
                 effect = design_effect(c, rows)
                 if effect is not None:
@@ -126,13 +141,44 @@ def clustering(logs: Path, slos: list[Any]) -> dict[str, dict[str, list[float]]]
     return found
 
 
-def clustering_report(found: dict[str, dict[str, list[float]]]) -> str:
-    out = ["| configuration | SLO | levels with misses | design effect, median (range) |", "| --- | --- | --- | --- |"]
+def apart_pairs(kept: list[Any], slos: list[Any], effect: float) -> dict[str, tuple[int, int, int]]:
+    """Per SLO: of the pairs of searches that measured one load, how many 95% intervals lie apart when each
+    level counts its requests as ``effect`` times fewer (honest intervals leave few apart), and how many
+    levels the test still decides (holds or fails) at that width."""
+    by_load: dict[float, list[Any]] = {}
+    for meta, rows in kept:
+        by_load.setdefault(meta["load"], []).append(judge_level(slos, {}, rows, design_effect=effect))
+    out: dict[str, tuple[int, int, int]] = {}
+    for c in slos:
+        apart = pairs = 0
+        decided = sum(level.slos[c.text].verdict != "uncertain" for judged in by_load.values() for level in judged)
+        for judged in by_load.values():
+            ends = [(s.lower if s.lower is not None else -math.inf, s.upper if s.upper is not None else math.inf)
+                    for s in (level.slos[c.text] for level in judged)]
+            for a in range(len(ends)):
+                for b in range(a + 1, len(ends)):
+                    pairs += 1
+                    apart += ends[a][0] > ends[b][1] or ends[b][0] > ends[a][1]
+        out[c.text] = (apart, pairs, decided)
+    return out
+
+
+def clustering_report(levels: dict[str, list[Any]], slos: list[Any]) -> str:
+    found = clustering(levels, slos)
+    if not found:
+        return "no kept level missed an SLO: nothing to tell"
+    out = ["| configuration | SLO | levels with misses | design effect, median (range) | "
+           "pairs at one load apart, levels decided: as independent requests | with the median design effect |",
+           "| --- | --- | --- | --- | --- | --- |"]
     for name, per_slo in found.items():
         for slo, effects in per_slo.items():
+            median = max(1.0, statistics.median(effects))
+            plain = apart_pairs(levels[name], slos, 1.0)[slo]
+            wide = apart_pairs(levels[name], slos, median)[slo]
             out.append(f"| {name} | {slo} | {len(effects)} | {statistics.median(effects):.1f} "
-                       f"({min(effects):.1f}-{max(effects):.1f}) |")
-    return "\n".join(out if found else ["no level under the folder missed an SLO: nothing to tell"])
+                       f"({min(effects):.1f}-{max(effects):.1f}) | {plain[0]} of {plain[1]}, {plain[2]} of {len(levels[name])} | "
+                       f"{wide[0]} of {wide[1]}, {wide[2]} of {len(levels[name])} |")
+    return "\n".join(out)
 
 
 TARGETS = {"cv": 0.05, "min_over_median": 0.85, "bracket_share_max": 0.05}
@@ -240,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.clustering is not None:
         if args.spec is None or not args.clustering.is_dir():
             p.error("--clustering needs an existing --logs folder and --spec")
-        slos = setup_from_spec(load_spec(args.spec, parse_assignments(args.spec_set, "--spec-set"))).constraints
-        print(clustering_report(clustering(args.clustering, slos)))
+        constraints = setup_from_spec(load_spec(args.spec, parse_assignments(args.spec_set, "--spec-set"))).constraints
+        slos = [c for c in constraints if statistical(c)]
+        print(clustering_report(kept_levels(args.clustering), slos))
         return 0
     if args.spec is None or args.out is None:
         p.error("--spec and --out are needed to measure (or --report FILE to print one)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -67,21 +68,39 @@ def test_schedules_must_be_offsets_below_the_rechecks() -> None:
             verdicts._offsets(bad)
 
 
+def _kept(load: float, ttfts: list[float]) -> str:
+    return json.dumps({"search": 1000, "level": 1, "load": load, "start_s": [0.1 * i for i in range(len(ttfts))],
+                       "ttft_s": ttfts, "tpot_s": [0.01] * len(ttfts), "e2e_s": [1.0] * len(ttfts)})
+
+
 def test_clustering_reads_each_kept_level_against_the_slos(tmp_path: Path) -> None:
     def level(misses: range) -> str:
-        start = [0.1 * i for i in range(160)]
-        return json.dumps({"search": 1000, "level": 1, "load": 20.0, "start_s": start,
-                           "ttft_s": [0.5 if i in misses else 0.1 for i in range(160)],
-                           "tpot_s": [0.01] * 160, "e2e_s": [1.0] * 160})
+        return _kept(20.0, [0.5 if i in misses else 0.1 for i in range(160)])
 
-    (tmp_path / "fp8-1-1").mkdir()
+    (tmp_path / "fp8-1-1").mkdir()  # as a search leaves it
     (tmp_path / "fp8-1-1" / "levels.jsonl").write_text(level(range(40, 60)) + "\n" + level(range(0)) + "\n")
-    (tmp_path / "fp8-2-1").mkdir()
-    (tmp_path / "fp8-2-1" / "levels.jsonl").write_text(level(range(3, 160, 8)) + "\n")
-    found = verdicts.clustering(tmp_path, parse_slos("p99(ttft)<300ms, p99(tpot)<25ms"))
+    (tmp_path / "fp8-2-1.levels.jsonl.gz").write_bytes(gzip.compress(level(range(3, 160, 8)).encode()))  # as kept
+    slos = parse_slos("p99(ttft)<300ms, p99(tpot)<25ms")
+    kept = verdicts.kept_levels(tmp_path)
+    assert list(kept) == ["fp8"] and [meta["search"] for meta, _ in kept["fp8"]] == ["1-1", "1-1", "2-1"]
+    found = verdicts.clustering(kept, slos)
     # Two levels missed the TTFT bound (one in a burst, one scattered); none missed TPOT; both starts are fp8's.
     assert list(found) == ["fp8"] and list(found["fp8"]) == ["p99(ttft)<300ms"]
     burst, scattered = found["fp8"]["p99(ttft)<300ms"]
     assert scattered < 1 < burst
-    assert "| fp8 | p99(ttft)<300ms | 2 |" in verdicts.clustering_report(found)
-    assert "nothing to tell" in verdicts.clustering_report({})
+    assert "| fp8 | p99(ttft)<300ms | 2 |" in verdicts.clustering_report(kept, slos)
+    assert "nothing to tell" in verdicts.clustering_report({}, slos)
+
+
+def test_a_design_effect_brings_intervals_apart_together(tmp_path: Path) -> None:
+    """Two searches at one load: one met by every request, one with a burst of 10 misses in 400."""
+    clean = [0.1 + 0.1 * i / 399 for i in range(400)]
+    burst = clean[:390] + [0.5] * 10
+    (tmp_path / "fp8-1-1").mkdir()
+    (tmp_path / "fp8-1-1" / "levels.jsonl").write_text(_kept(20.0, clean) + "\n")
+    (tmp_path / "fp8-1-2").mkdir()
+    (tmp_path / "fp8-1-2" / "levels.jsonl").write_text(_kept(20.0, burst) + "\n")
+    kept = verdicts.kept_levels(tmp_path)["fp8"]
+    slos = parse_slos("p99(ttft)<300ms")
+    assert verdicts.apart_pairs(kept, slos, 1.0)["p99(ttft)<300ms"] == (1, 1, 2)  # holds against fails, apart
+    assert verdicts.apart_pairs(kept, slos, 5.0)["p99(ttft)<300ms"] == (0, 1, 0)  # both uncertain, overlapping

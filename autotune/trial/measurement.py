@@ -6,6 +6,7 @@ Knows nothing of Optuna or of engine lifetimes: it is given a URL and returns a
 
 from __future__ import annotations
 
+import gzip
 import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -302,9 +303,10 @@ def _append_level(path: Path, search: int, level: int, load: float, rows: list[d
 
 
 def read_levels(path: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """A ``levels.jsonl`` back as ``(search, level, load)`` and the level's per-request rows."""
+    """A ``levels.jsonl`` (or its gzip) back as ``(search, level, load)`` and the level's per-request rows."""
     out = []
-    for line in path.read_text().splitlines():
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    for line in text.splitlines():
         kept = json.loads(line)
         rows = [dict(zip(_LEVEL_COLUMNS, values, strict=True)) for values in zip(*(kept[k] for k in _LEVEL_COLUMNS))]
         out.append(({k: kept[k] for k in ("search", "level", "load")}, rows))
