@@ -60,7 +60,7 @@ from autotune.engines.launcher import free_port  # noqa: E402
 from autotune.engines.serving import serving  # noqa: E402
 from autotune.environment import record  # noqa: E402
 from autotune.load.levels import design_effect, judge_level, statistical  # noqa: E402
-from autotune.spec import load_spec, parse_assignments  # noqa: E402
+from autotune.spec import GoodputOptions, load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, read_levels, setup_from_spec  # noqa: E402
 
 SAME_MACHINE = ("gpu", "engine", "engine_version", "cuda")
@@ -333,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.schedules:
                 options["schedules"] = args.schedules
             began_with = entry.setdefault("goodput_options", options)
-            if len(entry["goodput"]) < args.searches and began_with != options:
-                changed = {k: (began_with.get(k), options.get(k)) for k in {*began_with, *options}
-                           if began_with.get(k) != options.get(k)}
+            # An option added since those searches ran took its default then.
+            then = {**GoodputOptions().model_dump(mode="json"), **began_with}
+            changed = {k: (then.get(k), options.get(k)) for k in {*then, *options} if then.get(k) != options.get(k)}
+            if len(entry["goodput"]) < args.searches and changed:
                 print(f"error: {name}'s searches in {args.out} ran with other goodput options {changed}; "
                       f"move them aside (rename the key) or pass a new --out", file=sys.stderr)
                 args.out.write_text(json.dumps(data, indent=2))

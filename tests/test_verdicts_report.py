@@ -104,3 +104,21 @@ def test_a_design_effect_brings_intervals_apart_together(tmp_path: Path) -> None
     slos = parse_slos("p99(ttft)<300ms")
     assert verdicts.apart_pairs(kept, slos, 1.0)["p99(ttft)<300ms"] == (1, 1, 2)  # holds against fails, apart
     assert verdicts.apart_pairs(kept, slos, 5.0)["p99(ttft)<300ms"] == (0, 1, 0)  # both uncertain, overlapping
+
+
+def test_searches_from_before_an_option_existed_go_on_and_changed_ones_do_not(tmp_path: Path) -> None:
+    """A file kept from before ``design_effect`` existed resumes (the option took its default then); a file whose
+    searches ran with another option is refused before any engine starts."""
+    spec = ["--spec", str(REPO / "studies" / "tiny-cpu.yaml"), "--spec-set", "objectives=max:goodput",
+            "--spec-set", "slo=p90(ttft)<300ms", "--spec-set", "goodput.unit=req/s"]
+    from autotune.spec import GoodputOptions
+
+    options = GoodputOptions(unit="req/s").model_dump(mode="json")
+    old = {k: v for k, v in options.items() if k != "design_effect"}
+    out = tmp_path / "v.json"
+    for kept, rc in ((old, 0), ({**old, "max_levels": old["max_levels"] + 1}, 2)):
+        entry = {"config": {}, "goodput": [], "bracket": [], "levels": [], "start": [], "starts": 0,
+                 "startup_s": [], "goodput_options": kept}
+        out.write_text(json.dumps({"tiny": entry}))
+        # --max-seconds 0: nothing fits, so no engine starts; the options are checked before that.
+        assert verdicts.main([*spec, "--config", "tiny:", "--out", str(out), "--max-seconds", "0"]) == rc
