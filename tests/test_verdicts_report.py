@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from autotune.spec import parse_slos
+from autotune.spec import GoodputOptions, parse_slos
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -111,8 +111,6 @@ def test_searches_from_before_an_option_existed_go_on_and_changed_ones_do_not(tm
     searches ran with another option is refused before any engine starts."""
     spec = ["--spec", str(REPO / "studies" / "tiny-cpu.yaml"), "--spec-set", "objectives=max:goodput",
             "--spec-set", "slo=p90(ttft)<300ms", "--spec-set", "goodput.unit=req/s"]
-    from autotune.spec import GoodputOptions
-
     options = GoodputOptions(unit="req/s").model_dump(mode="json")
     old = {k: v for k, v in options.items() if k != "design_effect"}
     out = tmp_path / "v.json"
