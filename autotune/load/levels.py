@@ -30,7 +30,8 @@ come in bursts they are not, and ``design_effect`` says by how much (on
 vLLM-CPU misses clustered 2-7x over what independent requests give). Given a
 design effect (``GoodputOptions.design_effect``), the test counts a level as
 that many times fewer independent requests (``autotune.load.intervals``): its
-intervals widen, fewer levels are certain, and more are extended.
+intervals widen, fewer levels are certain, and a burst of early misses no
+longer condemns a level before its requests are in.
 
 The price of confidence is requests: with no miss at all, a 97.5% one-sided
 bound on p99 needs 368 of them, one miss 555.  So an uncertain level is
