@@ -5,6 +5,7 @@
 #
 #   bash examples/h200/runbook.sh verdicts        # issue: trustworthy verdicts (defaults and fp8, 10 searches, 3 starts)
 #   bash examples/h200/runbook.sh schedule-check  # one schedule replayed on a start: schedule or place?
+#   bash examples/h200/runbook.sh schedule-check-long  # schedules A and B with longer levels: a narrower gap?
 #   bash examples/h200/runbook.sh cost-before     # the trial bill with the code before the trial-cost work
 #   bash examples/h200/runbook.sh cost-after      # ... and with this code
 #   bash examples/h200/runbook.sh stop-check      # 3 of its early-stopped trials searched in full: any flip?
@@ -47,6 +48,13 @@ case $step in
     "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
       --start-s "${START_S:-150}" --search-s "${SEARCH_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" \
       --config fp8_schedules:quantization=fp8,kv_cache_dtype=fp8 --schedules 0,1,0 --searches 6 --starts 2 ;;
+  schedule-check-long)
+    # The schedule decides (schedule-check, H100): do levels LEVEL_S long (15 s in the spec) narrow the gap
+    # between schedules A and B? The same seed offsets on each start as schedule-check's A and B.
+    "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
+      --start-s "${START_S:-150}" --search-s "${SEARCH_S:-240}" --logs "${LOGS:-$data/verdicts-logs}" \
+      --spec-set goodput.min_duration_s="${LEVEL_S:-25}" \
+      --config "fp8_schedules_${LEVEL_S:-25}s:quantization=fp8,kv_cache_dtype=fp8" --schedules 0,1 --searches 4 --starts 2 ;;
   cost-before)
     # The code before the trial-cost work: that commit's autotune/ and search_spaces/, e.g.
     #   git worktree add /tmp/autotune-before 681ece3
