@@ -87,6 +87,14 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def intervals_apart(intervals: list[tuple[float | None, float | None]]) -> tuple[int, int]:
+    """Of every pair of intervals, how many lie apart, and how many pairs there are. An interval open at one
+    end (a level condemned early has no upper end) reaches to infinity there."""
+    ends = [(-math.inf if lo is None else lo, math.inf if hi is None else hi) for lo, hi in intervals]
+    pairs = [(a, b) for a in range(len(ends)) for b in range(a + 1, len(ends))]
+    return sum(1 for a, b in pairs if ends[a][0] > ends[b][1] or ends[b][0] > ends[a][1]), len(pairs)
+
+
 def same_load(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """Each SLO at each load that several searches measured: their estimates, and how many pairs of
     the levels' 95% intervals lie apart.
@@ -105,14 +113,10 @@ def same_load(entry: dict[str, Any]) -> list[dict[str, Any]]:
     for (load, slo), found in sorted(readings.items()):
         if len(found) < 2:
             continue
-        # An interval open at one end (a level condemned early has no upper end) reaches to infinity there.
-        lower = [-math.inf if r.get("lower") is None else r["lower"] for r in found]
-        upper = [math.inf if r.get("upper") is None else r["upper"] for r in found]
-        pairs = [(a, b) for a in range(len(found)) for b in range(a + 1, len(found))]
-        apart = sum(1 for a, b in pairs if lower[a] > upper[b] or lower[b] > upper[a])
-        rows.append({"load": load, "slo": slo, "estimates": [r["estimate"] for r in found],
-                     "intervals": [(r.get("lower"), r.get("upper")) for r in found],
-                     "verdicts": [r.get("verdict") for r in found], "apart": apart, "pairs": len(pairs)})
+        intervals = [(r.get("lower"), r.get("upper")) for r in found]
+        apart, pairs = intervals_apart(intervals)
+        rows.append({"load": load, "slo": slo, "estimates": [r["estimate"] for r in found], "intervals": intervals,
+                     "verdicts": [r.get("verdict") for r in found], "apart": apart, "pairs": pairs})
     return rows
 
 
@@ -150,16 +154,10 @@ def apart_pairs(kept: list[Any], slos: list[Any], effect: float) -> dict[str, tu
         by_load.setdefault(meta["load"], []).append(judge_level(slos, {}, rows, design_effect=effect))
     out: dict[str, tuple[int, int, int]] = {}
     for c in slos:
-        apart = pairs = 0
+        counts = [intervals_apart([(level.slos[c.text].lower, level.slos[c.text].upper) for level in judged])
+                  for judged in by_load.values()]
         decided = sum(level.slos[c.text].verdict != "uncertain" for judged in by_load.values() for level in judged)
-        for judged in by_load.values():
-            ends = [(s.lower if s.lower is not None else -math.inf, s.upper if s.upper is not None else math.inf)
-                    for s in (level.slos[c.text] for level in judged)]
-            for a in range(len(ends)):
-                for b in range(a + 1, len(ends)):
-                    pairs += 1
-                    apart += ends[a][0] > ends[b][1] or ends[b][0] > ends[a][1]
-        out[c.text] = (apart, pairs, decided)
+        out[c.text] = (sum(a for a, _ in counts), sum(p for _, p in counts), decided)
     return out
 
 
@@ -171,13 +169,13 @@ def clustering_report(levels: dict[str, list[Any]], slos: list[Any]) -> str:
            "pairs at one load apart, levels decided: as independent requests | with the median design effect |",
            "| --- | --- | --- | --- | --- | --- |"]
     for name, per_slo in found.items():
+        plain, kept = apart_pairs(levels[name], slos, 1.0), len(levels[name])
         for slo, effects in per_slo.items():
-            median = max(1.0, statistics.median(effects))
-            plain = apart_pairs(levels[name], slos, 1.0)[slo]
-            wide = apart_pairs(levels[name], slos, median)[slo]
-            out.append(f"| {name} | {slo} | {len(effects)} | {statistics.median(effects):.1f} "
-                       f"({min(effects):.1f}-{max(effects):.1f}) | {plain[0]} of {plain[1]}, {plain[2]} of {len(levels[name])} | "
-                       f"{wide[0]} of {wide[1]}, {wide[2]} of {len(levels[name])} |")
+            median = statistics.median(effects)
+            wide = apart_pairs(levels[name], slos, max(1.0, median))[slo]
+            cells = [f"{apart} of {pairs}, {decided} of {kept}" for apart, pairs, decided in (plain[slo], wide)]
+            out.append(f"| {name} | {slo} | {len(effects)} | {median:.1f} ({min(effects):.1f}-{max(effects):.1f}) | "
+                       f"{cells[0]} | {cells[1]} |")
     return "\n".join(out)
 
 

@@ -90,9 +90,7 @@ def order_ranks(n: int, q: float, confidence: float = 0.95, design_effect: float
     the same centre, a spread ``sqrt(design_effect)`` times as wide.
     """
     _check_design_effect(design_effect)
-    if design_effect == 1 or n == 0:
-        return _binomial_ranks(n, q, confidence)
-    m = max(1, round(n / design_effect))
+    m = max(1, round(n / design_effect))  # n itself where requests are independent
     lo, hi = _binomial_ranks(m, q, confidence)
     lower = 0 if lo == 0 else max(1, math.floor(lo * n / m))
     upper = n + 1 if hi > m else min(n, math.ceil(hi * n / m))

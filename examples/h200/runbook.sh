@@ -36,24 +36,23 @@ bf16=${STUDY_BF16:-$data/study-bf16}
 mkdir -p "$data"
 py=(python3)
 
+# START_S, SEARCH_S: the longest an engine start (less where a compile cache is carried) and one goodput
+# search may take, so that no engine starts that the step's time cannot see through.
+verdicts=("${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left"
+          --start-s "${START_S:-150}" --logs "${LOGS:-$data/verdicts-logs}")
+
 case $step in
   verdicts)
-    # START_S, SEARCH_S: the longest an engine start (less where a compile cache is carried) and one
-    # goodput search may take.
-    "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
-      --start-s "${START_S:-150}" --search-s "${SEARCH_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" ;;
+    "${verdicts[@]}" --search-s "${SEARCH_S:-150}" ;;
   schedule-check)
     # Is a search's reading its arrival schedule's, or its place on the start's? Each start replays
     # schedule A, then B, then A again: A's two readings agree where the schedule decides.
-    "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
-      --start-s "${START_S:-150}" --search-s "${SEARCH_S:-150}" --logs "${LOGS:-$data/verdicts-logs}" \
+    "${verdicts[@]}" --search-s "${SEARCH_S:-150}" \
       --config fp8_schedules:quantization=fp8,kv_cache_dtype=fp8 --schedules 0,1,0 --searches 6 --starts 2 ;;
   schedule-check-long)
     # The schedule decides (schedule-check, H100): do levels LEVEL_S long (15 s in the spec) narrow the gap
     # between schedules A and B? The same seed offsets on each start as schedule-check's A and B.
-    "${py[@]}" benchmarks/verdicts.py --spec "$spec" --out "$data/verdicts.json" --max-seconds "$left" \
-      --start-s "${START_S:-150}" --search-s "${SEARCH_S:-240}" --logs "${LOGS:-$data/verdicts-logs}" \
-      --spec-set goodput.min_duration_s="${LEVEL_S:-25}" \
+    "${verdicts[@]}" --search-s "${SEARCH_S:-240}" --spec-set goodput.min_duration_s="${LEVEL_S:-25}" \
       --config "fp8_schedules_${LEVEL_S:-25}s:quantization=fp8,kv_cache_dtype=fp8" --schedules 0,1 --searches 4 --starts 2 ;;
   cost-before)
     # The code before the trial-cost work: that commit's autotune/ and search_spaces/, e.g.
