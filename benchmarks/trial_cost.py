@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"autotune: {origin.parent}", flush=True)
     run = subprocess.run(cmd, env=env, cwd=study_dir.parent)
-    if run.returncode not in (0, 1):
-        return run.returncode
+    if not (study_dir / "study.db").exists():
+        return run.returncode or 1
+    # A study cut short (an interrupt, a machine's time running out) keeps the trials it finished: record them.
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     got = trials_of(study_dir, args.autotune.resolve())
     costs = [c for c in (engine_seconds(t) for t in got["trials"]) if c is not None]
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{data[label]['median_trial_s']:.0f} s, {data[label]['gpu_seconds'] / 60:.1f} engine-minutes")
     if all(data.get(k, {}).get("median_trial_s") for k in ("before", "after")):
         print(f"after / before: {data['after']['median_trial_s'] / data['before']['median_trial_s']:.2f} (target <= 0.5)")
-    return 0
+    return 0 if run.returncode in (0, 1) else run.returncode
 
 
 if __name__ == "__main__":
