@@ -34,7 +34,7 @@ SPEC = {
     "objectives": "max:goodput",
     "sampler": "random",
     "rounds": {"enabled": False},
-    "goodput": {"unit": "concurrency", "start": 8, "upper": 8, "max_levels": 3, "min_duration_s": None},
+    "goodput": {"unit": "concurrency", "start": 8, "upper": 8, "max_levels": 2, "min_duration_s": None},
     "space": {"max_num_seqs": {"low": 1, "high": 64}},
     "enqueue": [{"max_num_seqs": 1}],
     "budget": {"trials": 1},
