@@ -11,7 +11,8 @@ start, the measurement and the compile cache's verdict, under a label of
         --label after --out benchmarks/data/h200/trial-cost.json
 
 It prints each run's median of start + measurement per trial and the ratio of
-``after`` to ``before`` once both are there. ``--study-dir`` resumes a study.
+``after`` to ``before`` once both are there. ``--study-dir`` resumes a study;
+``--record-only`` records one as it stands (a run cut before it could).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autotune", type=Path, default=REPO, help="the source folder of the autotune to run")
     p.add_argument("--study-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--record-only", action="store_true",
+                   help="run nothing: record the trials of the study in --study-dir as it stands")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more optimize flags")
     args = p.parse_args(argv)
 
@@ -94,16 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the study would not run the autotune in {args.autotune} but {seen}", file=sys.stderr)
         return 2
     print(f"autotune: {origin.parent}", flush=True)
-    run = subprocess.run(cmd, env=env, cwd=study_dir.parent)
+    returncode = 0 if args.record_only else _run_study(cmd, env, study_dir.parent)
     if not (study_dir / "study.db").exists():
-        return run.returncode or 1
+        return returncode or 1
     # A study cut short (an interrupt, a machine's time running out) keeps the trials it finished: record them.
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     got = trials_of(study_dir, args.autotune.resolve())
     costs = [c for c in (engine_seconds(t) for t in got["trials"]) if c is not None]
     got["gpu_seconds"] = sum(costs) + (engine_seconds(got.get("baseline") or {}) or 0.0)
     got["median_trial_s"] = statistics.median(costs) if costs else None
-    got["command"] = " ".join(cmd[1:])
+    # a study recorded as it stands keeps the command recorded with it before, if any
+    got["command"] = data.get(args.label, {}).get("command") if args.record_only else " ".join(cmd[1:])
     data[args.label] = got
     if got.get("environment"):
         data["environment"] = got["environment"]
@@ -115,7 +119,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{data[label]['median_trial_s']:.0f} s, {data[label]['gpu_seconds'] / 60:.1f} engine-minutes")
     if all(data.get(k, {}).get("median_trial_s") for k in ("before", "after")):
         print(f"after / before: {data['after']['median_trial_s'] / data['before']['median_trial_s']:.2f} (target <= 0.5)")
-    return 0 if run.returncode in (0, 1) else run.returncode
+    return 0 if returncode in (0, 1) else returncode
+
+
+def _run_study(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
+    """The study's exit status. An interrupt meant for the whole run (a machine's time running out
+    signals the process group) reaches the study too, which winds down and keeps what it finished:
+    wait for it, so that those trials are recorded."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 if __name__ == "__main__":
