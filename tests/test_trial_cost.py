@@ -21,6 +21,8 @@ from pathlib import Path
 import optuna
 import yaml
 
+from autotune.errors import UserError
+from autotune.tuning import load_study
 from tests.conftest import REPO, processes_with_env
 from tests.fakes import MARKER, fault_engine_spec
 
@@ -28,14 +30,9 @@ SCRIPT = REPO / "benchmarks" / "trial_cost.py"
 
 
 def _completed(study_dir: Path) -> list[int]:
-    db = study_dir / "study.db"
-    if not db.exists():
-        return []
-    url = f"sqlite:///{db}"
     try:
-        (name,) = optuna.get_all_study_names(url)
-        study = optuna.load_study(study_name=name, storage=url)
-    except Exception:  # the study is still creating its tables
+        study, _ = load_study(study_dir)
+    except UserError:  # not created yet
         return []
     return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
 
