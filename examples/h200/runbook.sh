@@ -71,7 +71,8 @@ case $step in
       --study-dir "$data/cost-after" --out "$data/trial-cost.json" --extra --wall-time "$wall" ;;
   stop-check)
     "${py[@]}" benchmarks/early_stop_check.py --study-dir "$data/cost-after" --out "$data/trial-cost.json" \
-      --trials 3 --max-seconds "$left" --logs "${LOGS:-$data/early-stop-checks}" ;;
+      --trials 3 --max-seconds "$left" --start-s "${START_S:-150}" --search-s "${SEARCH_S:-180}" \
+      --logs "${LOGS:-$data/early-stop-checks}" ;;
   surface)
     "${py[@]}" benchmarks/record_surface.py --spec "$spec" --defaults --max-seconds "$wall" \
       --grid max_num_seqs=64,128,256 --grid max_num_batched_tokens=2048,8192 \
