@@ -28,6 +28,14 @@ independently, as the level test assumes), and whether the intervals of two
 searches at one load still lie apart once widened by it
 (``goodput.design_effect``): the check that the widened test is honest.
 
+``--rejudge FOLDER`` judges every level kept under a study (or trial, or
+``--logs``) folder again with this code's rules and prints each whose
+verdict would change, beside the verdict recorded: the check that a change
+to the level test is what it means to be, on levels measured before it. The
+study's own spec is used unless ``--spec`` is given; the backlog is judged
+from the engine's queue where the level kept it, else from the client's
+latencies.
+
 Resumable: searches already in ``--out`` are kept and the file is rewritten
 after each, so the runs fit short device sessions. A configuration's searches
 are only added to under the goodput options they began with (a spec edited
@@ -59,9 +67,11 @@ sys.path.insert(0, str(REPO))
 from autotune.engines.launcher import free_port  # noqa: E402
 from autotune.engines.serving import serving  # noqa: E402
 from autotune.environment import record  # noqa: E402
+from autotune.errors import UserError  # noqa: E402
 from autotune.load.levels import design_effect, judge_level, statistical  # noqa: E402
 from autotune.spec import GoodputOptions, load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, read_levels, setup_from_spec  # noqa: E402
+from autotune.tuning import load_study  # noqa: E402
 
 SAME_MACHINE = ("gpu", "engine", "engine_version", "cuda")
 CONFIGS = {"defaults": {}, "fp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"}}
@@ -179,6 +189,50 @@ def clustering_report(levels: dict[str, list[Any]], slos: list[Any]) -> str:
     return "\n".join(out)
 
 
+def rejudge(folder: Path, setup: Any) -> list[dict[str, Any]]:
+    """Every level kept under ``folder`` (``levels.jsonl`` or its gzip), judged again, beside the verdict its
+    search recorded (``goodput.json`` next to it, matched by load: a search never tries a load twice)."""
+    g = setup.goodput
+    slos = [c for c in setup.constraints if c.kind in ("latency", "throughput")]
+    out = []
+    for path in sorted([*folder.rglob("levels.jsonl"), *folder.rglob("*levels.jsonl.gz")]):
+        record = path.parent / "goodput.json"
+        recorded = json.loads(record.read_text()).get("levels", []) if record.exists() else []
+        for meta, rows in read_levels(path):
+            was = next((lv for lv in recorded if lv.get("load") == meta["load"]), None)
+            figures: dict[str, Any] = {"offered_rate": meta["load"]} if g.unit == "req/s" else {}
+            if was and was.get("stopped_early") and was.get("planned_requests"):
+                # cut short at a look: the first look at or past the requests it kept (LevelStopper's looks)
+                planned, cap = int(was["planned_requests"]), int(was.get("max_requests") or was["planned_requests"])
+                looks = [*range(planned, cap, max(1, math.ceil(0.5 * planned))), cap]
+                figures.update(stopped_early=1.0, cut_short_of=next((n for n in looks if n >= len(rows)), cap))
+            now = judge_level(slos, figures, rows, conservative=g.conservative, queue=meta.get("engine_queue"),
+                              design_effect=g.design_effect)
+            out.append({
+                "where": str(path.parent.relative_to(folder)) if path.parent != folder else ".",
+                "load": meta["load"], "requests": len(rows),
+                "recorded": was.get("verdict") if was else None,
+                "recorded_backlog": ((was or {}).get("backlog") or {}).get("verdict"),
+                "verdict": now.verdict, "holds": now.holds, "backlog": now.backlog.get("verdict"),
+                "source": now.backlog.get("source"), "reason": now.backlog.get("reason"),
+                "slos": {text: v.verdict for text, v in now.slos.items()},
+            })
+    return out
+
+
+def rejudge_report(judged: list[dict[str, Any]]) -> str:
+    changed = [j for j in judged if j["recorded"] is not None and j["recorded"] != j["verdict"]]
+    out = [f"{len(judged)} kept levels judged again, {len(changed)} with another verdict than recorded"]
+    if changed:
+        out += ["", "| where | load | requests | SLOs now | backlog: recorded → now (source) | verdict: recorded → now |",
+                "| --- | --- | ---: | --- | --- | --- |"]
+        for j in changed:
+            slos = ", ".join(f"{t} {MARK.get(v, v)}" for t, v in j["slos"].items())
+            out.append(f"| {j['where']} | {j['load']:g} | {j['requests']} | {slos} | {j['recorded_backlog']} → "
+                       f"{j['backlog']} ({j['source'] or '-'}) | {j['recorded']} → {j['verdict']} |")
+    return "\n".join(out)
+
+
 TARGETS = {"cv": 0.05, "min_over_median": 0.85, "bracket_share_max": 0.05}
 MARK = {"holds": "✓", "fails": "✗", "uncertain": "?", True: "✓", False: "✗"}
 
@@ -274,7 +328,25 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: each search its own)")
     p.add_argument("--logs", type=Path, default=None, help="keep each engine start's log in this folder")
     p.add_argument("--spec-set", action="append", default=[], help="spec field=value, dotted (e.g. goodput.start=4)")
+    p.add_argument("--rejudge", type=Path, metavar="FOLDER",
+                   help="judge the levels kept under a study folder again with this code; print what changes")
     args = p.parse_args(argv)
+    if args.rejudge is not None:
+        if not args.rejudge.is_dir():
+            print(f"error: {args.rejudge} is not a folder", file=sys.stderr)
+            return 2
+        try:
+            spec = (load_spec(args.spec, parse_assignments(args.spec_set, "--spec-set")) if args.spec
+                    else load_study(args.rejudge)[1])
+        except UserError as e:
+            print(f"error: {e} (or pass --spec)", file=sys.stderr)
+            return 2
+        setup = setup_from_spec(spec)
+        if setup.goodput is None:
+            print("error: the spec searches no goodput: its levels have no verdicts to judge", file=sys.stderr)
+            return 2
+        print(rejudge_report(rejudge(args.rejudge, setup)))
+        return 0
     if args.report is not None:
         if not args.report.exists():
             print(f"error: {args.report} does not exist", file=sys.stderr)

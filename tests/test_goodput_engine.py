@@ -88,10 +88,33 @@ def test_trial_records_the_levels_tried(outcomes: dict[int, TrialOutcome]) -> No
     kept = read_levels(Path(one.log_path).parent / "levels.jsonl")
     assert [meta["load"] for meta, _ in kept] == [lv["load"] for lv in levels]
     assert [meta["level"] for meta, _ in kept] == list(range(1, len(levels) + 1))
-    for (_, rows), level in zip(kept, levels, strict=True):
+    for (meta, rows), level in zip(kept, levels, strict=True):
         assert len(rows) == level["requests"] and all(row["start_s"] is not None for row in rows)
         served = [row["ttft_s"] for row in rows if row["ttft_s"] is not None]
         assert 1000 * float(np.percentile(served, 99)) == pytest.approx(level["p99_ttft_ms"])
+        # ... with the engine's own request counts through the level, which the backlog check reads.
+        queue = meta["engine_queue"]
+        assert len(queue["t"]) == len(queue["waiting"]) == len(queue["running"]) >= 2
+        assert max(queue["running"]) >= 1
+
+
+def test_kept_levels_judged_again_give_the_verdicts_recorded(
+    outcomes: dict[int, TrialOutcome], alone_s: float
+) -> None:
+    """``benchmarks/verdicts.py --rejudge``: what a trial kept is enough to reach its verdicts again."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import verdicts
+
+    setup = setup_from_spec(load_spec(None, {**SPEC, "slo": f"p99(ttft)<{2000 * alone_s:.0f}ms", "goodput": GOODPUT}))
+    for outcome in outcomes.values():
+        assert outcome.log_path is not None
+        judged = verdicts.rejudge(Path(outcome.log_path).parent, setup)
+        assert [j["load"] for j in judged] == [lv["load"] for lv in outcome.goodput["levels"]]  # type: ignore[index]
+        assert [j["verdict"] for j in judged] == [j["recorded"] for j in judged]
 
 
 def test_repeats_report_mean_spread_and_interval(outcomes: dict[int, TrialOutcome]) -> None:

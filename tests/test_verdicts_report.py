@@ -120,3 +120,36 @@ def test_searches_from_before_an_option_existed_go_on_and_changed_ones_do_not(tm
         out.write_text(json.dumps({"tiny": entry}))
         # --max-seconds 0: nothing fits, so no engine starts; the options are checked before that.
         assert verdicts.main([*spec, "--config", "tiny:", "--out", str(out), "--max-seconds", "0"]) == rc
+
+
+def _kept_level(folder: Path, recorded: str) -> None:
+    """The H100 level of tests/data/levels/h100_filling_batch.json as a trial folder keeps it."""
+    rec = json.loads((REPO / "tests" / "data" / "levels" / "h100_filling_batch.json").read_text())
+    folder.mkdir(parents=True)
+    columns = {k: rec[k] for k in ("start_s", "ttft_s", "tpot_s", "e2e_s")}
+    (folder / "levels.jsonl").write_text(json.dumps({"search": 1, "level": 5, "load": rec["rate"], **columns}) + "\n")
+    level = {"load": rec["rate"], "verdict": recorded, "holds": recorded == "holds", "requests": 368,
+             "planned_requests": 368, "max_requests": 736, "stopped_early": False,
+             "backlog": {"verdict": recorded, "source": "engine queue"}}
+    (folder / "goodput.json").write_text(json.dumps({"goodput": 0.0, "levels": [level]}))
+
+
+def test_rejudge_shows_the_levels_whose_verdict_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A level the old backlog check failed while its batch filled holds now; one recorded as holding stays."""
+    _kept_level(tmp_path / "trials" / "0003", "fails")
+    _kept_level(tmp_path / "trials" / "0004", "holds")
+    spec = ["--spec", str(REPO / "studies" / "h200-llama8b-chat.yaml")]
+    assert verdicts.main(["--rejudge", str(tmp_path), *spec]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 kept levels judged again, 1 with another verdict than recorded")
+    changed = [line for line in out.splitlines() if line.startswith("| trials/")]
+    assert len(changed) == 1 and "trials/0003" in changed[0]
+    assert "fails → holds (client latency)" in changed[0] and changed[0].endswith("| fails → holds |")
+
+
+def test_rejudge_refuses_what_it_cannot_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert verdicts.main(["--rejudge", str(tmp_path / "nowhere")]) == 2
+    assert verdicts.main(["--rejudge", str(tmp_path)]) == 2  # no study there, and no --spec
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'nowhere'} is not a folder",
+                   f"error: no study in {tmp_path} (no study.db) (or pass --spec)"]

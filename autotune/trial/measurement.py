@@ -111,7 +111,8 @@ def measure(
             level_figures = dict(level_figures)
             telemetry.append(_telemetry_figures(tel, level_figures, windows, load, out_dir))
             if out_dir is not None:
-                _append_level(out_dir / "levels.jsonl", offset, len(telemetry), load, per_request)
+                _append_level(out_dir / "levels.jsonl", offset, len(telemetry), load, per_request,
+                              level_figures.get("engine_queue"))
             return level_figures, per_request
 
         found = search_goodput(
@@ -291,25 +292,33 @@ def _tokenizer(source: str):  # type: ignore[no-untyped-def]
 _LEVEL_COLUMNS = ("start_s", "ttft_s", "tpot_s", "e2e_s")
 
 
-def _append_level(path: Path, search: int, level: int, load: float, rows: list[dict[str, Any]]) -> None:
+def _append_level(
+    path: Path, search: int, level: int, load: float, rows: list[dict[str, Any]], queue: Any = None
+) -> None:
     """One goodput level's requests, kept so that a verdict can be re-examined after the engine is gone.
 
     Columns, not rows, and without the inter-token gaps: a GPU search measures
     thousands of requests, and TPOT already summarises each one's gaps.
+    With the engine's waiting and running counts through the level (``engine_queue``, where it was
+    polled), so that the backlog check can be run again on what it saw.
     """
     columns = {key: [row.get(key) for row in rows] for key in _LEVEL_COLUMNS}
+    kept = {"search": search, "level": level, "load": load, **columns}
+    if queue:
+        kept["engine_queue"] = queue
     with open(path, "a") as f:
-        f.write(json.dumps({"search": search, "level": level, "load": load, **columns}) + "\n")
+        f.write(json.dumps(kept) + "\n")
 
 
 def read_levels(path: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """A ``levels.jsonl`` (or its gzip) back as ``(search, level, load)`` and the level's per-request rows."""
+    """A ``levels.jsonl`` (or its gzip) back as ``(search, level, load)`` (and ``engine_queue`` where kept)
+    and the level's per-request rows."""
     out = []
     text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
     for line in text.splitlines():
         kept = json.loads(line)
         rows = [dict(zip(_LEVEL_COLUMNS, values, strict=True)) for values in zip(*(kept[k] for k in _LEVEL_COLUMNS))]
-        out.append(({k: kept[k] for k in ("search", "level", "load")}, rows))
+        out.append(({k: kept[k] for k in ("search", "level", "load", "engine_queue") if k in kept}, rows))
     return out
 
 
