@@ -13,11 +13,17 @@ start, the measurement and the compile cache's verdict, under a label of
 It prints each run's median of start + measurement per trial and the ratio of
 ``after`` to ``before`` once both are there. ``--study-dir`` resumes a study;
 ``--record-only`` records one as it stands (a run cut before it could).
+Where the code that ran recorded no start-up phases (the code before did
+not), they are read from each trial's kept engine log by this checkout's
+parser (``phases_from: "engine log"``). ``--report FILE`` prints a recorded
+file as Markdown, with the early-stop checks of ``early_stop_check.py``, for
+the docs.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import statistics
@@ -29,6 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from autotune.engines import vllm  # noqa: E402
 from benchmarks._common import engine_seconds  # noqa: E402
 
 
@@ -46,7 +53,7 @@ for t in study.trials:
     if a.get("status") in (None, "infeasible", "surplus"):
         continue
     startup = a.get("startup") or {}
-    out.append({"number": t.number, "state": t.state.name, "status": a.get("status"),
+    out.append({"number": t.number, "state": t.state.name, "status": a.get("status"), "config": t.params,
                 "startup_s": a.get("startup_s"), "measure_s": a.get("measure_s"),
                 "compile_cache_hit": startup.get("compile_cache_hit"), "phases_s": startup.get("phases_s"),
                 "goodput": (a.get("figures") or {}).get("goodput"),
@@ -55,12 +62,92 @@ for t in study.trials:
                 "wall_s": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None})
 base = study.user_attrs.get("baseline")
 print(json.dumps({"trials": out, "baseline": None if not base else
-                  {k: base.get(k) for k in ("startup_s", "measure_s", "status")},
+                  {**{k: base.get(k) for k in ("startup_s", "measure_s", "status")},
+                   "goodput": (base.get("figures") or {}).get("goodput"),
+                   "levels": len((base.get("goodput") or {}).get("levels") or [])},
                   "environment": (study.trials[0].user_attrs.get("environment") if study.trials else None)}))
 '''
     out = subprocess.run([sys.executable, "-c", code, str(study_dir.resolve())], capture_output=True, text=True,
                          env=_env(autotune), cwd=study_dir.resolve().parent, check=True)
     return json.loads(out.stdout)
+
+
+def read_phases(got: dict[str, Any], study_dir: Path) -> None:
+    """Start-up phases from the kept engine logs, for trials (and the defaults' run) whose code recorded none."""
+    runs = [(t, study_dir / "trials" / f"{t['number']:04d}") for t in got["trials"]]
+    if got.get("baseline"):
+        runs.append((got["baseline"], study_dir / "baseline"))
+    for t, folder in runs:
+        if t.get("phases_s"):
+            continue
+        log = next((p for p in (folder / "engine.log", folder / "engine.log.gz") if p.exists()), None)
+        if log is None:
+            continue
+        text = gzip.decompress(log.read_bytes()).decode() if log.suffix == ".gz" else log.read_text()
+        bill = vllm.read_startup(text.splitlines(), t.get("startup_s"))
+        t.update(phases_s=bill.phases, compile_cache_hit=bill.compile_cache_hit, phases_from="engine log")
+
+
+def report(data: dict[str, Any]) -> str:
+    """The recorded runs as Markdown: every trial's start-up bill and measurement, the medians, the checks."""
+    env = data.get("environment") or {}
+    out = [f"{env.get('gpu', '?')}, driver {env.get('driver', '?')}, CUDA {env.get('cuda', '?')}, "
+           f"{env.get('engine', '?')} {env.get('engine_version', '?')}", "",
+           "| code | trial | configuration | start s | compile s (cache) | warm-up s | measure s | levels | goodput |",
+           "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
+
+    def shown(config: dict[str, Any]) -> str:
+        if not config:
+            return "engine defaults"
+        short = {"quantization": "", "max_num_seqs": "mns ", "max_num_batched_tokens": "mnbt ",
+                 "block_size": "block ", "kv_cache_dtype": "kv ", "enable_prefix_caching": "prefix "}
+        return ", ".join(f"{label}{config[k]}" for k, label in short.items() if k in config)
+
+    def row(label: str, number: Any, t: dict[str, Any]) -> str:
+        p = t.get("phases_s") or {}
+        hit = {True: "hit", False: "miss"}.get(t.get("compile_cache_hit"), "-")
+        compile_s = f"{p['compile']:.0f} ({hit})" if "compile" in p else "-"
+        goodput = (f"< {t['goodput_upper_bound']:g}" if t.get("goodput_upper_bound") else
+                   "-" if t.get("goodput") is None else f"{t['goodput']:g}")
+        cells = [label, str(number), shown(t.get("config") or {}), _s(t.get("startup_s")), compile_s,
+                 _s(p.get("warmup")), _s(t.get("measure_s")), str(t.get("levels", "-")), goodput]
+        return "| " + " | ".join(cells) + " |"
+
+    for label in ("before", "after"):
+        run = data.get(label) or {}
+        if run.get("baseline"):
+            out.append(row(label, "defaults", {**run["baseline"], "config": {}}))
+        out += [row(label, t["number"], t) for t in run.get("trials", [])]
+    out.append("")
+    for label in ("before", "after"):
+        run = data.get(label) or {}
+        if run.get("median_trial_s") is not None:
+            trials = run["trials"]
+            starts = statistics.median(t["startup_s"] for t in trials)
+            measures = statistics.median(t["measure_s"] or 0.0 for t in trials)
+            out.append(f"- {label}: {len(trials)} trials, median start + measurement {run['median_trial_s']:.0f} s "
+                       f"(median start {starts:.0f} s, median measurement {measures:.0f} s), "
+                       f"{run['gpu_seconds'] / 60:.1f} engine-minutes in all")
+    if all((data.get(k) or {}).get("median_trial_s") for k in ("before", "after")):
+        out.append(f"- after / before: **{data['after']['median_trial_s'] / data['before']['median_trial_s']:.2f}** "
+                   "(target <= 0.5)")
+    checks = data.get("early_stop_checks") or []
+    if checks:
+        out += ["", "Early-stopped trials searched in full on a fresh start (`early_stop_check.py`):", "",
+                "| trial | stopped below | full search | levels (✓ holds, ✗ fails, ? uncertain) | verdict |",
+                "| --- | ---: | ---: | --- | --- |"]
+        mark = {"holds": "✓", "fails": "✗", "uncertain": "?"}
+        for c in checks:
+            levels = " ".join(f"{load:g} {mark.get(v, v)}" for load, v in c["levels"])
+            verdict = ("stays below" if not c["flipped"] else
+                       "flipped, held with confidence" if c.get("flipped_with_confidence") else
+                       "flipped on uncertain levels")
+            out.append(f"| {c['trial']} | {c['bound']:g} | {c['goodput']:g} | {levels} | {verdict} |")
+    return "\n".join(out)
+
+
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}"
 
 
 def _env(autotune: Path) -> dict[str, str]:
@@ -73,16 +160,26 @@ def _env(autotune: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--spec", type=Path, required=True)
-    p.add_argument("--trials", type=int, required=True)
-    p.add_argument("--label", required=True, help="before or after")
+    p.add_argument("--spec", type=Path)
+    p.add_argument("--trials", type=int)
+    p.add_argument("--label", help="before or after")
     p.add_argument("--autotune", type=Path, default=REPO, help="the source folder of the autotune to run")
     p.add_argument("--study-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--report", type=Path, metavar="FILE", help="print a recorded file as Markdown; run nothing")
     p.add_argument("--record-only", action="store_true",
                    help="run nothing: record the trials of the study in --study-dir as it stands")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more optimize flags")
     args = p.parse_args(argv)
+    if args.report is not None:
+        if not args.report.exists():
+            print(f"error: {args.report} does not exist", file=sys.stderr)
+            return 2
+        print(report(json.loads(args.report.read_text())))
+        return 0
+    missing = [f"--{k.replace('_', '-')}" for k in ("spec", "trials", "label", "out") if getattr(args, k) is None]
+    if missing:
+        p.error(f"{', '.join(missing)} needed to run or record a study (or --report FILE to print one)")
 
     study_dir = (args.study_dir or (REPO / "autotune-runs" / f"trial-cost-{args.label}")).resolve()
     study_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     # A study cut short (an interrupt, a machine's time running out) keeps the trials it finished: record them.
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     got = trials_of(study_dir, args.autotune.resolve())
+    read_phases(got, study_dir)
     costs = [c for c in (engine_seconds(t) for t in got["trials"]) if c is not None]
     got["gpu_seconds"] = sum(costs) + (engine_seconds(got.get("baseline") or {}) or 0.0)
     got["median_trial_s"] = statistics.median(costs) if costs else None

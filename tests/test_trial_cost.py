@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 import yaml
@@ -79,3 +80,61 @@ def test_a_run_interrupted_mid_study_records_the_trials_it_finished(tmp_path: Pa
     assert rerecorded["trials"] == recorded["trials"]
     assert rerecorded["command"] == recorded["command"]
     assert _completed(study_dir) == finished  # nothing was run
+
+
+def _trial_cost() -> Any:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import trial_cost
+
+    return trial_cost
+
+
+def test_phases_are_read_from_kept_engine_logs_where_the_code_recorded_none(tmp_path: Path) -> None:
+    """The code before a change recorded only a start's total: its kept vLLM logs (here a recorded H200 start,
+    cold and warm, the warm one gzipped) give the phases and the compile cache's verdict."""
+    import gzip
+
+    logs = REPO / "tests" / "data" / "engine_logs"
+    (tmp_path / "trials" / "0000").mkdir(parents=True)
+    (tmp_path / "trials" / "0001").mkdir(parents=True)
+    (tmp_path / "trials" / "0000" / "engine.log").write_text((logs / "vllm_h200_defaults_cold.log").read_text())
+    (tmp_path / "trials" / "0001" / "engine.log.gz").write_bytes(
+        gzip.compress((logs / "vllm_h200_defaults_warm.log").read_bytes()))
+    recorded = {"phases_s": {"compile": 1.0}, "compile_cache_hit": True}
+    got = {"trials": [{"number": 0, "startup_s": 110.0}, {"number": 1, "startup_s": 60.0},
+                      {"number": 2, "startup_s": 90.0, **recorded}, {"number": 3, "startup_s": 80.0}]}
+    _trial_cost().read_phases(got, tmp_path)
+    cold, warm, kept, nolog = got["trials"]
+    assert cold["compile_cache_hit"] is False and warm["compile_cache_hit"] is True
+    assert cold["phases_s"]["compile"] > 2 * warm["phases_s"]["compile"] > 0
+    assert cold["phases_from"] == warm["phases_from"] == "engine log"
+    assert kept == {"number": 2, "startup_s": 90.0, **recorded}  # what the code recorded stands
+    assert nolog == {"number": 3, "startup_s": 80.0}
+
+
+def test_report_draws_every_trial_the_medians_and_the_checks(tmp_path: Path, capsys: Any) -> None:
+    def trial(n: int, start: float, measure: float, **rest: Any) -> dict[str, Any]:
+        return {"number": n, "startup_s": start, "measure_s": measure, "config": {"max_num_seqs": 64 * (n + 1)},
+                "phases_s": {"compile": 30.0, "warmup": 15.0}, "compile_cache_hit": False, "levels": 1, **rest}
+
+    data = {
+        "environment": {"gpu": "NVIDIA H100 80GB HBM3", "driver": "580", "cuda": "13.0", "engine": "vllm",
+                        "engine_version": "0.25.1"},
+        "before": {"trials": [trial(0, 100.0, 100.0, goodput=20.0), trial(1, 110.0, 90.0, goodput=21.0)],
+                   "median_trial_s": 200.0, "gpu_seconds": 400.0},
+        "after": {"trials": [trial(0, 80.0, 20.0, goodput=None, goodput_upper_bound=21.0),
+                             trial(1, 90.0, 60.0, goodput=22.5)],
+                  "baseline": {"startup_s": 95.0, "measure_s": 50.0, "goodput": 19.0, "levels": 4},
+                  "median_trial_s": 125.0, "gpu_seconds": 395.0},
+        "early_stop_checks": [{"trial": 0, "bound": 21.0, "goodput": 19.5, "flipped": False,
+                               "flipped_with_confidence": False, "levels": [[21.0, "fails"], [19.5, "holds"]]}],
+    }
+    assert _trial_cost().main(["--report", "/nowhere.json"]) == 2
+    (tmp_path / "trial-cost.json").write_text(json.dumps(data))
+    assert _trial_cost().main(["--report", str(tmp_path / "trial-cost.json")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| before") or line.startswith("| after")]
+    assert len(rows) == 5 and rows[2].startswith("| after | defaults | engine defaults | 95 |")
+    assert "| after | 0 | mns 64 | 80 | 30 (miss) | 15 | 20 | 1 | < 21 |" in rows
+    assert "after / before: **0.62**" in out and "median start 85 s, median measurement 40 s" in out
+    assert "| 0 | 21 | 19.5 | 21 ✗ 19.5 ✓ | stays below |" in out
