@@ -252,18 +252,20 @@ def test_a_closed_loop_warms_up_for_a_few_latencies(server: tuple[str, MeteredEn
     assert len(rows) == 20 and len(engine.prompts) == 4 + figures["load_warmup_requests"] + 20
 
 
-def test_an_uncertain_level_is_extended_on_the_wire(server: tuple[str, MeteredEngine]) -> None:
-    """50 clean requests cannot confirm 95% (72 can): the level runs on to its next look, 75."""
+def test_a_level_planned_too_short_runs_on_to_where_it_can_hold_on_the_wire(
+    server: tuple[str, MeteredEngine]
+) -> None:
+    """50 clean requests cannot confirm 95% (72 can): the level is looked at first at 72, and holds there."""
     url, _ = server
     slos = parse_slos("ttft<2s@95%")
     workload = WORKLOAD.model_copy(update={"num_requests": 50})
     measure = endpoint_measure(url, "m", WordTokenizer(), 1000, workload, unit="req/s", warmup_s=0, constraints=slos)
     result = search_goodput(measure, slos, unit="req/s", start=100.0, max_levels=1)
     level = result.levels[0]
-    assert level.verdict == "holds" and level.requests == 75
+    assert level.verdict == "holds" and level.requests == 72
     doc = level.to_json()
-    assert doc["planned_requests"] == 50 and doc["max_requests"] == 100 and doc["extended"] is True
-    assert doc["stop_reason"] == "holds at 75 requests" and doc["slos"]["ttft<2s@95%"]["n"] == 75
+    assert doc["planned_requests"] == 50 and doc["max_requests"] == 100 and doc["extended"] is False
+    assert doc["stop_reason"] == "holds at 72 requests" and doc["slos"]["ttft<2s@95%"]["n"] == 72
 
 
 def test_a_condemned_level_is_cut_short_on_the_wire(server: tuple[str, MeteredEngine]) -> None:

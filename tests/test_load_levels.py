@@ -194,17 +194,29 @@ def test_a_settled_level_stops_at_its_plan() -> None:
     assert feed(stopper, [0.1] * 800) == 400 and stopper.decided_at == 400
 
 
+def test_a_level_planned_too_short_to_hold_looks_first_where_it_can() -> None:
+    """300 clean requests cannot confirm a p99 (368 can): a look at 300 could only extend a level that holds."""
+    stopper = LevelStopper(P99, planned=300, cap=600)
+    assert stopper.looks == [368, 518, 600]
+    assert feed(stopper, [0.1] * 600) == 368 and stopper.decided_at == 368
+    assert stopper.reason == "holds at 368 requests"
+    # Where even the cap cannot confirm it, the plan stands: the level is left to its point estimates.
+    assert LevelStopper(P99, planned=300, cap=360).looks == [300, 360]
+    assert LevelStopper(P99, planned=400, cap=800).looks[0] == 400  # planned enough already
+
+
 def test_an_uncertain_level_is_extended_when_more_requests_can_settle_it() -> None:
-    stopper = LevelStopper(P99, planned=300, cap=600)  # 300 clean requests: uncertain, 368 would hold
-    assert feed(stopper, [0.1] * 600) == 450
-    assert stopper.looks == [300, 450, 600] and stopper.decided_at == 450
+    stopper = LevelStopper(P99, planned=300, cap=900)
+    ttfts = [0.5 if i == 100 else 0.1 for i in range(900)]  # one miss: uncertain at 368 and 518, holds at 668
+    assert feed(stopper, ttfts) == 668
+    assert stopper.looks == [368, 518, 668, 818, 900] and stopper.decided_at == 668
 
 
 def test_an_uncertain_level_is_not_extended_in_vain() -> None:
     stopper = LevelStopper(P99, planned=300, cap=600)
-    ttfts = [0.5 if i in (100, 200) else 0.1 for i in range(600)]  # 0.67%: uncertain at 300 and at 600 alike
-    assert feed(stopper, ttfts) == 300
-    assert stopper.decided_at == 300 and "would not settle" in stopper.reason
+    ttfts = [0.5 if i in (100, 200) else 0.1 for i in range(600)]  # 0.54%: uncertain at 368 and at 600 alike
+    assert feed(stopper, ttfts) == 368
+    assert stopper.decided_at == 368 and "would not settle" in stopper.reason
 
 
 def test_the_prefix_decides_not_the_fastest_requests() -> None:

@@ -155,6 +155,19 @@ class _Rule:
                 lo = mid + 1
         return lo
 
+    def fewest_to_hold(self, upto: int) -> int | None:
+        """Fewest requests, all meeting the bound, that hold the SLO with confidence; None if ``upto`` cannot."""
+        if self.decide(upto, upto) != "holds":
+            return None
+        lo, hi = 1, upto  # decide(n, n) holds from some n on
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.decide(mid, mid) == "holds":
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def verdict(self, rows: Sequence[Mapping[str, Any]], planned: int | None) -> SloVerdict:
         n = len(rows)
         k = sum(1 for row in rows if self.meets(row))
@@ -314,7 +327,9 @@ class LevelStopper:
 
     The level is planned at ``planned`` requests and may run to ``cap``.  It
     is looked at when the first ``planned`` requests (in send order) have all
-    finished, then every ``step * planned`` more, up to ``cap``: at a look it
+    finished (or, where that is too few to hold any SLO with confidence even
+    with no miss, and ``cap`` is enough, the fewest that are), then every
+    ``step * planned`` more, up to ``cap``: at a look it
     stops if every statistical SLO is settled, or if the miss rate so far,
     carried to ``cap``, would still leave one uncertain (extending is then
     futile).  Between looks it stops as soon as the misses among the next
@@ -334,8 +349,12 @@ class LevelStopper:
             raise ValueError("need 1 <= planned <= cap")
         self.rules = [_Rule(c, confidence, design_effect) for c in constraints if statistical(c)]
         self.cap = cap
+        # Below the fewest clean requests that can hold every SLO (a p99 at 95%: 367), a look can only fail
+        # or find the level uncertain, and every level that holds would be extended: look first there.
+        needed = [rule.fewest_to_hold(cap) for rule in self.rules]
+        first = max([planned, *needed]) if None not in needed else planned  # type: ignore[type-var]
         gap = max(1, math.ceil(step * planned))
-        self.looks = [*range(planned, cap, gap), cap]
+        self.looks = [*range(first, cap, gap), cap]
         self.met: list[list[bool | None]] = [[None] * cap for _ in self.rules]
         self.finished = [False] * cap
         self.prefix = 0  # requests 0..prefix-1 have all finished
