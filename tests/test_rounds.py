@@ -14,12 +14,19 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune.tuning.rounds import ENQUEUED_ATTR, PLANNED_ATTR, ROUNDS_ATTR, RoundPlanner, planner_for
-from autotune.space.steps import neighbours
-from autotune.tuning.importance import param_importances
 from autotune.space import Knob, SearchSpace
+from autotune.space.steps import neighbours
 from autotune.spec import RoundsOptions
 from autotune.tuning import suggest
+from autotune.tuning.importance import param_importances
+from autotune.tuning.rounds import (
+    ENQUEUED_ATTR,
+    PLANNED_ATTR,
+    ROUNDS_ATTR,
+    RoundPlanner,
+    compiled_first,
+    planner_for,
+)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -224,12 +231,22 @@ def test_neighbours_sharing_the_last_compiled_graph_run_first_and_the_set_is_unc
         study.optimize(objective, n_trials=4)
         planner.advance(4)
         waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))]
-        return waiting, study.trials[3].user_attrs["config"]["chunk"]
+        return waiting, [t.user_attrs["config"]["chunk"] for t in study.trials[:4]]
 
     plain, _ = planned("plain", None)
-    keyed, last_chunk = planned("keyed", lambda config: str(config["chunk"]))
+    keyed, chunks = planned("keyed", lambda config: str(config["chunk"]))
     assert sorted(map(str, plain)) == sorted(map(str, keyed))  # the same neighbours: the search is not bent
     assert len(keyed) == 3
-    shares = [p["chunk"] == last_chunk for p in keyed]
-    assert shares == sorted(shares, reverse=True)  # those that share the last graph come first
-    assert any(shares) and not all(shares)  # both kinds were there to order
+    # Those whose graph a trial compiled come first, the last trial's before the others'.
+    ranks = [(p["chunk"] in chunks, p["chunk"] == chunks[-1]) for p in keyed]
+    assert ranks == sorted(ranks, reverse=True)
+    assert len(set(ranks)) > 1, ranks  # more than one kind was there to order
+
+
+def test_a_graph_any_earlier_trial_compiled_counts_not_only_the_last() -> None:
+    """The compile cache keeps every graph a trial compiled on the machine, not only the last one's."""
+    keys = ["new", "early", "last", "new2", "early"]
+    order = compiled_first(list(range(5)), lambda i: keys[i], {"early", "last"}, "last")
+    assert [keys[i] for i in order] == ["last", "early", "early", "new", "new2"]
+    assert order == [2, 1, 4, 0, 3]  # otherwise in the order given
+    assert compiled_first([0, 1], lambda i: keys[i], set(), None) == [0, 1]  # nothing compiled yet

@@ -42,7 +42,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -60,6 +60,7 @@ IMPORTANCE_ATTR = "rounds_importances"  # [{round, trials, importances}]
 ENQUEUED_ATTR = "enqueued_by_rounds"  # on an enqueued trial: why it was enqueued
 
 Kind = Literal["extend", "freeze", "enqueue", "keep", "skip"]
+T = TypeVar("T")
 
 
 @dataclass
@@ -277,20 +278,27 @@ class RoundPlanner:
                     reason = f"neighbour of trial #{source.number}: {name} {_fmt(config[name])} -> {_fmt(value)}"
                     chosen.append((params, name, reason))
                     break
-        # The same neighbours, in a cheaper order: those that share the last trial's compiled
-        # graph first, so the engine loads it from the compile cache instead of compiling anew.
-        last = self._last_compile_key()
-        if last:
-            chosen.sort(key=lambda c: self.compile_key({**fixed, **c[0]}) != last)
+        # The same neighbours, in a cheaper order: those whose graph an earlier trial compiled first (the
+        # engine loads it from the compile cache instead of compiling anew: on an H100, 25-43 s of compile
+        # and 11-20 s of kernel warm-up), the last trial's before the others.
+        compiled, last = self._compiled_keys()
+        chosen = compiled_first(chosen, lambda c: self.compile_key({**fixed, **c[0]}), compiled, last)
         decisions: list[Decision] = []
         for params, name, reason in chosen:
             self.study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: reason})
             decisions.append(Decision(rnd, "enqueue", name, reason))
         return decisions
 
-    def _last_compile_key(self) -> str | None:
-        ran = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("compile_key")]
-        return max(ran, key=lambda t: t.number).user_attrs["compile_key"] if ran else None
+    def _compiled_keys(self) -> tuple[set[str], str | None]:
+        """The compile keys of the trials that ran, and the last one's (None before any ran)."""
+        ran = sorted((t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("compile_key")),
+                     key=lambda t: t.number)
+        return {t.user_attrs["compile_key"] for t in ran}, (ran[-1].user_attrs["compile_key"] if ran else None)
+
+
+def compiled_first(items: Sequence[T], key_of: Callable[[T], str], compiled: set[str], last: str | None) -> list[T]:
+    """``items`` whose compile key is in ``compiled`` first, those with ``last`` before the others; else as given."""
+    return sorted(items, key=lambda item: ((k := key_of(item)) not in compiled, k != last))
 
 
 def _key(config: Mapping[str, Any], names: Sequence[str]) -> str:
