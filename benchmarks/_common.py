@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import json
 import math
 import os
 import platform
@@ -15,7 +16,7 @@ import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,15 @@ class Stat:
         if self.n == 0 or math.isnan(self.mean):
             return "n/a"
         return f"{fmt.format(self.mean)} ± {fmt.format(self.std)}"
+
+
+def print_report(path: Path, draw: Callable[[dict[str, Any]], str]) -> int:
+    """``--report FILE``: a recorded file drawn for the docs, measuring nothing; 2, with one line, if there is none."""
+    if not path.exists():
+        print(f"error: {path} does not exist", file=sys.stderr)
+        return 2
+    print(draw(json.loads(path.read_text())))
+    return 0
 
 
 def engine_seconds(record: Mapping[str, Any]) -> float | None:

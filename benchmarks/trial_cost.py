@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autotune.engines import vllm  # noqa: E402
-from benchmarks._common import engine_seconds  # noqa: E402
+from benchmarks._common import engine_seconds, print_report  # noqa: E402
 
 
 def trials_of(study_dir: Path, autotune: Path) -> dict[str, Any]:
@@ -172,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more optimize flags")
     args = p.parse_args(argv)
     if args.report is not None:
-        if not args.report.exists():
-            print(f"error: {args.report} does not exist", file=sys.stderr)
-            return 2
-        print(report(json.loads(args.report.read_text())))
-        return 0
+        return print_report(args.report, report)
     missing = [f"--{k.replace('_', '-')}" for k in ("spec", "trials", "label", "out") if getattr(args, k) is None]
     if missing:
         p.error(f"{', '.join(missing)} needed to run or record a study (or --report FILE to print one)")

@@ -72,6 +72,7 @@ from autotune.load.levels import design_effect, judge_level, statistical  # noqa
 from autotune.spec import GoodputOptions, load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, read_levels, setup_from_spec  # noqa: E402
 from autotune.tuning import load_study  # noqa: E402
+from benchmarks._common import print_report  # noqa: E402
 
 SAME_MACHINE = ("gpu", "engine", "engine_version", "cuda")
 CONFIGS = {"defaults": {}, "fp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"}}
@@ -348,11 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rejudge_report(rejudge(args.rejudge, setup)))
         return 0
     if args.report is not None:
-        if not args.report.exists():
-            print(f"error: {args.report} does not exist", file=sys.stderr)
-            return 2
-        print(report(json.loads(args.report.read_text())))
-        return 0
+        return print_report(args.report, report)
     if args.clustering is not None:
         if args.spec is None or not args.clustering.is_dir():
             p.error("--clustering needs an existing --logs folder and --spec")
