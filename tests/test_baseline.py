@@ -93,6 +93,10 @@ def test_versus_defaults_says_when_there_is_no_interval() -> None:
     assert versus_defaults(repeated, base_rep, "output_throughput", maximize=True) == (
         f"best: trial 2, 1.30x the defaults' out tok/s (95% CI {120 / 105:.2f}..{140 / 95:.2f})")
     assert "not measured" in versus_defaults(best, None, "output_throughput", True)
+    # Below the defaults on one reading each: plainly no win, whatever an interval would say.
+    worse = TrialRecord(0, "complete", (86.0,), {}, {"figures": {"output_throughput": 86.0}})
+    assert versus_defaults(worse, base, "output_throughput", maximize=True) == (
+        "nothing beat the defaults (best: trial 0, 0.86x the defaults' out tok/s, one reading each)")
 
 
 def test_verify_can_take_the_defaults_as_a_candidate(tmp_path: Path) -> None:

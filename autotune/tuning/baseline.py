@@ -142,6 +142,9 @@ def versus_defaults(best: TrialRecord | None, baseline: TrialRecord | None, metr
     low, high = (b[1] / a[2], b[2] / a[1]) if maximize else (a[1] / b[2], a[2] / b[1])
     what = label(metric) if maximize else f"lower {label(metric)}"
     if not (math.isfinite(low) and low > 0) or (low == high == ratio):
+        if ratio <= 1:  # below the defaults on its own reading: no interval could make that a win
+            return (f"nothing beat the defaults (best: trial {best.number}, {ratio:.2f}x the defaults' {what}, "
+                    "one reading each)")
         return (f"best: trial {best.number}, {ratio:.2f}x the defaults' {what} (one reading each, no interval: "
                 "`autotune verify` measures one)")
     interval = f"95% CI {low:.2f}..{high:.2f}" if math.isfinite(high) else f"95% CI above {low:.2f}"
