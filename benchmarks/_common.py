@@ -88,6 +88,17 @@ class Stat:
         return f"{fmt.format(self.mean)} ± {fmt.format(self.std)}"
 
 
+#: How a level's verdict is drawn in the reports' tables.
+MARK: dict[Any, str] = {"holds": "✓", "fails": "✗", "uncertain": "?", True: "✓", False: "✗"}
+
+
+def flip_verdict(check: Mapping[str, Any]) -> str:
+    """What an early-stopped trial's full search says of its early stop (``early_stop_check.py``'s record)."""
+    if not check["flipped"]:
+        return "stays below"
+    return "flipped, held with confidence" if check.get("flipped_with_confidence") else "flipped on uncertain levels"
+
+
 def print_report(path: Path, draw: Callable[[dict[str, Any]], str]) -> int:
     """``--report FILE``: a recorded file drawn for the docs, measuring nothing; 2, with one line, if there is none."""
     if not path.exists():

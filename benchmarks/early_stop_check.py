@@ -36,6 +36,7 @@ from autotune.environment import record  # noqa: E402
 from autotune.errors import UserError  # noqa: E402
 from autotune.trial import measure, plan, setup_from_spec  # noqa: E402
 from autotune.tuning import StudyResults, load_study  # noqa: E402
+from benchmarks._common import flip_verdict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,10 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         data["early_stop_checks_environment"] = record(setup.engine.name, setup.engine.version(), setup.device)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(data, indent=2))
-        verdict = ("stays below" if not check["flipped"] else
-                   "FLIPPED, held with confidence" if check["flipped_with_confidence"] else
-                   "FLIPPED on uncertain levels")
-        print(f"trial {t.number}: stopped below {bound:g}, searched in full: {full} ({verdict})", flush=True)
+        print(f"trial {t.number}: stopped below {bound:g}, searched in full: {full} ({flip_verdict(check)})",
+              flush=True)
     flipped = sum(c["flipped"] for c in checks)
     confident = sum(bool(c.get("flipped_with_confidence")) for c in checks)
     print(f"{len(checks)} early-stopped trial(s) searched in full, {flipped} flipped ({confident} with confidence)")

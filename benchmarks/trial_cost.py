@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autotune.engines import vllm  # noqa: E402
-from benchmarks._common import engine_seconds, print_report  # noqa: E402
+from benchmarks._common import MARK, engine_seconds, flip_verdict, print_report  # noqa: E402
 
 
 def trials_of(study_dir: Path, autotune: Path) -> dict[str, Any]:
@@ -136,13 +136,9 @@ def report(data: dict[str, Any]) -> str:
         out += ["", "Early-stopped trials searched in full on a fresh start (`early_stop_check.py`):", "",
                 "| trial | stopped below | full search | levels (✓ holds, ✗ fails, ? uncertain) | verdict |",
                 "| --- | ---: | ---: | --- | --- |"]
-        mark = {"holds": "✓", "fails": "✗", "uncertain": "?"}
         for c in checks:
-            levels = " ".join(f"{load:g} {mark.get(v, v)}" for load, v in c["levels"])
-            verdict = ("stays below" if not c["flipped"] else
-                       "flipped, held with confidence" if c.get("flipped_with_confidence") else
-                       "flipped on uncertain levels")
-            out.append(f"| {c['trial']} | {c['bound']:g} | {c['goodput']:g} | {levels} | {verdict} |")
+            levels = " ".join(f"{load:g} {MARK.get(v, v)}" for load, v in c["levels"])
+            out.append(f"| {c['trial']} | {c['bound']:g} | {c['goodput']:g} | {levels} | {flip_verdict(c)} |")
     return "\n".join(out)
 
 

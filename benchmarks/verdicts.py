@@ -68,11 +68,11 @@ from autotune.engines.launcher import free_port  # noqa: E402
 from autotune.engines.serving import serving  # noqa: E402
 from autotune.environment import record  # noqa: E402
 from autotune.errors import UserError  # noqa: E402
-from autotune.load.levels import design_effect, judge_level, statistical  # noqa: E402
+from autotune.load.levels import LevelStopper, design_effect, judge_level, statistical  # noqa: E402
 from autotune.spec import GoodputOptions, load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, read_levels, setup_from_spec  # noqa: E402
 from autotune.tuning import load_study  # noqa: E402
-from benchmarks._common import print_report  # noqa: E402
+from benchmarks._common import MARK, print_report  # noqa: E402
 
 SAME_MACHINE = ("gpu", "engine", "engine_version", "cuda")
 CONFIGS = {"defaults": {}, "fp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"}}
@@ -203,10 +203,12 @@ def rejudge(folder: Path, setup: Any) -> list[dict[str, Any]]:
             was = next((lv for lv in recorded if lv.get("load") == meta["load"]), None)
             figures: dict[str, Any] = {"offered_rate": meta["load"]} if g.unit == "req/s" else {}
             if was and was.get("stopped_early") and was.get("planned_requests"):
-                # cut short at a look: the first look at or past the requests it kept (LevelStopper's looks)
+                # cut short while collecting a look's requests: the look as recorded, or (a level recorded
+                # before it was) the stopper's first look at or past the requests it kept
                 planned, cap = int(was["planned_requests"]), int(was.get("max_requests") or was["planned_requests"])
-                looks = [*range(planned, cap, max(1, math.ceil(0.5 * planned))), cap]
-                figures.update(stopped_early=1.0, cut_short_of=next((n for n in looks if n >= len(rows)), cap))
+                looks = LevelStopper(slos, planned, cap, design_effect=g.design_effect).looks
+                short = was.get("cut_short_of") or next((n for n in looks if n >= len(rows)), cap)
+                figures.update(stopped_early=1.0, cut_short_of=int(short))
             now = judge_level(slos, figures, rows, conservative=g.conservative, queue=meta.get("engine_queue"),
                               design_effect=g.design_effect)
             out.append({
@@ -235,7 +237,6 @@ def rejudge_report(judged: list[dict[str, Any]]) -> str:
 
 
 TARGETS = {"cv": 0.05, "min_over_median": 0.85, "bracket_share_max": 0.05}
-MARK = {"holds": "✓", "fails": "✗", "uncertain": "?", True: "✓", False: "✗"}
 
 
 def report(data: dict[str, Any]) -> str:

@@ -278,6 +278,8 @@ def test_a_condemned_level_is_cut_short_on_the_wire(server: tuple[str, MeteredEn
     assert level.verdict == "fails" and level.figures["stopped_early"] == 1.0
     assert level.requests < 50 and len(engine.prompts) < 2 + 200
     assert "fails whatever" in level.stop_reason and level.to_json()["stopped_early"] is True
+    # the look it was collecting is kept, so that the level can be judged again as it was cut
+    assert level.to_json()["cut_short_of"] == 200 and "of its first 200 requests" in level.stop_reason
 
 
 def test_the_engine_queue_is_read_over_each_level(server: tuple[str, MeteredEngine]) -> None:

@@ -77,7 +77,9 @@ _LOADGEN_KEYS: tuple[str, ...] = (
     "inflight_capped_requests", "inflight_capped_wait_max_ms",
 )
 # How the level was run: its plan, whether it was extended or cut short, its warm-up at load.
-_PLAN_KEYS: tuple[str, ...] = ("planned_requests", "max_requests", "load_warmup_s", "load_warmup_requests")
+_PLAN_KEYS: tuple[str, ...] = (
+    "planned_requests", "max_requests", "cut_short_of", "load_warmup_s", "load_warmup_requests",
+)
 
 
 @dataclass

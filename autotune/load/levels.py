@@ -146,27 +146,12 @@ class _Rule:
 
     def misses_to_fail(self, n: int) -> int:
         """Fewest misses among ``n`` that fail the SLO even if every other request meets it."""
-        lo, hi = 0, n + 1  # decide(n - m, n) is monotone in m
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.decide(n - mid, n) == "fails":
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        return _least(0, n + 1, lambda m: self.decide(n - m, n) == "fails")  # n + 1: none does
 
     def fewest_to_hold(self, upto: int) -> int | None:
         """Fewest requests, all meeting the bound, that hold the SLO with confidence; None if ``upto`` cannot."""
-        if self.decide(upto, upto) != "holds":
-            return None
-        lo, hi = 1, upto  # decide(n, n) holds from some n on
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.decide(mid, mid) == "holds":
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        n = _least(1, upto + 1, lambda k: self.decide(k, k) == "holds")
+        return n if n <= upto else None
 
     def verdict(self, rows: Sequence[Mapping[str, Any]], planned: int | None) -> SloVerdict:
         n = len(rows)
@@ -186,6 +171,18 @@ class _Rule:
         estimate = quantile(values, self.q)
         return SloVerdict(self.c.text, "percentile", verdict, estimate, lower, upper, n, self.c.threshold,
                           not math.isnan(estimate) and self.compare(estimate, self.c.threshold))
+
+
+def _least(lo: int, hi: int, true_from: Callable[[int], bool]) -> int:
+    """The least ``x`` in ``[lo, hi)`` for which ``true_from`` holds, where it holds from some point on; ``hi`` if
+    it never does."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if true_from(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _value(row: Mapping[str, Any], key: str) -> float | None:
