@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import subprocess
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -138,6 +139,7 @@ def record(engine: str, engine_version: str | None, device: str) -> dict[str, An
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "autotune": __version__,
+        **({"autotune_commit": commit} if (commit := source_commit()) else {}),
         "engine": engine,
         "engine_version": engine_version,
         "device": device,
@@ -159,6 +161,28 @@ def record(engine: str, engine_version: str | None, device: str) -> dict[str, An
             ],
         )
     return env
+
+
+@lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The commit of the autotune source that measured, where it runs from a checkout.
+
+    A checkout copied without its ``.git`` (a GPU machine that receives only the
+    files) names it in ``AUTOTUNE_COMMIT``; an installed wheel has none, and its
+    version says enough.
+    """
+    named = os.environ.get("AUTOTUNE_COMMIT", "").strip()
+    if named:
+        return named
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def cpu_model() -> str:
