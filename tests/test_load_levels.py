@@ -403,3 +403,38 @@ def test_without_incumbent_the_search_is_unchanged() -> None:
     again = search_goodput(b, P99, unit="req/s", start=8.0, incumbent=None)
     assert a.calls == b.calls and a.calls[:3] == [8.0, 16.0, 32.0]
     assert plain.goodput == again.goodput and plain.incumbent is None and plain.to_json()["stopped"] is None
+
+
+def test_a_late_burst_with_a_flat_engine_count_is_no_backlog() -> None:
+    """H100, recorded: fp8 at 25 req/s met both SLOs (p99 TPOT 22.6 ms against 25) with the count in the engine
+    flat through the level, yet a TPOT slope fitted through a burst in its last two seconds of sends projected
+    27 ms and failed it. The engine's count judges where it is known; the client's latencies alone still fail it."""
+    import json
+    from pathlib import Path
+
+    rec = json.loads((Path(__file__).parent / "data" / "levels" / "h100_late_burst.json").read_text())
+    rows = [{"start_s": s, "ttft_s": a, "tpot_s": b, "e2e_s": c}
+            for s, a, b, c in zip(rec["start_s"], rec["ttft_s"], rec["tpot_s"], rec["e2e_s"], strict=True)]
+    slos = parse_slos(rec["slo"])
+    assert rec["recorded"]["verdict"] == "fails" and "rising" in rec["recorded"]["backlog"]
+    level = judge_level(slos, {"offered_rate": rec["rate"]}, rows, queue=rec["engine_queue"])
+    assert {s.verdict for s in level.slos.values()} == {"holds"}
+    assert level.backlog["source"] == "engine queue" and level.backlog["served_upper"] >= 1.0
+    assert level.backlog["rising"]["p99(tpot)<25ms"]["projected"] >= 0.025  # the trend is still read and kept
+    assert level.verdict == "holds" and level.holds, level.backlog.get("reason")
+    blind = judge_level(slos, {"offered_rate": rec["rate"]}, rows)
+    assert blind.backlog["source"] == "client latency" and blind.verdict == "fails"
+
+
+def test_a_rising_latency_with_a_growing_engine_count_still_fails() -> None:
+    """The count in the engine grows a little (served 90%, over the 85% bar) while TTFT climbs to cross its
+    bound one level-length later: the rising test stands, because the engine saw the backlog too."""
+    rate = 16.0
+    sends = poisson_offsets(240, rate, 5)
+    view, _ = timed_rows(sends, lambda t, i: 0.05 + 0.014 * t, lambda t, i: 2.05 + 0.014 * t)
+    t = [0.25 * i for i in range(64)]
+    growing = {"t": t, "waiting": [max(0.0, 1.6 * (s - 2)) for s in t], "running": [30.0] * len(t)}
+    level = judge_level(P99, {"offered_rate": rate}, view, queue=growing)
+    assert level.backlog["source"] == "engine queue" and level.backlog["served_upper"] < 1.0
+    assert level.backlog["served"] > 0.85
+    assert level.verdict == "fails" and "rising" in level.backlog["reason"]
