@@ -153,3 +153,19 @@ def test_rejudge_refuses_what_it_cannot_judge(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'nowhere'} is not a folder",
                    f"error: no study in {tmp_path} (no study.db) (or pass --spec)"]
+
+
+def test_the_spread_is_reported_with_its_interval() -> None:
+    """Ten searches read a CV of about 6%: from so few, the true spread may be 4% or 11%, and the report says so."""
+    goodputs = [18.0, 19.0, 19.0, 18.0, 20.0, 19.5, 18.5, 16.0, 19.5, 19.0]  # the H100 defaults' ten searches
+    entry = {**_entry(*[[_level(20.0, 0.024, 0.023, 0.025, "holds")]] * 10), "goodput": goodputs,
+             "bracket": [0.5] * 10, "starts": 4, "start": [1, 1, 2, 2, 3, 3, 3, 4, 4, 4], "startup_s": [1.0] * 4}
+    s = verdicts.summary(entry)
+    lo, hi = s["cv_interval"]
+    assert lo < s["cv"] < hi and round(100 * s["cv"], 1) == 6.1
+    assert round(100 * lo, 1) == 4.2 and round(100 * hi, 1) == 11.1  # chi-square with 9 degrees of freedom
+    few = verdicts.summary({**entry, "goodput": goodputs[:5]})
+    assert few["cv_interval"][1] - few["cv_interval"][0] > hi - lo  # fewer searches, a wider interval
+    assert verdicts.summary({**entry, "goodput": goodputs[:2]})["cv_interval"] is None
+    shown = verdicts.report({"environment": {}, "defaults": entry})
+    assert "| coefficient of variation | 6.1% (95% CI 4.2%-11.1%) | <= 5.0% | **missed** |" in shown
