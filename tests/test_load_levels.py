@@ -7,8 +7,10 @@ intervals come from published tables.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -275,18 +277,20 @@ def _in_system(rows: Sequence[dict[str, Any]], step: float = 0.26) -> dict[str, 
             "running": [0.0] * len(t)}
 
 
+def _recorded(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[Any]]:
+    """A level recorded on a GPU (tests/data/levels): the file, its requests as rows, its SLOs."""
+    rec = json.loads((Path(__file__).parent / "data" / "levels" / f"{name}.json").read_text())
+    rows = [{"start_s": s, "ttft_s": a, "tpot_s": b, "e2e_s": c}
+            for s, a, b, c in zip(rec["start_s"], rec["ttft_s"], rec["tpot_s"], rec["e2e_s"], strict=True)]
+    return rec, rows, parse_slos(rec["slo"])
+
+
 def test_a_batch_still_filling_is_no_backlog() -> None:
     """H100, recorded: 24.5 req/s held p99 TTFT 154 ms and p99 TPOT 23.6 ms against 25, with at most one
     request ever waiting in the engine, yet the old ramp (1.5 latencies of the first requests, 2.8 s)
     judged from 4.2 s, while each request still joined a fuller batch, and read the climb as serving 62%
     of arrivals. Judged after the latency has settled, the level holds, from either source."""
-    import json
-    from pathlib import Path
-
-    rec = json.loads((Path(__file__).parent / "data" / "levels" / "h100_filling_batch.json").read_text())
-    rows = [{"start_s": s, "ttft_s": a, "tpot_s": b, "e2e_s": c}
-            for s, a, b, c in zip(rec["start_s"], rec["ttft_s"], rec["tpot_s"], rec["e2e_s"], strict=True)]
-    slos = parse_slos(rec["slo"])
+    rec, rows, slos = _recorded("h100_filling_batch")
     early = [r["e2e_s"] for r in rows if r["start_s"] < rows[-1]["start_s"] / 3]
     assert float(np.median(early)) < 0.6 * float(np.median([r["e2e_s"] for r in rows]))  # the latency kept rising
     for queue in (None, _in_system(rows)):
@@ -409,13 +413,7 @@ def test_a_late_burst_with_a_flat_engine_count_is_no_backlog() -> None:
     """H100, recorded: fp8 at 25 req/s met both SLOs (p99 TPOT 22.6 ms against 25) with the count in the engine
     flat through the level, yet a TPOT slope fitted through a burst in its last two seconds of sends projected
     27 ms and failed it. The engine's count judges where it is known; the client's latencies alone still fail it."""
-    import json
-    from pathlib import Path
-
-    rec = json.loads((Path(__file__).parent / "data" / "levels" / "h100_late_burst.json").read_text())
-    rows = [{"start_s": s, "ttft_s": a, "tpot_s": b, "e2e_s": c}
-            for s, a, b, c in zip(rec["start_s"], rec["ttft_s"], rec["tpot_s"], rec["e2e_s"], strict=True)]
-    slos = parse_slos(rec["slo"])
+    rec, rows, slos = _recorded("h100_late_burst")
     assert rec["recorded"]["verdict"] == "fails" and "rising" in rec["recorded"]["backlog"]
     level = judge_level(slos, {"offered_rate": rec["rate"]}, rows, queue=rec["engine_queue"])
     assert {s.verdict for s in level.slos.values()} == {"holds"}

@@ -148,7 +148,7 @@ def backlog_verdict(
 
     # The engine's own count is the backlog: where it did not confidently grow, a latency still rising is the
     # batch settling or a late burst, which the SLO's own reading judges.
-    kept_up = out["source"] == "engine queue" and served is not None and served[1] >= 1.0
+    kept_up = out["source"] == "engine queue" and out["served_upper"] >= 1.0
     rising: dict[str, Any] = {}
     for c in constraints:
         key = _FIELD.get(c.metric)
