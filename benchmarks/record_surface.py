@@ -283,6 +283,89 @@ def confirm(
         print(f"confirm {point['config']}: goodput {runs} -> median {point['goodput']:g}", flush=True)
 
 
+def _cell(point: dict[str, Any] | None) -> str:
+    if point is None:
+        return "·"  # not recorded yet
+    if point["status"] != "ok":
+        return point["status"]
+    return f"{point['goodput']:.3g}"
+
+
+def report(data: dict[str, Any]) -> str:
+    """The surface as Markdown: one row per setting of the inner knobs, a column per value of the outermost.
+
+    The outermost knob (``order[0]``) runs across, as a reader compares batch limits; the
+    engine seconds underneath are what the grid cost, the sum a grid search pays.
+    """
+    order = data["order"]
+    outer, inner = order[0], order[1:]
+    values = {name: data["space"][name]["values"] for name in order}
+    by_key = {key(p["config"]): p for p in data["points"]}
+    unit = data.get("goodput_unit") or ""
+    lines = [
+        f"| {' | '.join(inner)} | " + " | ".join(f"{outer}={v}" for v in values[outer]) + " |",
+        "| " + " | ".join("---" for _ in range(len(inner) + len(values[outer]))) + " |",
+    ]
+    for combo in itertools.product(*(values[name] for name in inner)):
+        row = dict(zip(inner, combo))
+        cells = [_cell(by_key.get(key({**row, outer: v}))) for v in values[outer]]
+        lines.append("| " + " | ".join([*(json.dumps(v) if v is None else str(v) for v in combo), *cells]) + " |")
+    points = data["points"]
+    total = len(grid_points(values))
+    spent = list(points) + ([data["defaults"]] if "defaults" in data else [])
+    engine_s = sum(p["engine_s"] for p in spent)
+    start_s = sum(p["startup_s"] for p in spent)
+    lines.append("")
+    lines.append(f"{len(points)} of {total} points, goodput in {unit} under {data['slo']}; "
+                 f"engine time {engine_s / 60:.1f} min ({start_s / max(engine_s, 1e-9):.0%} starting engines)"
+                 + (", defaults included" if "defaults" in data else ""))
+    feasible = [p for p in points if p.get("feasible")]
+    defaults = data.get("defaults")
+    if defaults:
+        lines.append(f"engine defaults (no knob set): {_cell(defaults)} {unit}")
+    if feasible:
+        best = max(feasible, key=lambda p: p["goodput"])
+        ratio = (f", {best['goodput'] / defaults['goodput']:.2f}x the defaults"
+                 if defaults and defaults.get("feasible") else "")
+        lines.append(f"best: {best['config']} at {best['goodput']:g} {unit}{ratio}")
+    return "\n".join(lines)
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Goodput against the outermost knob, a line per setting of the others, the defaults as a level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = data["order"]
+    outer, inner = order[0], order[1:]
+    xs = data["space"][outer]["values"]
+    by_key = {key(p["config"]): p for p in data["points"]}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for combo in itertools.product(*(data["space"][name]["values"] for name in inner)):
+        row = dict(zip(inner, combo))
+        got = [(x, by_key[key({**row, outer: x})]) for x in xs if key({**row, outer: x}) in by_key]
+        if got:
+            ax.plot([x for x, _ in got], [p["goodput"] for _, p in got], "o-",
+                    label=", ".join(f"{k}={v}" for k, v in row.items()))
+    if data.get("defaults", {}).get("feasible"):
+        ax.axhline(data["defaults"]["goodput"], color="grey", linestyle="--", label="engine defaults")
+    if all(isinstance(x, (int, float)) and x > 0 for x in xs) and len(xs) > 2 and xs[-1] / xs[0] >= 8:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel(outer)
+    ax.set_ylabel(f"goodput, {data.get('goodput_unit') or ''} under {data['slo']}")
+    gpu = (data.get("environment") or {}).get("gpu") or (data.get("environment") or {}).get("device") or ""
+    ax.set_title(f"{data['model']} on {data['engine']} {gpu}".strip(), fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -306,7 +389,18 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"once the grid is complete, measure the N best points {CONFIRM_RUNS} times each (median)")
     parser.add_argument("--defaults", action="store_true",
                         help="also record the engine's own defaults (no knob set), measured first, as a study does")
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE",
+                        help="print a recorded surface as a Markdown table and stop (no engine)")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG", help="with --report: also draw it here")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        data = load(args.report)
+        if not data:
+            raise SystemExit(f"error: no surface at {args.report}")
+        print(report(data))
+        if args.plot is not None:
+            plot(data, args.plot)
+        return 0
     signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the engine's process group is torn down
 
     preset = PRESETS[args.preset]
