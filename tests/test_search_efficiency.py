@@ -4,6 +4,8 @@ and ``autotune review`` on a study made with the replay objective and real SQLit
 from __future__ import annotations
 
 import json
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +52,8 @@ def test_table_and_json_on_a_small_surface(tmp_path: Path) -> None:
         "--target", "1.0", "--json", str(out),
     )
     assert done.returncode == 0, done.stderr
-    for header in ("method", "reached", "trials to target", "engine-min to target", "trials / grid", "engine-min / grid"):
+    for header in ("method", "reached", "trials to target", "engine-min to target", "trials / grid",
+                   "engine-min / grid", "median"):
         assert header in done.stdout
     for method in ("grid", "random", "tpe", "rounds+tpe"):
         assert f"│ {method} " in done.stdout
@@ -65,6 +68,9 @@ def test_table_and_json_on_a_small_surface(tmp_path: Path) -> None:
         m = result["methods"][method]
         assert m["runs"] == 3 and len(m["per_seed_trials"]) == 3
         assert all(1 <= t <= n for t in m["per_seed_trials"])
+        # The median column: half the seeds spent at most that share of the grid's engine time.
+        share = statistics.median(m["per_seed_engine_min"]) / result["grid_engine_min"]
+        assert re.search(rf"^│ {re.escape(method)} .*│ +{share:.0%} │$", done.stdout, re.M)
 
 
 def test_grid_order_is_auto_tunes_and_costs_are_recorded(tmp_path: Path) -> None:
