@@ -426,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     for field in ("space", "fixed", "slo", "workload", "model"):
         if data.get(field) != fresh[field]:
             raise SystemExit(f"error: {args.out} was recorded with another {field}; choose another --out")
+    for field in ("gpu", "engine_version"):
+        # A surface is one machine's: a point from another GPU or engine release is not comparable.
+        was, now = data["environment"].get(field), fresh["environment"].get(field)
+        if was != now:
+            raise SystemExit(f"error: {args.out} was recorded with {field} {was}, this machine has {now}; "
+                             "choose another --out")
     done = {key(p["config"]) for p in data["points"]}
     todo = [c for c in grid_points(grid) if key(c) not in done]
     # Whether every point of the grid is in the file: a replay compares searches with the whole grid.

@@ -30,7 +30,10 @@ left=${SECONDS_LEFT:-480}
 # one trial (a start and a full search) must still fit.
 wall=$(( left - ${TRIAL_S:-300} ))
 spec=studies/h200-llama8b-chat.yaml
-data=${DATA:-benchmarks/data/h200}   # another GPU model: its own folder, e.g. DATA=benchmarks/data/h100
+# Each GPU model keeps its own folder: figures from an H100 never mix with the H200's.
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+case "$gpu" in *H100*) model_dir=h100 ;; *) model_dir=h200 ;; esac
+data=${DATA:-benchmarks/data/$model_dir}
 study=${STUDY:-$data/study}
 bf16=${STUDY_BF16:-$data/study-bf16}
 mkdir -p "$data"

@@ -1,4 +1,5 @@
-"""``record_surface.py --report``: a recorded surface drawn as a table and a plot, complete or partial."""
+"""``record_surface.py``: a recorded surface drawn as a table and a plot, complete or partial, and
+a surface that only the machine and engine release it was recorded on may extend (no engine starts here)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,22 @@ def test_a_partial_surface_shows_what_is_missing_and_reads_against_its_defaults(
     best = max((p for p in data["points"] if p["feasible"]), key=lambda p: p["goodput"])
     ratio = best["goodput"] / data["defaults"]["goodput"]
     assert f"{ratio:.2f}x the defaults" in table
+
+
+def test_a_surface_is_extended_only_on_the_gpu_and_engine_it_was_recorded_on(tmp_path: Path) -> None:
+    data = json.loads(SURFACE.read_text())
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(data))
+    # Every point is in the file, so resuming it here measures nothing and starts no engine.
+    out = subprocess.run([sys.executable, str(SCRIPT), "--out", str(same), "--max-seconds", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "36 point(s) recorded, 0 to go" in out.stdout
+    for field, value in (("gpu", "NVIDIA H200"), ("engine_version", "0.25.1")):
+        other = tmp_path / f"other-{field}.json"
+        other.write_text(json.dumps({**data, "environment": {**data["environment"], field: value}}))
+        before = other.read_text()
+        out = subprocess.run([sys.executable, str(SCRIPT), "--out", str(other), "--max-seconds", "0"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and f"recorded with {field} {value}" in out.stderr, out.stdout + out.stderr
+        assert other.read_text() == before  # nothing measured is lost or rewritten
