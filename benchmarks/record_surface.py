@@ -291,27 +291,35 @@ def _cell(point: dict[str, Any] | None) -> str:
     return f"{point['goodput']:.3g}"
 
 
+def _rows(data: dict[str, Any]) -> list[tuple[dict[str, Any], list[tuple[Any, dict[str, Any] | None]]]]:
+    """Each setting of the inner knobs, with the point (or None) at every value of the outermost."""
+    outer, inner = data["order"][0], data["order"][1:]
+    by_key = {key(p["config"]): p for p in data["points"]}
+    out = []
+    for combo in itertools.product(*(data["space"][name]["values"] for name in inner)):
+        row = dict(zip(inner, combo))
+        out.append((row, [(x, by_key.get(key({**row, outer: x}))) for x in data["space"][outer]["values"]]))
+    return out
+
+
 def report(data: dict[str, Any]) -> str:
     """The surface as Markdown: one row per setting of the inner knobs, a column per value of the outermost.
 
     The outermost knob (``order[0]``) runs across, as a reader compares batch limits; the
     engine seconds underneath are what the grid cost, the sum a grid search pays.
     """
-    order = data["order"]
-    outer, inner = order[0], order[1:]
-    values = {name: data["space"][name]["values"] for name in order}
-    by_key = {key(p["config"]): p for p in data["points"]}
+    outer, inner = data["order"][0], data["order"][1:]
+    xs = data["space"][outer]["values"]
     unit = data.get("goodput_unit") or ""
     lines = [
-        f"| {' | '.join(inner)} | " + " | ".join(f"{outer}={v}" for v in values[outer]) + " |",
-        "| " + " | ".join("---" for _ in range(len(inner) + len(values[outer]))) + " |",
+        f"| {' | '.join(inner)} | " + " | ".join(f"{outer}={x}" for x in xs) + " |",
+        "| " + " | ".join("---" for _ in range(len(inner) + len(xs))) + " |",
     ]
-    for combo in itertools.product(*(values[name] for name in inner)):
-        row = dict(zip(inner, combo))
-        cells = [_cell(by_key.get(key({**row, outer: v}))) for v in values[outer]]
-        lines.append("| " + " | ".join([*(json.dumps(v) if v is None else str(v) for v in combo), *cells]) + " |")
+    for row, cells in _rows(data):
+        names = [json.dumps(v) if v is None else str(v) for v in row.values()]
+        lines.append("| " + " | ".join([*names, *(_cell(p) for _, p in cells)]) + " |")
     points = data["points"]
-    total = len(grid_points(values))
+    total = len(grid_points({name: data["space"][name]["values"] for name in data["order"]}))
     spent = list(points) + ([data["defaults"]] if "defaults" in data else [])
     engine_s = sum(p["engine_s"] for p in spent)
     start_s = sum(p["startup_s"] for p in spent)
@@ -338,22 +346,20 @@ def plot(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = data["order"]
-    outer, inner = order[0], order[1:]
+    outer = data["order"][0]
     xs = data["space"][outer]["values"]
-    by_key = {key(p["config"]): p for p in data["points"]}
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for combo in itertools.product(*(data["space"][name]["values"] for name in inner)):
-        row = dict(zip(inner, combo))
-        got = [(x, by_key[key({**row, outer: x})]) for x in xs if key({**row, outer: x}) in by_key]
+    for row, cells in _rows(data):
+        got = [(x, p) for x, p in cells if p is not None]
         if got:
             ax.plot([x for x, _ in got], [p["goodput"] for _, p in got], "o-",
                     label=", ".join(f"{k}={v}" for k, v in row.items()))
     if data.get("defaults", {}).get("feasible"):
         ax.axhline(data["defaults"]["goodput"], color="grey", linestyle="--", label="engine defaults")
-    if all(isinstance(x, (int, float)) and x > 0 for x in xs) and len(xs) > 2 and xs[-1] / xs[0] >= 8:
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
+    if all(isinstance(x, (int, float)) and x > 0 for x in xs):
+        if xs[-1] / xs[0] >= 4:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])  # the grid's own values, recorded yet or not
     ax.set_xlabel(outer)
     ax.set_ylabel(f"goodput, {data.get('goodput_unit') or ''} under {data['slo']}")
     gpu = (data.get("environment") or {}).get("gpu") or (data.get("environment") or {}).get("device") or ""
@@ -428,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {args.out} was recorded with another {field}; choose another --out")
     for field in ("gpu", "engine_version"):
         # A surface is one machine's: a point from another GPU or engine release is not comparable.
-        was, now = data["environment"].get(field), fresh["environment"].get(field)
+        was, now = data.get("environment", {}).get(field), fresh["environment"].get(field)
         if was != now:
             raise SystemExit(f"error: {args.out} was recorded with {field} {was}, this machine has {now}; "
                              "choose another --out")
