@@ -99,6 +99,16 @@ def flip_verdict(check: Mapping[str, Any]) -> str:
     return "flipped, held with confidence" if check.get("flipped_with_confidence") else "flipped on uncertain levels"
 
 
+# What must stay the same for two records to be one machine's: readings from another GPU or engine
+# release are not repeats of these (a spread, or a surface, would become the machines').
+SAME_MACHINE = ("gpu", "engine", "engine_version", "cuda")
+
+
+def machine_moved(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The SAME_MACHINE fields a recorded environment has and this one does not share: ``{field: (was, now)}``."""
+    return {k: (before[k], now.get(k)) for k in SAME_MACHINE if k in before and before[k] != now.get(k)}
+
+
 def print_report(path: Path, draw: Callable[[dict[str, Any]], str]) -> int:
     """``--report FILE``: a recorded file drawn for the docs, measuring nothing; 2, with one line, if there is none."""
     if not path.exists():

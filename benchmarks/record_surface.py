@@ -57,6 +57,7 @@ from autotune.errors import UserError  # noqa: E402
 from autotune.spec import StudySpec, load_spec  # noqa: E402
 from autotune.trial import setup_from_spec  # noqa: E402
 from autotune.trial import run_trial  # noqa: E402
+from benchmarks._common import machine_moved, print_report  # noqa: E402
 
 FORMAT = "autotune-surface/1"
 CONFIRM_RUNS = 3  # measurements of each confirmed point; its goodput is their median
@@ -165,13 +166,14 @@ def assignments(items: list[str], what: str, many: bool) -> dict[str, Any]:
     return out
 
 
+def checked(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    if data.get("format") != FORMAT:
+        raise SystemExit(f"error: {path} is not an {FORMAT} file")
+    return data
+
+
 def load(path: Path) -> dict[str, Any]:
-    if path.exists():
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT:
-            raise SystemExit(f"error: {path} is not an {FORMAT} file")
-        return data
-    return {}
+    return checked(json.loads(path.read_text()), path) if path.exists() else {}
 
 
 def header(spec: StudySpec, setup: Any, grid: dict[str, list[Any]], fixed: dict[str, Any]) -> dict[str, Any]:
@@ -400,13 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG", help="with --report: also draw it here")
     args = parser.parse_args(argv)
     if args.report is not None:
-        data = load(args.report)
-        if not data:
-            raise SystemExit(f"error: no surface at {args.report}")
-        print(report(data))
-        if args.plot is not None:
-            plot(data, args.plot)
-        return 0
+        done = print_report(args.report, lambda data: report(checked(data, args.report)))
+        if done == 0 and args.plot is not None:
+            plot(load(args.report), args.plot)
+        return done
     signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the engine's process group is torn down
 
     preset = PRESETS[args.preset]
@@ -432,12 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     for field in ("space", "fixed", "slo", "workload", "model"):
         if data.get(field) != fresh[field]:
             raise SystemExit(f"error: {args.out} was recorded with another {field}; choose another --out")
-    for field in ("gpu", "engine_version"):
-        # A surface is one machine's: a point from another GPU or engine release is not comparable.
-        was, now = data.get("environment", {}).get(field), fresh["environment"].get(field)
-        if was != now:
-            raise SystemExit(f"error: {args.out} was recorded with {field} {was}, this machine has {now}; "
-                             "choose another --out")
+    moved = machine_moved(data.get("environment") or {}, fresh["environment"])
+    if moved:  # a surface is one machine's: a point from another GPU or engine release is not comparable
+        differs = "; ".join(f"{field} {was}, this machine has {now}" for field, (was, now) in moved.items())
+        raise SystemExit(f"error: {args.out} was recorded with {differs}; choose another --out")
     done = {key(p["config"]) for p in data["points"]}
     todo = [c for c in grid_points(grid) if key(c) not in done]
     # Whether every point of the grid is in the file: a replay compares searches with the whole grid.

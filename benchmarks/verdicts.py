@@ -74,9 +74,8 @@ from autotune.load.levels import LevelStopper, design_effect, judge_level, stati
 from autotune.spec import GoodputOptions, load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, read_levels, setup_from_spec  # noqa: E402
 from autotune.tuning import load_study  # noqa: E402
-from benchmarks._common import MARK, print_report  # noqa: E402
+from benchmarks._common import MARK, machine_moved, print_report  # noqa: E402
 
-SAME_MACHINE = ("gpu", "engine", "engine_version", "cuda")
 CONFIGS = {"defaults": {}, "fp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"}}
 
 
@@ -393,9 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     env = record(setup.engine.name, setup.engine.version(), setup.device)
     before = data.get("environment") or {}
-    moved = {k: (before[k], env.get(k)) for k in SAME_MACHINE if k in before and before[k] != env.get(k)}
+    moved = machine_moved(before, env)
     if moved:
-        # Searches from another GPU or engine are not repeats of these: the spread would be the machines'.
         print(f"error: {args.out} was measured on another machine ({moved}); pass a new --out", file=sys.stderr)
         return 2
     data["environment"] = env
