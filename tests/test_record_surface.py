@@ -86,3 +86,23 @@ def test_a_surface_is_extended_only_on_the_gpu_and_engine_it_was_recorded_on(tmp
                              capture_output=True, text=True, timeout=300)
         assert out.returncode != 0 and f"recorded with {field} {value}" in out.stderr, out.stdout + out.stderr
         assert other.read_text() == before  # nothing measured is lost or rewritten
+
+
+def test_a_short_run_starts_no_point_that_the_slowest_so_far_says_cannot_end_in_time(tmp_path: Path) -> None:
+    from benchmarks.record_surface import POINT_MARGIN, fits, slowest
+
+    data = json.loads(SURFACE.read_text())
+    data["points"].pop(0)  # one point to go
+    longest = max(p["wall_s"] for p in data["points"])
+    assert slowest(data) == longest
+    assert fits(data, 0, longest * POINT_MARGIN) and not fits(data, 1, longest * POINT_MARGIN)
+    assert fits({"points": []}, 0, 1)  # before any point its cost is unknown: the first one runs
+    surface = tmp_path / "partial.json"
+    surface.write_text(json.dumps(data))
+    before = surface.read_text()
+    # The point to go would need about `longest` seconds: a run that must end sooner starts no engine.
+    out = subprocess.run([sys.executable, str(SCRIPT), "--out", str(surface), "--finish-by", f"{longest / 2:.0f}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "35 point(s) recorded, 1 to go" in out.stdout and "stopping:" in out.stdout, out.stdout
+    assert json.loads(surface.read_text())["points"] == json.loads(before)["points"]

@@ -77,7 +77,8 @@ case $step in
       --trials 3 --max-seconds "$left" --start-s "${START_S:-150}" --search-s "${SEARCH_S:-180}" \
       --logs "${LOGS:-$data/early-stop-checks}" ;;
   surface)
-    "${py[@]}" benchmarks/record_surface.py --spec "$spec" --defaults --max-seconds "$wall" \
+    # A point starts only while the slowest one recorded so far still fits in the step's time.
+    "${py[@]}" benchmarks/record_surface.py --spec "$spec" --defaults --finish-by "$left" \
       --grid max_num_seqs=64,128,256 --grid max_num_batched_tokens=2048,8192 \
       --grid quantization=null,fp8 --grid kv_cache_dtype=auto,fp8 \
       --fixed gpu_memory_utilization=0.9 --out "$data/surface.json" ;;
