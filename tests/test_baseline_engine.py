@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autotune.tuning import StudyResults
+from autotune.tuning import StudyResults, load_study
+from autotune.tuning.bill import engine_time
 from tests.conftest import ENGINE_BOUND, REPO, autotune_cmd
 
 pytestmark = pytest.mark.engine
@@ -94,6 +96,22 @@ def test_review_reads_every_trial_against_the_defaults_and_bills_the_starts(stud
     assert re.search(r"│ 0 +│ +\d", out.stdout)
     spent = re.search(r"engine time: [\d.]+ min, (\d+)% starting engines, (\d+)% under load, (\d+)% other", out.stdout)
     assert spent and 98 <= sum(int(x) for x in spent.groups()) <= 102
+
+
+def test_a_resumed_study_starts_no_trial_past_its_gpu_minutes(study_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(study_dir, copy)
+    study, _ = load_study(copy)
+    spent = engine_time(study)["total"] / 60  # the defaults and one trial, as measured
+    budget = round(spent + 0.005, 2)  # room for less than any trial so far: the next one would pass it
+    out = subprocess.run(
+        autotune_cmd("optimize", "--spec", str(study_dir.parent / "spec.yaml"), "--study-dir", str(copy),
+                     "--trials", "3", "--gpu-minutes", str(budget)),
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"stopping: {spent:,.1f} of {budget:g} GPU-minutes spent" in out.stdout, out.stdout
+    assert [t.number for t in StudyResults.load(copy).trials] == [0]  # nothing started, nothing lost
 
 
 def test_the_early_stopped_trial_searched_in_full_stays_below_its_bound(study_dir: Path, tmp_path: Path) -> None:

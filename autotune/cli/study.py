@@ -34,6 +34,9 @@ def optimize(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs the engine may use"),
     price: Optional[float] = opt.PRICE,
     wall_time: Optional[float] = typer.Option(None, "--wall-time", help="stop launching trials after this many seconds"),
+    gpu_minutes: Optional[float] = typer.Option(
+        None, "--gpu-minutes", help="the study's GPU time over all its runs, starts included: no trial starts that "
+        "could take it past this"),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", min=1, help="measurements of each trial (mean, std, CI)"),
     baseline: Optional[bool] = typer.Option(
         None, "--baseline/--no-baseline", help="measure the engine's own defaults first, the reference of every ratio [default: on]"),
@@ -46,7 +49,8 @@ def optimize(
     t0 = time.monotonic()
     spec = load_spec(spec_file, flag_overrides(
         **flags, trials=trials, engine=engine, name=name, study_dir=study_dir, storage=storage, sampler=sampler,
-        seed=seed, gpus=gpus, price=price, wall_time=wall_time, repeats=repeats, baseline=baseline,
+        seed=seed, gpus=gpus, price=price, wall_time=wall_time, gpu_minutes=gpu_minutes, repeats=repeats,
+        baseline=baseline,
     ))
     assert spec.study_dir is not None
     if dry:

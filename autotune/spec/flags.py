@@ -36,6 +36,7 @@ FLAG_FIELDS: dict[str, str] = {
     "price": "hardware.price_per_gpu_hour",
     "device": "hardware.device",
     "wall_time": "budget.wall_time_s",
+    "gpu_minutes": "budget.gpu_minutes",
     "scenario": "scenario",
     "repeats": "repeats",
     "baseline": "baseline",

@@ -74,6 +74,10 @@ class Budget(BaseModel):
 
     trials: int = Field(8, ge=1, le=MAX_TRIALS, description="launched trials (pruned ones are free)")
     wall_time_s: float | None = Field(None, gt=0)
+    gpu_minutes: float | None = Field(
+        None, gt=0, description="GPU time the study may spend, engine starts included, over every run of it "
+        "(x the GPUs a trial uses; engine time on a CPU): no trial starts that could take it past this",
+    )
     # 3: two equal failures can be two bad configurations; a third, of yet another configuration, is the machine.
     stop_after_start_failures: int = Field(
         3, ge=0, description="consecutive trials of different configurations that fail to start with the same "

@@ -14,12 +14,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["engine_time", "engine_time_line"]
+__all__ = ["engine_time", "engine_time_line", "over_gpu_budget"]
 
 
-def engine_time(study: optuna.Study) -> dict[str, float]:
-    """Seconds: ``total``, ``starting`` (engine starts, failed ones included), ``load``, ``other``."""
-    starting = load = total = 0.0
+def _trial_costs(study: optuna.Study) -> list[tuple[float, float, float]]:
+    """``(total, starting, load)`` seconds of each trial that ran, the defaults' measurement included."""
+    costs = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         if t.datetime_start is None or t.datetime_complete is None or t.user_attrs.get("status") in (None, "surplus"):
             continue
@@ -27,15 +27,36 @@ def engine_time(study: optuna.Study) -> dict[str, float]:
         up, measured = _seconds(t.user_attrs.get("startup_s")), _seconds(t.user_attrs.get("measure_s"))
         if not up and not measured:  # a start that failed: all of it went to starting
             up = _seconds((t.user_attrs.get("startup") or {}).get("total_s")) or wall
-        total += max(wall, up + measured)
-        starting += up
-        load += measured
+        costs.append((max(wall, up + measured), up, measured))
     baseline = study.user_attrs.get("baseline") or {}
     up, measured = _seconds(baseline.get("startup_s")), _seconds(baseline.get("measure_s"))
-    total += up + measured
-    starting += up
-    load += measured
+    if up or measured:
+        costs.append((up + measured, up, measured))
+    return costs
+
+
+def engine_time(study: optuna.Study) -> dict[str, float]:
+    """Seconds: ``total``, ``starting`` (engine starts, failed ones included), ``load``, ``other``."""
+    costs = _trial_costs(study)
+    total, starting, load = (sum(c[i] for c in costs) for i in range(3))
     return {"total": total, "starting": starting, "load": load, "other": max(0.0, total - starting - load)}
+
+
+def over_gpu_budget(study: optuna.Study, gpu_minutes: float, gpus: int = 1) -> str | None:
+    """Why one more trial would take the study past ``gpu_minutes``, or None while it fits.
+
+    Counted from what the study has stored, so every run of a resumed study and
+    every worker's finished trials draw on one budget. The next trial is taken
+    to cost as much as the slowest so far: a bound, not a guess, since a budget
+    is a ceiling (a winner's full goodput search costs several times a loser's
+    early stop). Before any trial ran the cost is unknown, and the first runs.
+    """
+    costs = [c[0] * gpus for c in _trial_costs(study)]
+    spent, slowest = sum(costs), max(costs, default=0.0)
+    if spent + slowest <= gpu_minutes * 60:
+        return None
+    return (f"stopping: {spent / 60:,.1f} of {gpu_minutes:g} GPU-minutes spent, and the slowest trial so far "
+            f"took {slowest / 60:,.1f}")
 
 
 def engine_time_line(study: optuna.Study, device: str = "cpu") -> str | None:

@@ -31,6 +31,7 @@ from autotune.spec import Constraint, Objective, StudySpec
 from autotune.trial import TrialOutcome, TrialSetup, check, run_trial, setup_from_spec
 from autotune.trial.setup import check_values, require_launchable
 from autotune.tuning.baseline import goodput_reference, measure_baseline
+from autotune.tuning.bill import over_gpu_budget
 from autotune.tuning.budget import BudgetState, budget_state, done, over_budget, worker_id
 from autotune.tuning.failfast import StartFailures
 from autotune.tuning.quality_cache import quality_hook
@@ -148,6 +149,11 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
     while attempts < budget * 10:
         if deadline is not None and time.monotonic() > deadline:
             break
+        if spec.budget.gpu_minutes is not None:
+            why = over_gpu_budget(study, spec.budget.gpu_minutes, spec.hardware.gpu_count)
+            if why:
+                note(why)
+                break
         wait_for_storage(study, reporter.trial_status)
         fail_stale(study)
         state = budget_state(study, spec.heartbeat.max_retry)

@@ -83,7 +83,8 @@ case $step in
       --grid quantization=null,fp8 --grid kv_cache_dtype=auto,fp8 \
       --fixed gpu_memory_utilization=0.9 --out "$data/surface.json" ;;
   study)
-    "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$wall" ;;
+    # 25 GPU-minutes for the whole study, over all the runs that resume it.
+    "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$wall" --gpu-minutes 25 ;;
   verify)
     "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
   study-bf16)
@@ -92,7 +93,7 @@ case $step in
     sed 's/^  quantization: {choices: \[null, fp8\]}$/  quantization: {choices: [null]}/' "$spec" > "$bf16/spec.yaml"
     grep -q '^  quantization: {choices: \[null\]}$' "$bf16/spec.yaml" || { echo "could not pin quantization" >&2; exit 2; }
     "${py[@]}" -m autotune optimize --spec "$bf16/spec.yaml" --name h200-llama8b-chat-bf16 --study-dir "$bf16" \
-      --wall-time "$wall" ;;
+      --wall-time "$wall" --gpu-minutes 25 ;;
   verify-bf16)
     "${py[@]}" -m autotune verify "$bf16" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
   record)
