@@ -196,6 +196,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel lists them (``avx512f``, ``amx_tile``); none off Linux."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 # Completeness: a result is only reported with its environment.
 REQUIRED = ("engine", "engine_version", "autotune", "python", "host", "device")
 REQUIRED_GPU = ("gpu", "gpu_count", "gpu_memory_gib", "topology", "driver", "cuda")

@@ -35,6 +35,18 @@ def test_gpu_count_limits_parallelism_choices() -> None:
     ]
 
 
+def test_fp8_kv_cache_is_offered_on_a_cpu_only_where_its_kernels_run() -> None:
+    # vLLM's CPU attention: "FP8 KV cache on CPU requires x86 with AVX-512 or AMX"; elsewhere every
+    # such trial is a failed start, so the knob is pinned to the model's own dtype there.
+    space = SearchSpace.load("vllm")
+    without = space.for_hardware("cpu", {"gpu_count": 1, "cpu_avx512": 0.0}).knobs["kv_cache_dtype"]
+    assert (without.fixed, without.choices) == ("auto", ["auto"])
+    kept = space.for_hardware("cpu", {"gpu_count": 1, "cpu_avx512": 1.0}).knobs["kv_cache_dtype"]
+    assert kept.fixed is None and kept.choices == ["auto", "fp8_e5m2", "fp8_e4m3"]
+    gpu = space.for_hardware("cuda", {"gpu_count": 1, "cpu_avx512": 0.0}).knobs["kv_cache_dtype"]
+    assert gpu.fixed is None and gpu.choices == ["auto", "fp8"]  # the GPU's kernels do not need it
+
+
 def test_rule_between_knobs_is_checked() -> None:
     space = SearchSpace.load("vllm").for_hardware("cpu", {"gpu_count": 1})
     ok = {"max_num_seqs": 64, "max_num_batched_tokens": 512}

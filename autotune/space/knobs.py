@@ -42,6 +42,7 @@ class Knob(BaseModel):
     devices: list[Literal["cpu", "cuda"]] | None = None
     max_from: str | None = None  # drop choices above this hardware figure (e.g. gpu_count)
     by_device: dict[Literal["cpu", "cuda"], dict[str, Any]] | None = None  # per-device range or choices
+    needs: dict[str, str] | None = None  # choice -> hardware figure it needs non-zero (e.g. cpu_avx512)
     quality: bool = False  # changes the model's answers (quantization, KV dtype): perplexity is re-measured
     help: str | None = None
 
@@ -62,6 +63,14 @@ class Knob(BaseModel):
 
     def spec(self, name: str) -> KnobSpec:
         return KnobSpec(name=name, arg=self.arg, env=self.env, is_flag=self.flag)
+
+
+def _keep(knob: Knob, allowed: list[Any]) -> Knob:
+    """The knob cut to the choices this hardware allows (the first if none), pinned when one is left:
+    a trial whose start is sure to fail costs a start and teaches the sampler nothing."""
+    assert knob.choices
+    knob = knob.model_copy(update={"choices": allowed or knob.choices[:1]})
+    return knob.model_copy(update={"fixed": knob.choices[0]}) if len(knob.choices or []) == 1 else knob
 
 
 class SearchSpace(BaseModel):
@@ -102,10 +111,10 @@ class SearchSpace(BaseModel):
             if knob.max_from and knob.choices and knob.fixed is None:
                 limit = hardware.get(knob.max_from)
                 if limit is not None:
-                    allowed = [c for c in knob.choices if isinstance(c, (int, float)) and c <= limit]
-                    knob = knob.model_copy(update={"choices": allowed or knob.choices[:1]})
-                    if len(knob.choices or []) == 1:
-                        knob = knob.model_copy(update={"fixed": knob.choices[0]})
+                    knob = _keep(knob, [c for c in knob.choices if isinstance(c, (int, float)) and c <= limit])
+            if knob.needs and knob.choices and knob.fixed is None:
+                # A figure this machine was not asked about leaves its choices in.
+                knob = _keep(knob, [c for c in knob.choices if hardware.get(knob.needs.get(str(c), ""), 1.0)])
             knobs[name] = knob
         rules = [r for r in self.constraints if rule_names(r) <= set(knobs) | set(hardware)]
         return SearchSpace(engine=self.engine, knobs=knobs, constraints=rules)
