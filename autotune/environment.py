@@ -207,6 +207,11 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_avx512() -> bool:
+    """AVX-512 (or AMX, which comes with it): what engines' CPU kernels such as vLLM's FP8 KV cache need."""
+    return bool({"avx512f", "amx_tile"} & cpu_flags())
+
+
 # Completeness: a result is only reported with its environment.
 REQUIRED = ("engine", "engine_version", "autotune", "python", "host", "device")
 REQUIRED_GPU = ("gpu", "gpu_count", "gpu_memory_gib", "topology", "driver", "cuda")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from autotune import quality
-from autotune.environment import cpu_flags
+from autotune.environment import cpu_avx512
 from autotune.spec import load_spec
 from autotune.tuning import QUALITY_ATTR, load_study, run_study
 from autotune.trial import setup_from_spec
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.engine
 
 #: The study below compares FP8 KV caches, which vLLM-CPU keeps only with AVX-512 or AMX.
 needs_fp8_kv = pytest.mark.skipif(
-    not {"avx512f", "amx_tile"} & cpu_flags(),
+    not cpu_avx512(),
     reason="vLLM-CPU keeps an FP8 KV cache only on a CPU with AVX-512 or AMX, which this one lacks",
 )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from autotune.engines import EngineAdapter, LaunchPlan, ModelRef, get_engine
-from autotune.environment import cpu_flags, detect_device, gpus
+from autotune.environment import cpu_avx512, detect_device, gpus
 from autotune.errors import UserError
 from autotune.load.workload import Workload
 from autotune.models.resolve import resolve_model
@@ -56,9 +56,8 @@ def setup_from_spec(spec: StudySpec) -> TrialSetup:
     device = spec.hardware.device if spec.hardware.device != "auto" else detect_device()
     engine = get_engine(spec.engine.name, spec.engine.options)
     hardware = {"gpu_count": float(spec.hardware.gpu_count if device == "cuda" else 1)}
-    if device == "cpu":  # engines' CPU kernels differ by instruction set (vLLM's FP8 KV cache needs AVX-512)
-        flags = cpu_flags()
-        hardware["cpu_avx512"] = float("avx512f" in flags or "amx_tile" in flags)
+    if device == "cpu":  # engines' CPU kernels differ by instruction set
+        hardware["cpu_avx512"] = float(cpu_avx512())
     space = SearchSpace.load(engine.name).for_hardware(device, hardware).with_overrides(spec.space)
     check_values(space, {k: v for k, v in spec.space.items() if not isinstance(v, Mapping)}, "space")
     model = resolve_model(spec.model, max_model_len=spec.max_model_len)

@@ -149,13 +149,13 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
     while attempts < budget * 10:
         if deadline is not None and time.monotonic() > deadline:
             break
-        if spec.budget.gpu_minutes is not None:
+        wait_for_storage(study, reporter.trial_status)
+        fail_stale(study)
+        if spec.budget.gpu_minutes is not None:  # read from the storage, once it answers
             why = over_gpu_budget(study, spec.budget.gpu_minutes, spec.hardware.gpu_count)
             if why:
                 note(why)
                 break
-        wait_for_storage(study, reporter.trial_status)
-        fail_stale(study)
         state = budget_state(study, spec.heartbeat.max_retry)
         if state.done >= budget:
             break
