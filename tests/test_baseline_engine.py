@@ -98,7 +98,7 @@ def test_review_reads_every_trial_against_the_defaults_and_bills_the_starts(stud
     assert spent and 98 <= sum(int(x) for x in spent.groups()) <= 102
 
 
-def test_a_resumed_study_starts_no_trial_past_its_gpu_minutes(study_dir: Path, tmp_path: Path) -> None:
+def test_a_resumed_study_starts_no_trial_past_its_gpu_minutes_or_its_wall_time(study_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(study_dir, copy)
     study, _ = load_study(copy)
@@ -112,6 +112,16 @@ def test_a_resumed_study_starts_no_trial_past_its_gpu_minutes(study_dir: Path, t
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"stopping: {spent:,.1f} of {budget:g} GPU-minutes spent" in out.stdout, out.stdout
     assert [t.number for t in StudyResults.load(copy).trials] == [0]  # nothing started, nothing lost
+    # A run's wall time, by the same rule: a minute is less than any trial so far took.
+    out = subprocess.run(
+        autotune_cmd("optimize", "--spec", str(study_dir.parent / "spec.yaml"), "--study-dir", str(copy),
+                     "--trials", "3", "--wall-time", "60"),
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    stop = r"stopping: \d+ s of the wall time left, and the slowest trial so far took \d+ s"
+    assert re.search(stop, out.stdout), out.stdout
+    assert [t.number for t in StudyResults.load(copy).trials] == [0]
 
 
 def test_the_early_stopped_trial_searched_in_full_stays_below_its_bound(study_dir: Path, tmp_path: Path) -> None:

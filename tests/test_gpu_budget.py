@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 
-from autotune.tuning.bill import engine_time, over_gpu_budget
+from autotune.tuning.bill import engine_time, over_gpu_budget, over_wall_time
 from tests.conftest import REPO
 
 STUDY = REPO / "benchmarks" / "data" / "h100" / "cost-after" / "study.db"
@@ -41,3 +41,16 @@ def test_before_any_trial_the_first_one_runs_and_the_defaults_count(tmp_path: Pa
     assert engine_time(study)["total"] == 150.0
     assert over_gpu_budget(study, 5.0) is None  # 150 s spent, the slowest 150 s: 300 s of 300
     assert over_gpu_budget(study, 4.9) is not None
+
+
+def test_a_run_starts_no_trial_that_the_slowest_so_far_says_would_end_past_its_wall_time(tmp_path: Path) -> None:
+    study = load(tmp_path)
+    slowest = max(c for c in (
+        *((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials if t.datetime_complete),
+        study.user_attrs["baseline"]["startup_s"] + study.user_attrs["baseline"]["measure_s"]))
+    assert over_wall_time(study, slowest) is None
+    why = over_wall_time(study, slowest - 1)
+    assert why is not None and f"took {slowest:,.0f} s" in why
+    assert over_wall_time(study, -5) is not None  # past the deadline: nothing starts
+    empty = optuna.create_study(storage=f"sqlite:///{tmp_path / 'new.db'}", study_name="new")
+    assert over_wall_time(empty, 1.0) is None and over_wall_time(empty, 0.0) is not None

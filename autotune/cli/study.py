@@ -33,7 +33,8 @@ def optimize(
     seed: Optional[int] = typer.Option(None, "--seed"),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs the engine may use"),
     price: Optional[float] = opt.PRICE,
-    wall_time: Optional[float] = typer.Option(None, "--wall-time", help="stop launching trials after this many seconds"),
+    wall_time: Optional[float] = typer.Option(
+        None, "--wall-time", help="start no trial that the slowest so far says would end after this many seconds"),
     gpu_minutes: Optional[float] = typer.Option(
         None, "--gpu-minutes", help="the study's GPU time over all its runs, starts included: no trial starts that "
         "could take it past this"),

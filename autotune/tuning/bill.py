@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["engine_time", "engine_time_line", "over_gpu_budget"]
+__all__ = ["engine_time", "engine_time_line", "over_gpu_budget", "over_wall_time"]
 
 
 def _trial_costs(study: optuna.Study) -> list[tuple[float, float, float]]:
@@ -57,6 +57,20 @@ def over_gpu_budget(study: optuna.Study, gpu_minutes: float, gpus: int = 1) -> s
         return None
     return (f"stopping: {spent / 60:,.1f} of {gpu_minutes:g} GPU-minutes spent, and the slowest trial so far "
             f"took {slowest / 60:,.1f}")
+
+
+def over_wall_time(study: optuna.Study, seconds_left: float) -> str | None:
+    """Why one more trial would end after this run's wall time, or None while it fits.
+
+    The same bound as the GPU-minute budget's, the slowest trial so far, so
+    that a run given ten minutes is over in ten, not ten plus a trial: on a
+    machine lent for a fixed time, a trial cut off mid-start is lost whole.
+    """
+    slowest = max((c[0] for c in _trial_costs(study)), default=0.0)
+    if seconds_left > 0 and slowest <= seconds_left:
+        return None
+    return (f"stopping: {max(seconds_left, 0.0):,.0f} s of the wall time left, and the slowest trial so far "
+            f"took {slowest:,.0f} s")
 
 
 def engine_time_line(study: optuna.Study, device: str = "cpu") -> str | None:

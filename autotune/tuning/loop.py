@@ -31,7 +31,7 @@ from autotune.spec import Constraint, Objective, StudySpec
 from autotune.trial import TrialOutcome, TrialSetup, check, run_trial, setup_from_spec
 from autotune.trial.setup import check_values, require_launchable
 from autotune.tuning.baseline import goodput_reference, measure_baseline
-from autotune.tuning.bill import over_gpu_budget
+from autotune.tuning.bill import over_gpu_budget, over_wall_time
 from autotune.tuning.budget import BudgetState, budget_state, done, over_budget, worker_id
 from autotune.tuning.failfast import StartFailures
 from autotune.tuning.quality_cache import quality_hook
@@ -147,15 +147,15 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
     starts = StartFailures(spec.budget.stop_after_start_failures)
     waited = False
     while attempts < budget * 10:
-        if deadline is not None and time.monotonic() > deadline:
-            break
         wait_for_storage(study, reporter.trial_status)
         fail_stale(study)
-        if spec.budget.gpu_minutes is not None:  # read from the storage, once it answers
-            why = over_gpu_budget(study, spec.budget.gpu_minutes, spec.hardware.gpu_count)
-            if why:
-                note(why)
-                break
+        # Both budgets are read from the storage, once it answers.
+        why = (over_wall_time(study, deadline - time.monotonic()) if deadline is not None else None) or (
+            over_gpu_budget(study, spec.budget.gpu_minutes, spec.hardware.gpu_count)
+            if spec.budget.gpu_minutes is not None else None)
+        if why:
+            note(why)
+            break
         state = budget_state(study, spec.heartbeat.max_retry)
         if state.done >= budget:
             break

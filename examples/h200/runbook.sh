@@ -26,9 +26,11 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 step=${1:?step}
 left=${SECONDS_LEFT:-480}
-# A study stops launching trials after its wall time, but finishes the trial it has launched:
-# one trial (a start and a full search) must still fit.
+# verify, and the code before the trial-cost work, stop beginning starts after their wall time but
+# finish the one begun: one trial (a start and a full search) must still fit.
 wall=$(( left - ${TRIAL_S:-300} ))
+# This code's studies start no trial that the slowest so far says would not end inside the wall time.
+study_wall=$(( left - ${TRIAL_MARGIN_S:-45} ))
 spec=studies/h200-llama8b-chat.yaml
 # Each GPU model keeps its own folder: figures from an H100 never mix with the H200's.
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
@@ -84,7 +86,9 @@ case $step in
       --fixed gpu_memory_utilization=0.9 --out "$data/surface.json" ;;
   study)
     # 25 GPU-minutes for the whole study, over all the runs that resume it.
-    "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$wall" --gpu-minutes 25 ;;
+    # No trial starts that the slowest so far says would end past the step's time, less a winner's
+    # margin over it (a search taken up to its own goodput runs longer than the defaults').
+    "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$study_wall" --gpu-minutes 25 ;;
   verify)
     "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
   study-bf16)
@@ -93,7 +97,7 @@ case $step in
     sed 's/^  quantization: {choices: \[null, fp8\]}$/  quantization: {choices: [null]}/' "$spec" > "$bf16/spec.yaml"
     grep -q '^  quantization: {choices: \[null\]}$' "$bf16/spec.yaml" || { echo "could not pin quantization" >&2; exit 2; }
     "${py[@]}" -m autotune optimize --spec "$bf16/spec.yaml" --name h200-llama8b-chat-bf16 --study-dir "$bf16" \
-      --wall-time "$wall" --gpu-minutes 25 ;;
+      --wall-time "$study_wall" --gpu-minutes 25 ;;
   verify-bf16)
     "${py[@]}" -m autotune verify "$bf16" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
   record)
