@@ -15,6 +15,14 @@ many seeds:
   neighbours of the best trials; where the surface recorded the engine's
   defaults (``record_surface.py --defaults``), they are measured first and
   paid for, as a study does.
+* ``autotune``: what ``autotune optimize`` does by default, ``rounds+gp``
+  with each trial's goodput search begun at the incumbent (the best feasible
+  goodput so far, the defaults' included). A point below it stops there: the
+  study learns only the bound (reported as the incumbent, with the stopped
+  trial's constraint violated, as ``autotune.tuning.loop`` reports it) and
+  pays the point's start and one level of its search, the mean of its
+  recorded levels (the grid recorded each point searched in full, so a
+  stopped trial's own level was not timed).
 
 The figure of merit: the trials, and the engine-minutes, spent until the best
 feasible goodput found reaches ``--target`` (95%) of the grid's best. A grid
@@ -60,11 +68,12 @@ from autotune.tuning import RoundPlanner  # noqa: E402
 from autotune.space import Knob, SearchSpace  # noqa: E402
 from autotune.spec import RoundsOptions, StudySpec  # noqa: E402
 from autotune.tuning import make_sampler, suggest  # noqa: E402
+from autotune.tuning.baseline import INCUMBENT_CONSTRAINT  # noqa: E402
 
 FORMAT = "autotune-surface/1"
 DEFAULT_SURFACE = REPO / "benchmarks" / "data" / "surface_cpu_smollm2.json"
 SAMPLERS = ("random", "tpe", "nsga2", "gp")
-METHODS = ("grid", "random", "tpe", "nsga2", "gp", "rounds+tpe", "rounds+gp")
+METHODS = ("grid", "random", "tpe", "nsga2", "gp", "rounds+tpe", "rounds+gp", "autotune")
 
 
 class ReplayFailed(Exception):
@@ -144,6 +153,14 @@ class Surface:
         point = self.points[self.key(config)]
         return float(point.get("engine_s") or (point.get("startup_s", 0) + point.get("measure_s", 0)))
 
+    def stopped_cost_s(self, config: dict[str, Any]) -> float:
+        """A trial stopped at the incumbent's level: its start and one level, the mean of its recorded ones."""
+        point = self.points[self.key(config)]
+        levels = max(1, len(point.get("levels") or []))
+        start = float(point.get("startup_s") or 0.0)
+        measure = float(point.get("measure_s") or max(0.0, self.cost_s(config) - start))
+        return start + measure / levels
+
     @property
     def best(self) -> float:
         return max(self.goodput(c) for c in self.grid_order())
@@ -208,21 +225,34 @@ class Run:
         return sum(self.costs_s[:trials])
 
 
-def replay_objective(surface: Surface, record: Run) -> Callable[[Trial, SearchSpace], float]:
+def replay_objective(
+    surface: Surface, record: Run, from_incumbent: bool = False
+) -> Callable[[Trial, SearchSpace], float]:
     """The Optuna objective: look the configuration up, record what it cost, report as a study would."""
 
     def objective(trial: Trial, space: SearchSpace) -> float:
         config = surface.snap(suggest(trial, space))
         trial.set_user_attr("config", config)
         point = surface.points[surface.key(config)]
-        record.costs_s.append(surface.cost_s(config))
         if point.get("status", "ok") != "ok":
+            record.costs_s.append(surface.cost_s(config))
             record.goodputs.append(0.0)
             trial.set_user_attr("status", "failed")
             raise ReplayFailed(point.get("reason") or "engine failed")
         goodput = surface.goodput(config)
+        incumbent = max(record.goodputs, default=0.0) if from_incumbent else 0.0
+        if incumbent > 0 and goodput < incumbent:  # fails at the incumbent's level: a bound, not a figure
+            record.costs_s.append(surface.stopped_cost_s(config))
+            record.goodputs.append(0.0)
+            trial.set_constraint("slo", 1.0)
+            trial.set_constraint(INCUMBENT_CONSTRAINT, 1.0)
+            trial.set_user_attr("feasible", False)
+            return incumbent
+        record.costs_s.append(surface.cost_s(config))
         feasible = goodput > 0
         trial.set_constraint("slo", -1.0 if feasible else 1.0)
+        if from_incumbent:
+            trial.set_constraint(INCUMBENT_CONSTRAINT, -1.0)
         trial.set_user_attr("feasible", feasible)
         record.goodputs.append(goodput if feasible else 0.0)
         return goodput
@@ -248,20 +278,20 @@ def run_sampler(
     rounds: RoundsOptions | None = None,
 ) -> Run:
     """One seeded search of up to ``budget`` trials; stops early once ``stop_at`` is reached."""
-    sampler_name = method.split("+")[-1]
+    own = method == "autotune"  # autotune's default search: rounds, GP, the defaults first, losers stopped
+    with_rounds = own or method.startswith("rounds+")
+    sampler_name = "gp" if own else method.split("+")[-1]
     spec = StudySpec.model_validate({"sampler": sampler_name, "seed": seed, "budget": {"trials": study_trials}})
     study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, 0))
     run = Run(method, seed, [], [])
     defaults = surface.data.get("defaults")
-    if method.startswith("rounds+") and defaults:
+    if with_rounds and defaults:
         # autotune's own search measures the engine's defaults first: their start and search are paid too.
         run.goodputs.append(float(defaults.get("goodput") or 0.0))
         run.costs_s.append(float(defaults.get("engine_s") or defaults.get("startup_s", 0) + defaults.get("measure_s", 0)))
-    objective = replay_objective(surface, run)
+    objective = replay_objective(surface, run, from_incumbent=own)
     base = surface.space()
-    planner = (
-        RoundPlanner(study, base, base, rounds or RoundsOptions(), study_trials) if method.startswith("rounds+") else None
-    )
+    planner = RoundPlanner(study, base, base, rounds or RoundsOptions(), study_trials) if with_rounds else None
     best = max(run.goodputs, default=0.0)
     for i in range(budget - len(run.goodputs)):
         space = base
@@ -390,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the per-run results here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
     parser.add_argument("--rounds", action="append", default=[], metavar="OPTION=VALUE",
-                        help="a rounds option for the rounds+ methods (spec.rounds), e.g. neighbours=0")
+                        help="a rounds option for the rounds+ methods and autotune (spec.rounds), e.g. neighbours=0")
     parser.add_argument("--restrict", action="append", default=[], metavar="KNOB=V1,V2",
                         help="replay only the sub-grid with these values of a knob (repeatable)")
     args = parser.parse_args(argv)
@@ -423,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = surface.size
     grid = run_grid(surface)
     notes = []
-    if any(m.endswith("gp") for m in methods) and (why := gp_available()):
-        methods = [m for m in methods if not m.endswith("gp")]
+    if any(m.endswith("gp") or m == "autotune" for m in methods) and (why := gp_available()):
+        methods = [m for m in methods if not (m.endswith("gp") or m == "autotune")]
         notes.append(f"gp skipped: {why}")
     notes.append(
         "AutoSampler (OptunaHub) not compared: it is fetched from the hub's repository at run time, "

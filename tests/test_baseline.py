@@ -11,8 +11,8 @@ from optuna.distributions import IntDistribution
 from optuna.trial import create_trial
 
 from autotune.spec import load_spec
-from autotune.tuning.baseline import BASELINE_ATTR, goodput_reference, versus_defaults
-from autotune.tuning.records import TrialRecord
+from autotune.tuning.baseline import BASELINE_ATTR, goodput_reference, incumbent_violation, versus_defaults
+from autotune.tuning.records import TrialRecord, record_slo
 
 DIST = {"max_num_seqs": IntDistribution(1, 64)}
 LEVELS = lambda good, bad: {"levels": [{"load": good, "holds": True}, {"load": bad, "holds": False}]}  # noqa: E731
@@ -48,6 +48,26 @@ def test_the_incumbent_is_the_best_feasible_goodput_the_defaults_included(tmp_pa
     multi = _study(["maximize", "minimize"], tmp_path, name="multi")
     _add(multi, 8, 10.0)
     assert goodput_reference(multi, _spec("max:goodput, min:p99(ttft)"), {"max_num_seqs": 9})[0] is None
+
+
+def test_stopped_and_searched_trials_carry_one_set_of_constraints_for_the_gp_sampler(tmp_path: Path) -> None:
+    # Optuna's GP sampler models every constraint across all trials and refuses trials whose
+    # constraint names differ: a constraint on the stopped trials alone ended the study at its first GP draw.
+    spec = _spec("max:goodput")
+    sampler = optuna.samplers.GPSampler(seed=0, n_startup_trials=3)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'gp.db'}", direction="maximize", sampler=sampler)
+    for bound, goodput in ((None, 12.0), (12.0, 12.0), (None, 14.0), (14.0, 14.0)):  # searched, stopped, ...
+        trial = study.ask()
+        trial.suggest_int("max_num_seqs", 1, 64, log=True)
+        record_slo(trial, {"p99(ttft)<300ms": -0.1, **incumbent_violation(spec, bound)})
+        study.tell(trial, goodput)
+    assert len({tuple(sorted(t.constraints)) for t in study.trials}) == 1
+    assert [t.user_attrs["feasible"] for t in study.trials] == [True, False, True, False]
+    drawn = study.ask()  # past the startup trials: the GP's own draw, from the values and the constraints
+    assert 1 <= drawn.suggest_int("max_num_seqs", 1, 64, log=True) <= 64
+    # With several objectives, or the incumbent-first search switched off, no trial is stopped at it.
+    assert incumbent_violation(_spec("max:goodput, min:p99(ttft)"), None) == {}
+    assert incumbent_violation(_spec("max:goodput", from_incumbent=False), 12.0) == {}
 
 
 def test_a_reading_far_below_a_one_knob_neighbour_is_measured_again(tmp_path: Path) -> None:

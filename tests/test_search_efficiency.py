@@ -136,3 +136,36 @@ def test_review_shows_round_decisions_and_importances(tmp_path: Path, cli_env: d
     assert "enqueue" in done.stdout and "neighbour of trial #" in done.stdout
     for knob in surface.order:
         assert knob in done.stdout
+
+
+def test_autotune_stops_a_point_below_the_incumbent_and_pays_its_start_and_one_level(tmp_path: Path) -> None:
+    """autotune's own search as the study runs it: a point below the best so far fails at the incumbent's
+    level and stops; Optuna sees the bound with the stopped trial's constraint, under the names every
+    trial carries, so the GP sampler's next draw works."""
+    from autotune.tuning.baseline import INCUMBENT_CONSTRAINT
+
+    surface = se.Surface.load(small_surface(tmp_path / "small.json"), {})
+    ranked = sorted(surface.grid_order(), key=surface.goodput)
+    best, worse = ranked[-1], ranked[0]
+    assert surface.goodput(worse) < surface.goodput(best)
+    assert surface.stopped_cost_s(worse) < surface.cost_s(worse)
+    run = se.Run("autotune", 0, [], [])
+    objective = se.replay_objective(surface, run, from_incumbent=True)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.GPSampler(seed=0, n_startup_trials=2))
+    for config in (best, worse):
+        study.enqueue_trial(config)
+    space = surface.space()
+    study.optimize(lambda t: objective(t, space), n_trials=3, catch=(se.ReplayFailed,))
+    first, stopped = study.trials[0], study.trials[1]
+    assert run.costs_s[:2] == [surface.cost_s(best), surface.stopped_cost_s(worse)]
+    assert stopped.value == surface.goodput(best) and run.goodputs[1] == 0.0  # a bound, never a figure
+    assert first.constraints[INCUMBENT_CONSTRAINT] < 0 < stopped.constraints[INCUMBENT_CONSTRAINT]
+    assert study.trials[2].state.is_finished()  # the GP's own draw, past its startup trials
+    # Without the incumbent (the other methods), every point is paid in full.
+    plain = se.Run("gp", 0, [], [])
+    full = se.replay_objective(surface, plain)
+    other = optuna.create_study(direction="maximize")
+    for config in (best, worse):
+        other.enqueue_trial(config)
+    other.optimize(lambda t: full(t, space), n_trials=2, catch=(se.ReplayFailed,))
+    assert plain.costs_s == [surface.cost_s(best), surface.cost_s(worse)]

@@ -23,12 +23,17 @@ from autotune.trial import TrialSetup, run_trial
 from autotune.tuning.quality_cache import quality_hook
 from autotune.tuning.records import TrialRecord
 
-__all__ = ["BASELINE_ATTR", "goodput_reference", "measure_baseline", "versus_defaults"]
+__all__ = [
+    "BASELINE_ATTR", "INCUMBENT_CONSTRAINT", "goodput_reference", "incumbent_violation", "measure_baseline",
+    "versus_defaults",
+]
 
 BASELINE_ATTR = "baseline"
 _CLAIM_ATTR = "baseline_claimed_by"
 #: A goodput this far under a configuration one knob away (or the defaults) is measured again.
 SUSPICIOUS_SHARE = 0.85
+#: The constraint every trial of a study searched from its incumbent carries (``incumbent_violation``).
+INCUMBENT_CONSTRAINT = "goodput at least the incumbent's"
 
 
 def measure_baseline(
@@ -102,13 +107,32 @@ def goodput_reference(
     if baseline.get("feasible"):
         feasible_goodputs.append(_goodput(baseline.get("figures") or {}))
     known = [g for g in feasible_goodputs if g is not None and g > 0]
-    single = [o.metric for o in spec.objective_list] == ["goodput"]
-    incumbent = max(known) if known and single and spec.goodput.from_incumbent else None
+    incumbent = max(known) if known and _from_incumbent(spec) else None
     near = [_goodput(r.figures) for r in measured if _one_knob_apart(r.config, config)]
     near.append(_goodput(baseline.get("figures") or {}) if baseline.get("status") == "ok" else None)
     near_known = [g for g in near if g is not None and g > 0]
     recheck = SUSPICIOUS_SHARE * max(near_known) if near_known else None
     return incumbent, recheck
+
+
+def incumbent_violation(spec: StudySpec, bound: float | None) -> dict[str, float]:
+    """The constraint that tells Optuna a trial stopped below the incumbent: 1 where it did, -1 elsewhere.
+
+    Set on every trial of a study searched from its incumbent, under one name:
+    Optuna's GP sampler models each constraint across all trials and refuses a
+    study whose trials carry different constraint names, so a constraint only
+    the stopped trials had (or one named after the incumbent's value) stopped
+    the study at its first GP draw.
+    """
+    if not _from_incumbent(spec):
+        return {}
+    return {INCUMBENT_CONSTRAINT: 1.0 if bound is not None else -1.0}
+
+
+def _from_incumbent(spec: StudySpec) -> bool:
+    """Only a study whose one objective is goodput starts a search from the incumbent."""
+    single = [o.metric for o in spec.objective_list] == ["goodput"]
+    return spec.goodput is not None and single and spec.goodput.from_incumbent
 
 
 def _goodput(figures: Mapping[str, Any]) -> float | None:

@@ -30,7 +30,7 @@ from autotune.folders import check_folder, make_folder
 from autotune.spec import Constraint, Objective, StudySpec
 from autotune.trial import TrialOutcome, TrialSetup, check, run_trial, setup_from_spec
 from autotune.trial.setup import check_values, require_launchable
-from autotune.tuning.baseline import goodput_reference, measure_baseline
+from autotune.tuning.baseline import goodput_reference, incumbent_violation, measure_baseline
 from autotune.tuning.bill import over_gpu_budget, over_wall_time
 from autotune.tuning.budget import BudgetState, budget_state, done, over_budget, worker_id
 from autotune.tuning.failfast import StartFailures
@@ -254,8 +254,7 @@ def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter, starts: Sta
         reporter.trial_finished(trial.number, outcome, None)
         raise TrialFailed("objective is NaN")
     violations = {c.text: c.violation(judged, outcome.per_request) for c in run.constraints}
-    if bound is not None:
-        violations[f"goodput above the incumbent {bound:g}"] = 1.0
+    violations.update(incumbent_violation(run.spec, bound))
     feasible = record_slo(trial, violations)
     reporter.trial_finished(trial.number, outcome, feasible)
     return values
