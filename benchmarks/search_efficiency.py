@@ -453,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = surface.size
     grid = run_grid(surface)
     notes = []
-    if any(m.endswith("gp") or m == "autotune" for m in methods) and (why := gp_available()):
-        methods = [m for m in methods if not (m.endswith("gp") or m == "autotune")]
+    needs_gp = {m for m in methods if m.endswith("gp") or m == "autotune"}  # autotune's search is rounds+gp
+    if needs_gp and (why := gp_available()):
+        methods = [m for m in methods if m not in needs_gp]
         notes.append(f"gp skipped: {why}")
     notes.append(
         "AutoSampler (OptunaHub) not compared: it is fetched from the hub's repository at run time, "

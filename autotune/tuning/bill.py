@@ -52,7 +52,7 @@ def over_gpu_budget(study: optuna.Study, gpu_minutes: float, gpus: int = 1) -> s
     early stop). Before any trial ran the cost is unknown, and the first runs.
     """
     costs = [c[0] * gpus for c in _trial_costs(study)]
-    spent, slowest = sum(costs), max(costs, default=0.0)
+    spent, slowest = sum(costs), _slowest(costs)
     if spent + slowest <= gpu_minutes * 60:
         return None
     return (f"stopping: {spent / 60:,.1f} of {gpu_minutes:g} GPU-minutes spent, and the slowest trial so far "
@@ -66,7 +66,7 @@ def over_wall_time(study: optuna.Study, seconds_left: float) -> str | None:
     that a run given ten minutes is over in ten, not ten plus a trial: on a
     machine lent for a fixed time, a trial cut off mid-start is lost whole.
     """
-    slowest = max((c[0] for c in _trial_costs(study)), default=0.0)
+    slowest = _slowest([c[0] for c in _trial_costs(study)])
     if seconds_left > 0 and slowest <= seconds_left:
         return None
     return (f"stopping: {max(seconds_left, 0.0):,.0f} s of the wall time left, and the slowest trial so far "
@@ -82,6 +82,11 @@ def engine_time_line(study: optuna.Study, device: str = "cpu") -> str | None:
     what = "GPU time" if device == "cuda" else "engine time"
     return (f"{what}: {split['total'] / 60:,.1f} min, {share['starting']:.0f}% starting engines, "
             f"{share['load']:.0f}% under load, {share['other']:.0f}% other (teardown, quality, waits)")
+
+
+def _slowest(costs: list[float]) -> float:
+    """The next trial's cost as both budgets bound it; 0 before any trial ran (the first one runs)."""
+    return max(costs, default=0.0)
 
 
 def _seconds(value: Any) -> float:

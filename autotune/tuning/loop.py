@@ -150,9 +150,11 @@ def run_study(spec: StudySpec, reporter: StudyReporter | None = None, *, distrib
         wait_for_storage(study, reporter.trial_status)
         fail_stale(study)
         # Both budgets are read from the storage, once it answers.
-        why = (over_wall_time(study, deadline - time.monotonic()) if deadline is not None else None) or (
-            over_gpu_budget(study, spec.budget.gpu_minutes, spec.hardware.gpu_count)
-            if spec.budget.gpu_minutes is not None else None)
+        why = None
+        if deadline is not None:
+            why = over_wall_time(study, deadline - time.monotonic())
+        if why is None and spec.budget.gpu_minutes is not None:
+            why = over_gpu_budget(study, spec.budget.gpu_minutes, spec.hardware.gpu_count)
         if why:
             note(why)
             break
