@@ -9,7 +9,9 @@ many seeds:
   loops over max_num_seqs, then max_num_batched_tokens; further knobs nest
   inside, in the surface's ``order``); deterministic, one run.
 * ``random``, ``tpe``, ``nsga2``, ``gp``: Optuna's samplers, configured as
-  ``autotune optimize`` configures them (``autotune.tuning.make_sampler``).
+  ``autotune optimize`` configures them (``autotune.tuning.sampler.optuna_sampler``)
+  but without the study's guard against repeats: they stand for the
+  alternatives, as Optuna ships them.
 * ``rounds+tpe``, ``rounds+gp``: the same samplers with autotune's rounds
   (``autotune.tuning.rounds``): freeze knobs that do not matter, enqueue
   neighbours of the best trials; where the surface recorded the engine's
@@ -22,14 +24,20 @@ many seeds:
   trial's constraint violated, as ``autotune.tuning.loop`` reports it) and
   pays the point's start and one level of its search, the mean of its
   recorded levels (the grid recorded each point searched in full, so a
-  stopped trial's own level was not timed).
+  stopped trial's own level was not timed). Its sampler is the study's
+  (``autotune.tuning.make_sampler``): a proposal that lands on a point
+  already measured (after snapping to the grid) is drawn again at random
+  (``autotune.tuning.no_repeat``).
 
 The figure of merit: the trials, and the engine-minutes, spent until the best
 feasible goodput found reaches ``--target`` (95%) of the grid's best. A grid
 search only knows its best once it has measured every point, so its cost is
 the whole grid; the table gives every method's cost as a fraction of it.
 
-    .venv/bin/python benchmarks/search_efficiency.py [--surface FILE] [--seeds 20]
+    .venv/bin/python benchmarks/search_efficiency.py [--surface FILE] [--seeds 20] [--jobs N]
+
+The searches run one per process, as many at once as there are cores
+(``--jobs``); each is seeded, so the table is the same on any number.
 
 A numeric knob is suggested as an integer range (log-scaled when the grid is
 geometric) and snapped to the nearest recorded value, as a real study would
@@ -47,17 +55,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+if __name__ == "__main__":
+    # One search per core (--jobs), each on one thread: NumPy's OpenBLAS threads would spin against the other
+    # searches (and, with one search, against the GP's own work: a quarter of the time on 2 cores). Read at import.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 import optuna  # noqa: E402
 from optuna.trial import Trial  # noqa: E402
@@ -68,6 +84,7 @@ from autotune.tuning import RoundPlanner  # noqa: E402
 from autotune.space import Knob, SearchSpace  # noqa: E402
 from autotune.spec import RoundsOptions, StudySpec  # noqa: E402
 from autotune.tuning import make_sampler, suggest  # noqa: E402
+from autotune.tuning.sampler import optuna_sampler  # noqa: E402
 from autotune.tuning.baseline import INCUMBENT_CONSTRAINT  # noqa: E402
 
 FORMAT = "autotune-surface/1"
@@ -185,6 +202,11 @@ class Surface:
                 knobs[name] = Knob(type="categorical", choices=values)
         return SearchSpace(engine=self.data.get("engine", "vllm"), knobs=knobs)
 
+    def point_key(self, params: Mapping[str, Any]) -> str:
+        """The recorded point a study's parameters land on: what makes two trials one configuration."""
+        fixed = {name: values[0] for name, values in self.values.items() if len(values) == 1}
+        return self.key(self.snap({**fixed, **params}))
+
     def snap(self, config: dict[str, Any]) -> dict[str, Any]:
         """The recorded point nearest to a suggested configuration."""
         out = {}
@@ -282,7 +304,8 @@ def run_sampler(
     with_rounds = own or method.startswith("rounds+")
     sampler_name = "gp" if own else method.split("+")[-1]
     spec = StudySpec.model_validate({"sampler": sampler_name, "seed": seed, "budget": {"trials": study_trials}})
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, 0))
+    sampler = make_sampler(spec, 0, key=surface.point_key) if own else optuna_sampler(spec, 0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
     run = Run(method, seed, [], [])
     defaults = surface.data.get("defaults")
     if with_rounds and defaults:
@@ -303,6 +326,39 @@ def run_sampler(
         if stop_at is not None and best >= stop_at:
             break
     return run
+
+
+def run_all(
+    surface: Surface,
+    methods: Sequence[str],
+    seeds: int,
+    jobs: int,
+    budget: int,
+    study_trials: int,
+    stop_at: float,
+    rounds: RoundsOptions,
+) -> dict[str, list[Run]]:
+    """Every seed of every sampler method, over ``jobs`` processes: the searches are seeded, so the runs are
+    those of one process, whichever core ran them."""
+    tasks = [(m, seed) for m in methods if m != "grid" for seed in range(seeds)]
+    search = partial(run_sampler, surface, budget=budget, study_trials=study_trials, stop_at=stop_at, rounds=rounds)
+    if jobs <= 1:
+        done = {task: search(*task) for task in tasks}
+    else:
+        # The GP's searches first: the longest, they would otherwise finish last on one core while the others idle.
+        slow_first = sorted(tasks, key=lambda task: not uses_gp(task[0]))
+        with ProcessPoolExecutor(min(jobs, len(tasks))) as pool:
+            futures = {task: pool.submit(search, *task) for task in slow_first}
+            done = {task: future.result() for task, future in futures.items()}
+    return {m: [done[(m, seed)] for seed in range(seeds)] for m in methods if m != "grid"}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def uses_gp(method: str) -> bool:
+    return method.endswith("gp") or method == "autotune"  # autotune's search is rounds+gp
 
 
 def gp_available() -> str | None:
@@ -421,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
     parser.add_argument("--rounds", action="append", default=[], metavar="OPTION=VALUE",
                         help="a rounds option for the rounds+ methods and autotune (spec.rounds), e.g. neighbours=0")
+    parser.add_argument("--jobs", type=int, default=cores(),
+                        help="searches run at once, one per process (default: the cores available); 1 runs them here")
     parser.add_argument("--restrict", action="append", default=[], metavar="KNOB=V1,V2",
                         help="replay only the sub-grid with these values of a knob (repeatable)")
     args = parser.parse_args(argv)
@@ -430,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})", file=sys.stderr)
         return 2
-    if args.seeds < 1 or not 0 < args.target <= 1:
-        print("error: --seeds must be >= 1 and --target in (0, 1]", file=sys.stderr)
+    if args.seeds < 1 or args.jobs < 1 or not 0 < args.target <= 1:
+        print("error: --seeds and --jobs must be >= 1 and --target in (0, 1]", file=sys.stderr)
         return 2
     restrict: dict[str, list[Any]] = {}
     for item in args.restrict:
@@ -453,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = surface.size
     grid = run_grid(surface)
     notes = []
-    needs_gp = {m for m in methods if m.endswith("gp") or m == "autotune"}  # autotune's search is rounds+gp
+    needs_gp = {m for m in methods if uses_gp(m)}
     if needs_gp and (why := gp_available()):
         methods = [m for m in methods if m not in needs_gp]
         notes.append(f"gp skipped: {why}")
@@ -463,20 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     t0 = time.monotonic()
-    all_runs: dict[str, list[Run]] = {}
-    for method in methods:
-        if method == "grid":
-            all_runs[method] = [grid]
-            continue
-        all_runs[method] = [
-            run_sampler(surface, method, seed, budget, args.study_trials, stop_at=threshold, rounds=rounds)
-            for seed in range(args.seeds)
-        ]
+    searched = run_all(surface, methods, args.seeds, args.jobs, budget, args.study_trials, threshold, rounds)
+    all_runs = {m: [grid] if m == "grid" else searched[m] for m in methods}
     summaries = [summarize(runs, threshold, budget) for runs in all_runs.values()]
     console.print(build_table(surface, summaries, grid, threshold, args.seeds))
     for note in notes:
         console.print(f"note: {note}")
-    console.print(f"replay time: {time.monotonic() - t0:.0f} s")
+    console.print(f"replay time: {time.monotonic() - t0:.0f} s ({args.jobs} job(s))")
     if args.markdown is not None:
         args.markdown.write_text(markdown(surface, summaries, grid, threshold, args.seeds))
     if args.json is not None:

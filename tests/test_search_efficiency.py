@@ -169,3 +169,16 @@ def test_autotune_stops_a_point_below_the_incumbent_and_pays_its_start_and_one_l
         other.enqueue_trial(config)
     other.optimize(lambda t: full(t, space), n_trials=2, catch=(se.ReplayFailed,))
     assert plain.costs_s == [surface.cost_s(best), surface.cost_s(worse)]
+
+
+def test_the_table_is_the_same_on_one_core_and_on_several(tmp_path: Path) -> None:
+    """The searches are seeded: spread over processes, each gives what it gives in one."""
+    surface = small_surface(tmp_path / "small.json")
+    results = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}.json"
+        done = run_bench("--surface", str(surface), "--seeds", "2", "--methods", "tpe,gp,autotune",
+                         "--target", "1.0", "--jobs", jobs, "--json", str(out))
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(out.read_text())["methods"])
+    assert results[0] == results[1]

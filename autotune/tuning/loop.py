@@ -34,6 +34,7 @@ from autotune.tuning.baseline import goodput_reference, incumbent_violation, mea
 from autotune.tuning.bill import over_gpu_budget, over_wall_time
 from autotune.tuning.budget import BudgetState, budget_state, done, over_budget, worker_id
 from autotune.tuning.failfast import StartFailures
+from autotune.tuning.no_repeat import REDRAWN_ATTR
 from autotune.tuning.quality_cache import quality_hook
 from autotune.tuning.records import mark_started, mark_status, record_outcome, record_slo
 from autotune.tuning.rounds import planner_for
@@ -216,6 +217,8 @@ def _objective(run: StudyRun, trial: Trial, reporter: StudyReporter, starts: Sta
     mark_started(trial, config, run.environment, run.setup.model.source, worker_id(),
                  retry_of(run.study, trial.number))
     reporter.trial_started(trial.number, config)
+    if redrawn := trial.user_attrs.get(REDRAWN_ATTR):
+        reporter.trial_status(redrawn)
     incumbent, recheck_below = goodput_reference(run.study, run.spec, config)
     try:
         outcome = run_trial(

@@ -315,6 +315,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def frozen(study: optuna.Study) -> dict[str, Any]:
+    """The knobs the rounds froze, at their values: in every later trial's configuration, none of its parameters."""
+    return {name: o["fixed"] for name, o in study.user_attrs.get(SPACE_ATTR, {}).items() if "fixed" in o}
+
+
 def decisions_of(study: optuna.Study) -> list[dict[str, Any]]:
     return list(study.user_attrs.get(ROUNDS_ATTR, []))
 

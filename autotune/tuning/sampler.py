@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import secrets
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import optuna
@@ -11,18 +12,52 @@ from optuna.trial import Trial
 
 from autotune.space import Knob, SearchSpace
 from autotune.spec import StudySpec
+from autotune.tuning.no_repeat import NoRepeatSampler
+from autotune.tuning.rounds import frozen
 
-__all__ = ["make_sampler", "suggest"]
+__all__ = ["make_sampler", "optuna_sampler", "suggest"]
 
 
-def make_sampler(spec: StudySpec, offset: int, *, distributed: bool = False) -> optuna.samplers.BaseSampler:
-    """GP by default (chosen on benchmarks/search_efficiency.py); TPE with a constant liar for workers.
+def make_sampler(
+    spec: StudySpec,
+    offset: int,
+    *,
+    distributed: bool = False,
+    key: Callable[[Mapping[str, Any]], Hashable] | None = None,
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler: Optuna's, and for GP and TPE a proposal that repeats a trial is drawn again.
 
-    A resumed study must not replay the first run's draws: the seed is shifted
-    by the trials that exist. Workers that start together see the same count,
-    so each adds its own salt.
+    GP and TPE propose from a model, which brings them back to the incumbent
+    (``autotune.tuning.no_repeat``). Random search proposes nothing to judge:
+    each parameter is drawn on its own, a repeat is chance and rare. NSGA-II
+    mutates most children after proposing them (a mutated parameter is drawn
+    on its own), so its proposals are seldom whole configurations; it runs as
+    Optuna publishes it. ``key``: what makes two configurations the same, for
+    a space coarser than its parameters (the replay's grid).
     """
-    seed = spec.seed + offset + (secrets.randbelow(2**20) * 1000 if distributed else 0)
+    seed = _seed(spec, offset, distributed)
+    sampler = _configured(spec, seed, distributed)
+    if spec.sampler in ("random", "nsga2"):
+        return sampler
+    # Another stream than the inner sampler's own random draws, which start from the same seed.
+    return NoRepeatSampler(sampler, seed=seed + 1, key=key, pinned=frozen)
+
+
+def optuna_sampler(spec: StudySpec, offset: int, *, distributed: bool = False) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler as the study configures it, repeats allowed: what the benchmarks compare against."""
+    return _configured(spec, _seed(spec, offset, distributed), distributed)
+
+
+def _seed(spec: StudySpec, offset: int, distributed: bool) -> int:
+    """A resumed study must not replay the first run's draws: the seed is shifted by the trials that exist.
+
+    Workers that start together see the same count, so each adds its own salt.
+    """
+    return spec.seed + offset + (secrets.randbelow(2**20) * 1000 if distributed else 0)
+
+
+def _configured(spec: StudySpec, seed: int, distributed: bool) -> optuna.samplers.BaseSampler:
+    """GP by default (chosen on benchmarks/search_efficiency.py); TPE with a constant liar for workers."""
     startup = max(3, min(10, spec.budget.trials // 3))
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
