@@ -117,7 +117,7 @@ def test_a_spec_range_past_the_engine_file_is_its_own_limit(storage: str) -> Non
 
 
 def test_a_knob_with_no_effect_is_frozen_and_no_longer_sampled(storage: str) -> None:
-    options = RoundsOptions(size=10, extend=False, neighbours=0, min_trials_for_importance=8)
+    options = RoundsOptions(size=10, extend=False, freeze=True, neighbours=0, min_trials_for_importance=8)
     study, planner = make(storage, options, budget=20)
     run(study, planner, 20)
     frozen = {d["knob"]: d for d in study.user_attrs[ROUNDS_ATTR] if d["decision"] == "freeze"}
@@ -133,7 +133,7 @@ def test_a_knob_with_no_effect_is_frozen_and_no_longer_sampled(storage: str) -> 
 
 
 def test_too_few_trials_freezes_nothing_and_says_why(storage: str) -> None:
-    study, planner = make(storage, RoundsOptions(size=3, extend=False, neighbours=0), budget=9)
+    study, planner = make(storage, RoundsOptions(size=3, extend=False, freeze=True, neighbours=0), budget=9)
     run(study, planner, 4)
     log = study.user_attrs[ROUNDS_ATTR]
     assert [d["decision"] for d in log] == ["skip"]

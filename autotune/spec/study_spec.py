@@ -165,7 +165,9 @@ class RoundsOptions(BaseModel):
     enabled: bool = True
     size: int | None = Field(None, ge=1, description="trials per round (default: a third of the budget)")
     extend: bool = Field(True, description="widen a range whose best value sits on its edge, within the hard limits")
-    freeze: bool = Field(True, description="pin knobs whose importance is negligible")
+    # Off by default: on both recorded CPU surfaces a knob frozen after 8 trials was often pinned away from
+    # the target, and every rounds search reached it in more seeds without (docs/benchmarks.md).
+    freeze: bool = Field(False, description="pin knobs whose importance is negligible")
     freeze_below: float = Field(0.05, ge=0, lt=1, description="importance share under which a knob is frozen")
     min_trials_for_importance: int = Field(8, ge=3, description="completed trials needed before freezing")
     # 4 by default: on both recorded CPU surfaces 3 to 6 neighbours per round cut the engine time

@@ -8,7 +8,9 @@ at the trials so far and decides, for the next round:
   may lie beyond it. The range grows by half its width (in the knob's own
   scale, so a log knob doubles) but never past the knob's hard limits, the
   range ``search_spaces/<engine>.yaml`` gives for the device.
-* **freeze** a knob whose importance (fANOVA, over the completed trials) is
+* **freeze** (off unless ``rounds.freeze`` is set: on the recorded surfaces a
+  knob frozen early was often pinned away from the best point) a knob whose
+  importance (fANOVA, over the completed trials) is
   negligible: it is pinned to the best trial's value, so the sampler spends
   the remaining trials on knobs that matter. Needs enough completed trials;
   with fewer, nothing is frozen and the decision log says why.
@@ -154,21 +156,24 @@ class RoundPlanner:
                     decisions.append(decision)
         extended = {d.knob for d in decisions if d.decision == "extend"}
 
+        # Importances order the neighbours too, so they are computed whether or not knobs may be frozen.
         importances: dict[str, float] = {}
+        enough = len(complete) >= self.options.min_trials_for_importance
+        if len(active) > 1 and enough:
+            importances = param_importances(self.study, active)
+            if importances:
+                self._record_importances(rnd, len(complete), importances)
         if self.options.freeze and len(active) > 1:
-            if len(complete) < self.options.min_trials_for_importance:
+            if not enough:
                 decisions.append(Decision(
                     rnd, "skip", None,
                     f"importances need {self.options.min_trials_for_importance} completed trials, "
                     f"{len(complete)} so far: nothing frozen",
                 ))
+            elif importances:
+                decisions += self._freeze(rnd, importances, best, extended, overrides)
             else:
-                importances = param_importances(self.study, active)
-                if importances:
-                    self._record_importances(rnd, len(complete), importances)
-                    decisions += self._freeze(rnd, importances, best, extended, overrides)
-                else:
-                    decisions.append(Decision(rnd, "skip", None, "importances could not be computed: nothing frozen"))
+                decisions.append(Decision(rnd, "skip", None, "importances could not be computed: nothing frozen"))
 
         self.study.set_user_attr(SPACE_ATTR, overrides)
         if self.options.neighbours > 0:
