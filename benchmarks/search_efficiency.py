@@ -13,8 +13,8 @@ many seeds:
   but without the study's guard against repeats: they stand for the
   alternatives, as Optuna ships them.
 * ``rounds+tpe``, ``rounds+gp``: the same samplers with autotune's rounds
-  (``autotune.tuning.rounds``): freeze knobs that do not matter, enqueue
-  neighbours of the best trials; where the surface recorded the engine's
+  (``autotune.tuning.rounds``, default options): enqueue neighbours of the
+  best trials (freezing knobs is off by default); where the surface recorded the engine's
   defaults (``record_surface.py --defaults``), they are measured first and
   paid for, as a study does.
 * ``autotune``: what ``autotune optimize`` does by default, ``rounds+gp``
@@ -86,6 +86,7 @@ from autotune.spec import RoundsOptions, StudySpec  # noqa: E402
 from autotune.tuning import make_sampler, suggest  # noqa: E402
 from autotune.tuning.sampler import optuna_sampler  # noqa: E402
 from autotune.tuning.baseline import INCUMBENT_CONSTRAINT  # noqa: E402
+from _common import free_cores  # noqa: E402
 
 FORMAT = "autotune-surface/1"
 DEFAULT_SURFACE = REPO / "benchmarks" / "data" / "surface_cpu_smollm2.json"
@@ -353,10 +354,6 @@ def run_all(
     return {m: [done[(m, seed)] for seed in range(seeds)] for m in methods if m != "grid"}
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def uses_gp(method: str) -> bool:
     return method.endswith("gp") or method == "autotune"  # autotune's search is rounds+gp
 
@@ -477,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
     parser.add_argument("--rounds", action="append", default=[], metavar="OPTION=VALUE",
                         help="a rounds option for the rounds+ methods and autotune (spec.rounds), e.g. neighbours=0")
-    parser.add_argument("--jobs", type=int, default=cores(),
+    parser.add_argument("--jobs", type=int, default=len(free_cores()),
                         help="searches run at once, one per process (default: the cores available); 1 runs them here")
     parser.add_argument("--restrict", action="append", default=[], metavar="KNOB=V1,V2",
                         help="replay only the sub-grid with these values of a knob (repeatable)")
