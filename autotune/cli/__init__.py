@@ -21,29 +21,59 @@ from autotune.errors import RunFailed, UserError, one_line, root_cause_line
 __all__ = ["app", "console", "main"]
 
 
+_quiet = False  # set by _quiet_shutdown: unraisable exceptions are noise from then on
+_signalled: int | None = None  # the signal _terminate last turned into KeyboardInterrupt
+_previous_unraisablehook = sys.unraisablehook
+
+
 def _quiet_shutdown() -> None:
     # An interrupted load run leaves asyncio tasks whose errors nobody will read
     # (the engine went away under them); their "Task exception was never
-    # retrieved" would bury the one line that says what happened.
+    # retrieved" and "Exception ignored in ..." would bury the one line that says what happened.
+    global _quiet
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
-    sys.unraisablehook = lambda _unraisable: None  # "Exception ignored in ...": the same noise, at exit
+    _quiet = True
 
 
 def _terminate(signum: int, frame: Any) -> None:
     # SIGTERM (a scheduler, `timeout`, `kill`) unwinds like Ctrl-C, so the engine's
     # process group is torn down and the running trial is recorded as interrupted.
-    # An exception raised while a __del__ runs (garbage collection of an HTTP
-    # connection, say) is printed and swallowed by Python, and the signal would
-    # be lost: deliver it again a moment later instead.
-    while frame is not None:
-        if frame.f_code.co_name == "__del__":
-            timer = threading.Timer(0.05, os.kill, args=(os.getpid(), signum))
-            timer.daemon = True
-            timer.start()
-            return
-        frame = frame.f_back
+    global _signalled
+    _signalled = signum
     _quiet_shutdown()
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Keep an interrupt that landed where Python cannot raise.
+
+    The signal handler runs wherever the main thread happens to be; inside a
+    ``__del__``, a weakref callback (``weakref.finalize``, SQLAlchemy's pool) or a
+    generator closed by garbage collection, Python swallows its KeyboardInterrupt
+    and the study would run on. The same signal is sent again a moment later, once
+    that code has returned, so it is raised in ordinary code.
+    """
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _signalled is not None:
+        # Not sent from here: the handler would run inside this hook, swallowed again.
+        # Aimed at the main thread so a blocking call there is woken.
+        timer = threading.Timer(0.05, signal.pthread_kill, args=(threading.main_thread().ident, _signalled))
+        timer.daemon = True
+        try:
+            timer.start()
+        except RuntimeError:  # interpreter shutting down: exiting anyway
+            pass
+        return
+    if not _quiet:
+        _previous_unraisablehook(unraisable)
+
+
+def _install_signal_handlers() -> None:
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _unraisable:  # main() run twice in one process: wrap only once
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _unraisable
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
 
 
 def _fail(message: str, status: int) -> None:
@@ -57,8 +87,7 @@ def main() -> None:
 
     from autotune.tuning import quiet_optuna
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+    _install_signal_handlers()
     quiet_optuna()
     # Every bad input is one line and exit status 2; a failure once work began, one line and 1.
     try:
