@@ -55,7 +55,9 @@ def test_a_run_interrupted_mid_study_records_the_trials_it_finished(tmp_path: Pa
                             start_new_session=True)
     # A second trial's folder appears once the first is done and told. Watching the folders, not the storage,
     # takes no database lock (a read of SQLite while the study writes may fail, and be retried past the moment).
-    deadline = time.monotonic() + 180
+    # The deadline only stops a hung run: the study may first wait for the machine-wide engine lock that
+    # another test's study holds.
+    deadline = time.monotonic() + 600
     while len(list((study_dir / "trials").glob("0*"))) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
