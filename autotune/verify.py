@@ -46,6 +46,7 @@ from autotune.spec import Constraint, StudySpec
 from autotune.spec.slo import figure_alternatives
 from autotune.trial import TrialOutcome, TrialSetup, run_trial
 from autotune.tuning import StudyResults, TrialRecord
+from autotune.tuning.bill import fits_in_time
 
 __all__ = ["Check", "Start", "Verification", "VerifyReporter", "candidates", "judge_starts", "save", "stored",
            "verify_study"]
@@ -227,8 +228,10 @@ def verify_study(
 ) -> list[Verification]:
     """Runs the missing starts of each chosen trial, judges it, stores it after every start.
 
-    ``wall_time_s``: begin no start after this many seconds; those still missing are left for the
-    next call (each result then says how many of its starts were measured)."""
+    ``wall_time_s``: begin no start that would end after this many seconds, taking it to cost as much
+    as the slowest start so far (the trial's own in the study before any); those still missing are left
+    for the next call (each result then says how many of its starts were measured). On a machine lent
+    for a fixed time, a start cut off mid-way is lost whole."""
     began = time.monotonic()
     reporter = reporter or _Silent()
     spec = results_of.spec
@@ -253,9 +256,11 @@ def verify_study(
         results.append(result)
     total = sum(r.repeats_wanted for r in results)
     reporter.opened(total, sum(min(len(r.starts), r.repeats_wanted) for r in results))
+    costs = [_engine_seconds(s.figures) for r in results for s in r.starts]
+    costs += [_engine_seconds(t.attrs) for t in chosen]
 
     def out_of_time() -> bool:
-        return wall_time_s is not None and time.monotonic() - began > wall_time_s
+        return wall_time_s is not None and not fits_in_time(wall_time_s - (time.monotonic() - began), costs)
 
     while not out_of_time() and (turn := [r for r in results if len(r.starts) < r.repeats_wanted]):
         for result in turn:
@@ -264,8 +269,10 @@ def verify_study(
             index = len(result.starts)
             folder = study_dir / "verify" / f"trial-{result.trial}" / f"{index:02d}"
             reporter.start_begun(result.trial, index, result.repeats_wanted)
+            begun = time.monotonic()
             outcome = run_trial(setup, result.config, folder, status=reporter.status,
                                 progress=reporter.requests_progress)
+            costs.append(time.monotonic() - begun)
             start = _start_from(outcome, setup, spec, result, folder)
             result.starts.append(start)
             judge_starts(result, spec.constraints)
@@ -276,6 +283,11 @@ def verify_study(
         save(results_of, result)
         reporter.verified(result)
     return results
+
+
+def _engine_seconds(record: Mapping[str, Any]) -> float:
+    return sum(float(v) for k in ("startup_s", "measure_s")
+               if isinstance(v := record.get(k), (int, float)) and math.isfinite(v))
 
 
 def _start_from(

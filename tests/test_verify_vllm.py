@@ -196,3 +196,20 @@ def test_a_wall_time_begins_no_start_and_keeps_those_measured(verified: tuple[Pa
     for r in after.values():
         assert not r.verified and "only 2 of 3 starts measured so far" in r.reasons
     assert not any(p.name == "02" for p in (copy / "verify").glob("trial-*/*"))  # no third start was begun
+
+
+def test_a_wall_time_shorter_than_the_slowest_start_begins_none(verified: tuple[Path, str], tmp_path: Path) -> None:
+    # Time is left, but less than a start has taken: one begun now would run past it (on a machine
+    # lent for a fixed time, a start cut off mid-way is lost whole).
+    study_dir, _ = verified
+    copy = tmp_path / "run"
+    shutil.copytree(study_dir, copy)
+    starts = [s for r in stored(StudyResults(load_study(copy)[0])).values() for s in r.starts]
+    slowest = max(s.figures["startup_s"] + s.figures["measure_s"] for s in starts)
+    out = subprocess.run(
+        autotune_cmd("verify", str(copy), "--top", "2", "--starts", "3", "--wall-time", f"{slowest / 2:.3f}"),
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "wall time reached with 2 start(s) still to measure" in out.stderr, out.stderr
+    assert not any(p.name == "02" for p in (copy / "verify").glob("trial-*/*"))

@@ -63,7 +63,8 @@ def verify(
     defaults: bool = typer.Option(False, "--defaults", help="verify the engine's defaults too, the reference of the ratio"),
     wall_time: Optional[float] = typer.Option(
         None, "--wall-time", min=0,
-        help="begin no fresh start after this many seconds; the same command goes on from the starts measured"),
+        help="begin no fresh start that the slowest so far says would end after this many seconds; "
+             "the same command goes on from the starts measured"),
     as_json: bool = opt.JSON,
 ) -> None:
     """Re-run the recommended configs on fresh server starts; verified only if the SLO holds at 95%."""

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["engine_time", "engine_time_line", "over_gpu_budget", "over_wall_time"]
+__all__ = ["engine_time", "engine_time_line", "fits_in_time", "over_gpu_budget", "over_wall_time"]
 
 
 def _trial_costs(study: optuna.Study) -> list[tuple[float, float, float]]:
@@ -67,10 +67,15 @@ def over_wall_time(study: optuna.Study, seconds_left: float) -> str | None:
     machine lent for a fixed time, a trial cut off mid-start is lost whole.
     """
     slowest = _slowest([c[0] for c in _trial_costs(study)])
-    if seconds_left > 0 and slowest <= seconds_left:
+    if fits_in_time(seconds_left, [slowest]):
         return None
     return (f"stopping: {max(seconds_left, 0.0):,.0f} s of the wall time left, and the slowest trial so far "
             f"took {slowest:,.0f} s")
+
+
+def fits_in_time(seconds_left: float, costs: list[float]) -> bool:
+    """Whether one more run, taken to cost as much as the slowest of ``costs``, ends inside ``seconds_left``."""
+    return seconds_left > 0 and _slowest(costs) <= seconds_left
 
 
 def engine_time_line(study: optuna.Study, device: str = "cpu") -> str | None:

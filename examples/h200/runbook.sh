@@ -26,10 +26,11 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 step=${1:?step}
 left=${SECONDS_LEFT:-480}
-# verify, and the code before the trial-cost work, stop beginning starts after their wall time but
-# finish the one begun: one trial (a start and a full search) must still fit.
+# The code before the trial-cost work stops beginning trials after its wall time but finishes the
+# one begun: one trial (a start and a full search) must still fit.
 wall=$(( left - ${TRIAL_S:-300} ))
-# This code's studies start no trial that the slowest so far says would not end inside the wall time.
+# This code's studies and verify begin no trial or start that the slowest so far says would not end
+# inside the wall time.
 study_wall=$(( left - ${TRIAL_MARGIN_S:-45} ))
 spec=studies/h200-llama8b-chat.yaml
 # Each GPU model keeps its own folder: figures from an H100 never mix with the H200's.
@@ -90,7 +91,7 @@ case $step in
     # margin over it (a search taken up to its own goodput runs longer than the defaults').
     "${py[@]}" -m autotune optimize --spec "$spec" --study-dir "$study" --wall-time "$study_wall" --gpu-minutes 25 ;;
   verify)
-    "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
+    "${py[@]}" -m autotune verify "$study" --top 1 --defaults --starts 5 --wall-time "$study_wall" ;;
   study-bf16)
     # The same spec with the weights' quantization pinned to none (the KV cache dtype stays a knob).
     mkdir -p "$bf16"
@@ -99,7 +100,7 @@ case $step in
     "${py[@]}" -m autotune optimize --spec "$bf16/spec.yaml" --name h200-llama8b-chat-bf16 --study-dir "$bf16" \
       --wall-time "$study_wall" --gpu-minutes 25 ;;
   verify-bf16)
-    "${py[@]}" -m autotune verify "$bf16" --top 1 --defaults --starts 5 --wall-time "$wall" ;;
+    "${py[@]}" -m autotune verify "$bf16" --top 1 --defaults --starts 5 --wall-time "$study_wall" ;;
   record)
     "${py[@]}" benchmarks/study_record.py --study-dir "$study" --label unseeded --out "$data/unseeded-study.json"
     if [ -f "$bf16/study.db" ]; then
