@@ -46,7 +46,7 @@ from autotune.spec import Constraint, StudySpec
 from autotune.spec.slo import figure_alternatives
 from autotune.trial import TrialOutcome, TrialSetup, run_trial
 from autotune.tuning import StudyResults, TrialRecord
-from autotune.tuning.bill import fits_in_time
+from autotune.tuning.bill import fits_in_time, start_and_load
 
 __all__ = ["Check", "Start", "Verification", "VerifyReporter", "candidates", "judge_starts", "save", "stored",
            "verify_study"]
@@ -256,8 +256,8 @@ def verify_study(
         results.append(result)
     total = sum(r.repeats_wanted for r in results)
     reporter.opened(total, sum(min(len(r.starts), r.repeats_wanted) for r in results))
-    costs = [_engine_seconds(s.figures) for r in results for s in r.starts]
-    costs += [_engine_seconds(t.attrs) for t in chosen]
+    costs = [sum(start_and_load(s.figures)) for r in results for s in r.starts]
+    costs += [sum(start_and_load(t.attrs)) for t in chosen]
 
     def out_of_time() -> bool:
         return wall_time_s is not None and not fits_in_time(wall_time_s - (time.monotonic() - began), costs)
@@ -283,11 +283,6 @@ def verify_study(
         save(results_of, result)
         reporter.verified(result)
     return results
-
-
-def _engine_seconds(record: Mapping[str, Any]) -> float:
-    return sum(float(v) for k in ("startup_s", "measure_s")
-               if isinstance(v := record.get(k), (int, float)) and math.isfinite(v))
 
 
 def _start_from(

@@ -9,12 +9,12 @@ figures. Trials refused before launch cost nothing and are left out.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["engine_time", "engine_time_line", "fits_in_time", "over_gpu_budget", "over_wall_time"]
+__all__ = ["engine_time", "engine_time_line", "fits_in_time", "over_gpu_budget", "over_wall_time", "start_and_load"]
 
 
 def _trial_costs(study: optuna.Study) -> list[tuple[float, float, float]]:
@@ -24,12 +24,12 @@ def _trial_costs(study: optuna.Study) -> list[tuple[float, float, float]]:
         if t.datetime_start is None or t.datetime_complete is None or t.user_attrs.get("status") in (None, "surplus"):
             continue
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
-        up, measured = _seconds(t.user_attrs.get("startup_s")), _seconds(t.user_attrs.get("measure_s"))
+        up, measured = start_and_load(t.user_attrs)
         if not up and not measured:  # a start that failed: all of it went to starting
             up = _seconds((t.user_attrs.get("startup") or {}).get("total_s")) or wall
         costs.append((max(wall, up + measured), up, measured))
     baseline = study.user_attrs.get("baseline") or {}
-    up, measured = _seconds(baseline.get("startup_s")), _seconds(baseline.get("measure_s"))
+    up, measured = start_and_load(baseline)
     if up or measured:
         costs.append((up + measured, up, measured))
     return costs
@@ -87,6 +87,12 @@ def engine_time_line(study: optuna.Study, device: str = "cpu") -> str | None:
     what = "GPU time" if device == "cuda" else "engine time"
     return (f"{what}: {split['total'] / 60:,.1f} min, {share['starting']:.0f}% starting engines, "
             f"{share['load']:.0f}% under load, {share['other']:.0f}% other (teardown, quality, waits)")
+
+
+def start_and_load(record: Mapping[str, Any]) -> tuple[float, float]:
+    """Seconds a trial, the defaults' measurement or a verify start spent starting its engine and under
+    load, as stored with it (0 where not recorded)."""
+    return _seconds(record.get("startup_s")), _seconds(record.get("measure_s"))
 
 
 def _slowest(costs: list[float]) -> float:
