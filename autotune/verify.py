@@ -25,8 +25,6 @@ start (engine log, requests, outcome) are in ``verify/trial-<n>/<start>/``.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import math
 import time
 from dataclasses import asdict, dataclass, field
