@@ -7,6 +7,7 @@ date) and is a mean +- std over repeats, as the methodology asks.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import importlib.metadata as md
 import json
 import math
@@ -26,6 +27,17 @@ from autotune.environment import cpu_model  # importable wherever benchmarks._co
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV = Path(os.environ.get("AUTOTUNE_BENCH_VENV", ROOT / ".venv-bench"))
 DOCS = ROOT / "docs" / "benchmarks.md"
+
+
+def read_kept(path: Path) -> str | None:
+    """A raw file of a kept run, as written or gzip-compressed beside it (``name.gz``), or None if neither is there.
+
+    The GPU runs' raw files are kept compressed: the repository travels whole to the machine that
+    measures, under a size limit."""
+    for p in (path, path.with_name(path.name + ".gz")) if path.suffix != ".gz" else (path,):
+        if p.exists():
+            return gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+    return None
 
 
 def loadavg() -> str:

@@ -23,7 +23,6 @@ the docs.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autotune.engines import vllm  # noqa: E402
-from benchmarks._common import MARK, engine_seconds, flip_verdict, print_report  # noqa: E402
+from benchmarks._common import MARK, engine_seconds, flip_verdict, print_report, read_kept  # noqa: E402
 
 
 def trials_of(study_dir: Path, autotune: Path) -> dict[str, Any]:
@@ -80,10 +79,9 @@ def read_phases(got: dict[str, Any], study_dir: Path) -> None:
     for t, folder in runs:
         if t.get("phases_s"):
             continue
-        log = next((p for p in (folder / "engine.log", folder / "engine.log.gz") if p.exists()), None)
-        if log is None:
+        text = read_kept(folder / "engine.log")
+        if text is None:
             continue
-        text = gzip.decompress(log.read_bytes()).decode() if log.suffix == ".gz" else log.read_text()
         bill = vllm.read_startup(text.splitlines(), t.get("startup_s"))
         t.update(phases_s=bill.phases, compile_cache_hit=bill.compile_cache_hit, phases_from="engine log")
 

@@ -74,7 +74,7 @@ from autotune.load.levels import LevelStopper, design_effect, judge_level, stati
 from autotune.spec import GoodputOptions, load_spec, parse_assignments  # noqa: E402
 from autotune.trial import measure, plan, read_levels, setup_from_spec  # noqa: E402
 from autotune.tuning import load_study  # noqa: E402
-from benchmarks._common import MARK, machine_moved, print_report  # noqa: E402
+from benchmarks._common import MARK, machine_moved, print_report, read_kept  # noqa: E402
 
 CONFIGS = {"defaults": {}, "fp8": {"quantization": "fp8", "kv_cache_dtype": "fp8"}}
 
@@ -208,13 +208,13 @@ def clustering_report(levels: dict[str, list[Any]], slos: list[Any]) -> str:
 
 def rejudge(folder: Path, setup: Any) -> list[dict[str, Any]]:
     """Every level kept under ``folder`` (``levels.jsonl`` or its gzip), judged again, beside the verdict its
-    search recorded (``goodput.json`` next to it, matched by load: a search never tries a load twice)."""
+    search recorded (``goodput.json``, or its gzip, next to it, matched by load: a search never tries a load twice)."""
     g = setup.goodput
     slos = [c for c in setup.constraints if c.kind in ("latency", "throughput")]
     out = []
     for path in sorted([*folder.rglob("levels.jsonl"), *folder.rglob("*levels.jsonl.gz")]):
-        record = path.parent / "goodput.json"
-        recorded = json.loads(record.read_text()).get("levels", []) if record.exists() else []
+        record = read_kept(path.parent / "goodput.json")
+        recorded = json.loads(record).get("levels", []) if record is not None else []
         for meta, rows in read_levels(path):
             was = next((lv for lv in recorded if lv.get("load") == meta["load"]), None)
             figures: dict[str, Any] = {"offered_rate": meta["load"]} if g.unit == "req/s" else {}

@@ -147,6 +147,18 @@ def test_rejudge_shows_the_levels_whose_verdict_changes(tmp_path: Path, capsys: 
     assert "fails → holds (client latency)" in changed[0] and changed[0].endswith("| fails → holds |")
 
 
+def test_rejudge_reads_kept_files_compressed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The repository keeps a GPU trial's levels and its goodput.json gzipped: the recorded verdict still shows."""
+    folder = tmp_path / "trials" / "0003"
+    _kept_level(folder, "fails")
+    for name in ("levels.jsonl", "goodput.json"):
+        (folder / f"{name}.gz").write_bytes(gzip.compress((folder / name).read_bytes()))
+        (folder / name).unlink()
+    assert verdicts.main(["--rejudge", str(tmp_path), "--spec", str(REPO / "studies" / "h200-llama8b-chat.yaml")]) == 0
+    changed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| trials/")]
+    assert len(changed) == 1 and changed[0].endswith("| fails → holds |")
+
+
 def test_rejudge_refuses_what_it_cannot_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert verdicts.main(["--rejudge", str(tmp_path / "nowhere")]) == 2
     assert verdicts.main(["--rejudge", str(tmp_path)]) == 2  # no study there, and no --spec
