@@ -97,6 +97,38 @@ def test_single_start_gives_no_interval_and_few_repeats_are_noted() -> None:
     assert any("at least 10" in n for n in v.notes)
 
 
+def _goodput_starts(goodputs: list[float], ttfts: list[float]) -> Verification:
+    """Starts of a goodput search, as the H100 study's verify measured them: each start's figures are its
+    highest holding level's, so their p99 TTFT sits near the bound, at a different load on each start."""
+    v = Verification(trial=1, config={"quantization": "fp8"}, command="vllm serve m", repeats_wanted=len(goodputs),
+                     environment={"engine": "vllm"})
+    for g, t in zip(goodputs, ttfts, strict=True):
+        v.starts.append(Start("ok", figures={"goodput": g, "p99_ttft_ms": t, "p99_tpot_ms": 19.0}))
+    return v
+
+
+def test_a_goodput_search_is_judged_by_each_starts_level_test_not_the_mean_at_its_limit() -> None:
+    slos = parse_slos("p99(ttft)<300ms, p99(tpot)<25ms")
+    goodputs, ttfts = [25.78, 25.0, 25.78, 26.56, 25.0], [289.0, 145.0, 290.0, 296.0, 281.0]
+    as_fixed_load = _goodput_starts(goodputs, ttfts)
+    judge_starts(as_fixed_load, slos)
+    assert not as_fixed_load.verified  # the mean's upper bound crosses 300 ms: every start sat at its limit
+    v = _goodput_starts(goodputs, ttfts)
+    judge_starts(v, slos, goodput_unit="req/s")
+    assert v.verified, v.reasons
+    assert [c.holds for c in v.checks] == [True, True]
+    assert v.checks[0].value == 25.0 and v.checks[0].unit == "req/s"  # held on every start at 25 req/s
+    assert "5 of 5 starts" in v.checks[0].basis
+    assert "25.0 req/s" in verdict_lines(v)[0]
+
+
+def test_a_goodput_start_that_held_no_load_fails_verification() -> None:
+    v = _goodput_starts([25.0, 0.0, 25.78], [280.0, 410.0, 290.0])
+    judge_starts(v, parse_slos("p99(ttft)<300ms"), goodput_unit="req/s")
+    assert not v.verified
+    assert v.reasons == ["p99(ttft)<300ms: 1 of 3 starts found no load at which every SLO held"]
+
+
 def test_stored_in_the_study_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
     v = _verification([100.0, 102.0, 98.0], met=60, n=60)
