@@ -11,7 +11,8 @@ with every knob free, and with quantization pinned) sit side by side:
 
 It measures nothing. ``ratio`` is the verified one (``autotune.versus``); a
 study whose recommendation or defaults have no verification yet gets
-``"ratio": null`` and says which is missing.
+``"ratio": null`` and says which is missing; one whose verification still lacks
+starts keeps what they say so far as ``interim_ratio``, not as the result.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def study_record(study_dir: Path) -> dict[str, Any]:
     best = max(versus, key=lambda v: v.ratio, default=None)
     missing = [what for what, there in (("the defaults", -1 in verified),
                                         ("a recommendation", any(n >= 0 for n in verified))) if not there]
+    short = [f"{'the defaults' if n < 0 else f'trial {n}'} has {len(v.starts)} of {v.repeats_wanted} starts"
+             for n, v in sorted(verified.items()) if len(v.starts) < v.repeats_wanted]
     verify_seconds = sum(engine_seconds(s.figures) or 0.0 for v in verified.values() for s in v.starts)
     return {
         "study": spec.name,
@@ -55,8 +58,11 @@ def study_record(study_dir: Path) -> dict[str, Any]:
         "verifications": {str(n): v.to_json() for n, v in sorted(verified.items())},
         "verify_engine_seconds": verify_seconds,
         "versus_defaults": [v.to_json() for v in versus],
-        "ratio": best.to_json() if best is not None else None,
-        "ratio_missing": f"no verification of {' or '.join(missing)} yet" if missing else None,
+        "ratio": best.to_json() if best is not None and not short else None,
+        # what the starts measured so far say, while a verification still lacks starts: not the result
+        "interim_ratio": best.to_json() if best is not None and short else None,
+        "ratio_missing": (f"no verification of {' or '.join(missing)} yet" if missing
+                          else f"verification under way: {'; '.join(short)}" if short else None),
     }
 
 
