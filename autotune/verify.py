@@ -19,7 +19,11 @@ keeps what it measured and the next run continues it. The configurations take
 turns, one start each (a recommendation and the defaults it is compared with
 are measured side by side in time, so a machine that drifts moves both), and
 a wall time stops new starts, never one under way: a machine lent for ten
-minutes at a time verifies over several runs. The raw files of each
+minutes at a time verifies over several runs. In a goodput study each
+start's search begins at the study's reading of the configuration and steps
+one resolution first, so a start that reads it again is done in two levels
+(a verification stored before this began keeps the search it began with).
+The raw files of each
 start (engine log, requests, outcome) are in ``verify/trial-<n>/<start>/``.
 """
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -100,6 +104,9 @@ class Verification:
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     updated_at: str | None = None
+    # A goodput search on each start begins at the study's reading of this configuration, one
+    # resolution step first (None: the study's own search, as verifications stored before it began).
+    search_from: float | None = None
     # Perplexity and pass-key figures of the configuration's quality setting, as the
     # study measured them once (they depend on the setting, not on the start).
     quality: dict[str, Any] = field(default_factory=dict)
@@ -247,9 +254,11 @@ def verify_study(
             gpus=gpus_used(config, spec.hardware.gpu_count, setup.device),
             quality=dict((t.quality or {}).get("figures") or {}),
         )
+        result.search_from = _search_from(spec, t)
         if previous is not None and not fresh:
             if previous.config == config and _same_place(previous.environment, env):
                 result.starts = previous.starts
+                result.search_from = previous.search_from if previous.starts else result.search_from
             else:
                 result.notes.append("earlier starts were measured elsewhere or on another config: started over")
         results.append(result)
@@ -269,8 +278,8 @@ def verify_study(
             folder = study_dir / "verify" / f"trial-{result.trial}" / f"{index:02d}"
             reporter.start_begun(result.trial, index, result.repeats_wanted)
             begun = time.monotonic()
-            outcome = run_trial(setup, result.config, folder, status=reporter.status,
-                                progress=reporter.requests_progress)
+            outcome = run_trial(_searching_from(setup, result.search_from), result.config, folder,
+                                status=reporter.status, progress=reporter.requests_progress)
             costs.append(time.monotonic() - begun)
             start = _start_from(outcome, setup, spec, result, folder)
             result.starts.append(start)
@@ -282,6 +291,30 @@ def verify_study(
         save(results_of, result)
         reporter.verified(result)
     return results
+
+
+def _search_from(spec: StudySpec, trial: TrialRecord) -> float | None:
+    """Where each start's goodput search begins: the study's reading of the configuration.
+
+    A fresh start mostly reads what the study read, so a search that begins
+    there and steps one resolution up or down first brackets it in two levels
+    where the default search takes five; a start that reads otherwise widens
+    to the spec's growth and bisects as usual. A trial stopped below the
+    incumbent has a bound, not a reading, and searches as the spec says."""
+    g = spec.goodput
+    reading = trial.figures.get("goodput")
+    if g is None or not isinstance(reading, (int, float)) or not math.isfinite(reading) or reading <= 0:
+        return None
+    return float(min(max(reading, g.min_load or 0.0), g.upper or math.inf))
+
+
+def _searching_from(setup: TrialSetup, start: float | None) -> TrialSetup:
+    if start is None or setup.goodput is None:
+        return setup
+    g = setup.goodput
+    # just under one resolution step, so that a bracket of one step is closed (the search stops under it)
+    step = 1 + 0.98 * g.resolution
+    return replace(setup, goodput=g.model_copy(update={"start": start, "first_step": step}))
 
 
 def _start_from(

@@ -254,6 +254,29 @@ def test_search_default_budget_is_six_and_stops_early_when_resolved() -> None:
     assert result.goodput == 12.0
 
 
+def test_a_first_step_of_one_resolution_from_a_reading_brackets_it_in_two_levels() -> None:
+    true = Queue().crossing(200.0)  # 15 req/s
+    for start, calls in ((14.5, 2), (15.2, 2)):  # a reading just under, and one just over, the crossing
+        queue = Queue()
+        result = search_goodput(queue, P99_200, unit="req/s", start=start, resolution=0.05, growth=1.25,
+                                first_growth=1.049)
+        assert len(queue.calls) == calls, queue.calls
+        assert result.goodput < true <= result.goodput * 1.05
+        plain = Queue()
+        search_goodput(plain, P99_200, unit="req/s", start=start, resolution=0.05, growth=1.25)
+        assert len(plain.calls) > calls  # the same search with its growth from the first step
+    for start in (8.0, 30.0):  # a reading far off: it widens to the growth and still finds the crossing
+        queue = Queue()
+        result = search_goodput(queue, P99_200, unit="req/s", start=start, resolution=0.05, growth=1.25,
+                                first_growth=1.049, max_levels=20)
+        _check_search(result, queue.calls, 20)
+        assert queue.calls[1] == pytest.approx(start * 1.049 if start < true else start / 1.049)
+        assert queue.calls[2] == pytest.approx(queue.calls[1] * 1.25 if start < true else queue.calls[1] / 1.25)
+        assert result.goodput < true <= result.goodput * 1.05
+    with pytest.raises(ValueError, match="first_growth"):
+        search_goodput(Queue(), P99_200, unit="req/s", start=1.0, first_growth=1.0)
+
+
 @pytest.mark.parametrize("start", [1, 2, 5, 13, 14, 17, 100])
 def test_search_concurrency_is_integer_and_exact(start: int) -> None:
     batcher = Batcher()

@@ -129,6 +129,29 @@ def test_a_goodput_start_that_held_no_load_fails_verification() -> None:
     assert v.reasons == ["p99(ttft)<300ms: 1 of 3 starts found no load at which every SLO held"]
 
 
+def test_each_start_searches_from_the_studys_reading_one_step_first() -> None:
+    """A fresh start mostly reads what the study read: its search begins there and steps one resolution first."""
+    from autotune.spec import load_spec
+    from autotune.trial import setup_from_spec
+    from autotune.tuning import TrialRecord
+    from autotune.verify import _search_from, _searching_from
+
+    spec = load_spec(None, {"model": "shape:smollm2-135m", "hardware": {"device": "cpu"}, "objectives": "max:goodput",
+                            "slo": "p99(ttft)<300ms", "goodput": {"start": 20, "growth": 1.25, "resolution": 0.05,
+                                                                  "upper": 40}})
+    measured = TrialRecord(1, "complete", (25.23,), {}, {"figures": {"goodput": 25.23}})
+    stopped = TrialRecord(2, "complete", None, {}, {"figures": {"goodput_upper_bound": 25.23}})
+    beyond = TrialRecord(3, "complete", (55.0,), {}, {"figures": {"goodput": 55.0}})
+    assert _search_from(spec, measured) == 25.23
+    assert _search_from(spec, stopped) is None  # a bound is no reading: the spec's own search
+    assert _search_from(spec, beyond) == 40  # within the spec's limits
+    setup = setup_from_spec(spec)
+    g = _searching_from(setup, 25.23).goodput
+    assert g is not None and g.start == 25.23 and 1 < g.first_step < 1.05
+    assert g.growth == 1.25 and setup.goodput is not None and setup.goodput.start == 20  # the setup is untouched
+    assert _searching_from(setup, None) is setup
+
+
 def test_stored_in_the_study_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
     v = _verification([100.0, 102.0, 98.0], met=60, n=60)

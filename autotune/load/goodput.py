@@ -205,12 +205,16 @@ def search_goodput(
     incumbent: float | None = None,
     min_sustained: float = 0.85,
     design_effect: float = 1.0,
+    first_growth: float | None = None,
 ) -> GoodputResult:
     """Find the highest load at which every SLO holds; see the module docstring.
 
     ``growth`` is the bracketing factor (2 doubles and halves). A smaller one,
     such as 1.25, suits a ``start`` near the expected goodput (a repeat of an
-    earlier measurement): the bracket closes in fewer levels.
+    earlier measurement): the bracket closes in fewer levels. ``first_growth``
+    replaces it for the first step from ``start`` only: ``1 + resolution`` from
+    a start at a goodput measured before closes the bracket in two levels
+    when the reading repeats, and widens to ``growth`` when it does not.
 
     ``measure(load)`` runs the load once and returns ``(figures, per_request)``
     as ``summarize`` and ``per_request_view`` give them; it is called at most
@@ -235,6 +239,8 @@ def search_goodput(
         raise ValueError("resolution must be > 0")
     if not growth > 1:
         raise ValueError("growth must be > 1")
+    if first_growth is not None and not first_growth > 1:
+        raise ValueError("first_growth must be > 1")
     if incumbent is not None:
         if not incumbent > 0:
             raise ValueError("incumbent must be > 0")
@@ -272,13 +278,14 @@ def search_goodput(
             return GoodputResult(0.0, unit, levels, None, seen, BELOW_INCUMBENT, opening.load)
     going_up = opening.holds
     while len(levels) < max_levels:
+        step = first_growth if first_growth is not None and len(levels) == 1 else growth
         if going_up:
-            up = max(load + 1, round(load * growth)) if integer else load * growth
+            up = max(load + 1, round(load * step)) if integer else load * step
             nxt = up if ceiling is None else min(up, ceiling)
             if nxt <= load:
                 break  # held at the ceiling
         else:
-            nxt = min(load - 1, int(load / growth)) if integer else load / growth
+            nxt = min(load - 1, int(load / step)) if integer else load / step
             nxt = max(nxt, floor)
             if nxt >= load or nxt <= 0:
                 break  # failed at the floor

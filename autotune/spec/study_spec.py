@@ -187,6 +187,11 @@ class GoodputOptions(BaseModel):
     min_load: float | None = Field(None, gt=0)
     resolution: float = Field(0.1, gt=0, lt=1)
     growth: float = Field(2.0, gt=1, le=4, description="bracketing factor: 2 doubles up from start; 1.25 suits a start near the answer")
+    first_step: float | None = Field(
+        None, gt=1, le=4,
+        description="the first step's factor from start (default: growth); just over 1 + resolution from a start at "
+                    "a goodput measured before brackets it in two levels where the reading repeats (autotune verify)",
+    )
     conservative: bool = Field(False, description="attainment must hold at its Wilson lower bound")
     min_duration_s: float | None = Field(
         20.0, gt=0, description="each rate level sends at least rate x this many requests, so overload shows"

@@ -118,7 +118,7 @@ def measure(
         found = search_goodput(
             level, judged, unit=g.unit, start=g.start, max_levels=g.max_levels, upper=g.upper,
             min_load=g.min_load, resolution=g.resolution, conservative=g.conservative, growth=g.growth,
-            incumbent=start_at, design_effect=g.design_effect,
+            incumbent=start_at, design_effect=g.design_effect, first_growth=g.first_step,
         )
         record = found.to_json()
         for entry, figures in zip(record["levels"], telemetry, strict=True):
