@@ -134,7 +134,7 @@ def test_each_start_searches_from_the_studys_reading_one_step_first() -> None:
     from autotune.spec import load_spec
     from autotune.trial import setup_from_spec
     from autotune.tuning import TrialRecord
-    from autotune.verify import _search_from, _searching_from
+    from autotune.verify.run import _search_from, _searching_from
 
     spec = load_spec(None, {"model": "shape:smollm2-135m", "hardware": {"device": "cpu"}, "objectives": "max:goodput",
                             "slo": "p99(ttft)<300ms", "goodput": {"start": 20, "growth": 1.25, "resolution": 0.05,

@@ -9,7 +9,9 @@ from rich.table import Table
 from autotune.cost import COST_KEY, format_cost
 from autotune.load.stats import Summary
 from autotune.figures import label, trial_name
-from autotune.verify import SHOWN_FIGURES, Verification, _fmt, _pct
+from autotune.verify import Verification
+from autotune.verify.judge import _fmt, _pct
+from autotune.verify.records import SHOWN_FIGURES
 from autotune.versus import Versus
 
 __all__ = ["figure_rows", "verdict_lines", "verify_table", "versus_line"]
