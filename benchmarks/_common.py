@@ -34,7 +34,7 @@ def read_kept(path: Path) -> str | None:
 
     The GPU runs' raw files are kept compressed: the repository travels whole to the machine that
     measures, under a size limit."""
-    for p in (path, path.with_name(path.name + ".gz")) if path.suffix != ".gz" else (path,):
+    for p in (path, path.with_name(path.name + ".gz")):
         if p.exists():
             return gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
     return None

@@ -97,11 +97,11 @@ def test_single_start_gives_no_interval_and_few_repeats_are_noted() -> None:
     assert any("at least 10" in n for n in v.notes)
 
 
-def _goodput_starts(goodputs: list[float], ttfts: list[float]) -> Verification:
+def _goodput_starts(goodputs: list[float], ttfts: list[float], unit: str | None = None) -> Verification:
     """Starts of a goodput search, as the H100 study's verify measured them: each start's figures are its
     highest holding level's, so their p99 TTFT sits near the bound, at a different load on each start."""
     v = Verification(trial=1, config={"quantization": "fp8"}, command="vllm serve m", repeats_wanted=len(goodputs),
-                     environment={"engine": "vllm"})
+                     environment={"engine": "vllm"}, goodput_unit=unit)
     for g, t in zip(goodputs, ttfts, strict=True):
         v.starts.append(Start("ok", figures={"goodput": g, "p99_ttft_ms": t, "p99_tpot_ms": 19.0}))
     return v
@@ -113,18 +113,21 @@ def test_a_goodput_search_is_judged_by_each_starts_level_test_not_the_mean_at_it
     as_fixed_load = _goodput_starts(goodputs, ttfts)
     judge_starts(as_fixed_load, slos)
     assert not as_fixed_load.verified  # the mean's upper bound crosses 300 ms: every start sat at its limit
-    v = _goodput_starts(goodputs, ttfts)
-    judge_starts(v, slos, goodput_unit="req/s")
+    v = _goodput_starts(goodputs, ttfts, unit="req/s")
+    judge_starts(v, slos)
     assert v.verified, v.reasons
     assert [c.holds for c in v.checks] == [True, True]
     assert v.checks[0].value == 25.0 and v.checks[0].unit == "req/s"  # held on every start at 25 req/s
     assert "5 of 5 starts" in v.checks[0].basis
     assert "25.0 req/s" in verdict_lines(v)[0]
+    again = Verification.from_json(v.to_json())  # the record carries its rule: judged again, the same verdict
+    judge_starts(again, slos)
+    assert again.verified and [c.basis for c in again.checks] == [c.basis for c in v.checks]
 
 
 def test_a_goodput_start_that_held_no_load_fails_verification() -> None:
-    v = _goodput_starts([25.0, 0.0, 25.78], [280.0, 410.0, 290.0])
-    judge_starts(v, parse_slos("p99(ttft)<300ms"), goodput_unit="req/s")
+    v = _goodput_starts([25.0, 0.0, 25.78], [280.0, 410.0, 290.0], unit="req/s")
+    judge_starts(v, parse_slos("p99(ttft)<300ms"))
     assert not v.verified
     assert v.reasons == ["p99(ttft)<300ms: 1 of 3 starts found no load at which every SLO held"]
 

@@ -14,11 +14,9 @@ from autotune.verify.records import Check, Start, Verification, _finite_number
 METHODOLOGY_REPEATS = 10
 
 
-def judge_starts(result: Verification, constraints: list[Constraint], *, goodput_unit: str | None = None) -> None:
-    """Sets ``checks``, ``verified`` and ``reasons``: verified only when every SLO holds at 95%.
-
-    ``goodput_unit``: each start searched its goodput (``autotune.load.goodput``) in this unit, so its
-    SLOs were judged there, level by level (see ``_goodput_check``)."""
+def judge_starts(result: Verification, constraints: list[Constraint]) -> None:
+    """Sets ``checks``, ``verified`` and ``reasons``: verified only when every SLO holds at 95%, or, where
+    each start searched its goodput (``result.goodput_unit``), by each start's own level test."""
     ok = result.ok_starts
     failed = [s for s in result.starts if s.status != "ok"]
     reasons: list[str] = []
@@ -34,7 +32,7 @@ def judge_starts(result: Verification, constraints: list[Constraint], *, goodput
     summary = result.summary()
     pooled = result.attainment()
     checks = [
-        _goodput_check(c, ok, goodput_unit) if goodput_unit and c.kind not in ("quality", "passkey")
+        _goodput_check(c, ok, result.goodput_unit) if result.goodput_unit and c.kind not in ("quality", "passkey")
         else _check(c, summary, pooled, result.quality)
         for c in constraints
     ] if ok else []

@@ -64,6 +64,9 @@ class Verification:
     # A goodput search on each start begins at the study's reading of this configuration, one
     # resolution step first (None: the study's own search, as verifications stored before it began).
     search_from: float | None = None
+    # Each start searched its goodput in this unit: its SLOs were judged by its own level test
+    # (``autotune.verify.judge``), so a re-judgement of the record applies the same rule.
+    goodput_unit: str | None = None
     # Perplexity and pass-key figures of the configuration's quality setting, as the
     # study measured them once (they depend on the setting, not on the start).
     quality: dict[str, Any] = field(default_factory=dict)

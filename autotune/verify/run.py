@@ -93,7 +93,6 @@ def verify_study(
     env = record(setup.engine.name, setup.engine.version(), setup.device)
     price = price_per_gpu_hour if price_per_gpu_hour is not None else spec.hardware.price_per_gpu_hour
     kept = stored(results_of)
-    unit = spec.goodput.unit if spec.goodput is not None else None
     results: list[Verification] = []
     for t in chosen:
         config = t.config
@@ -103,12 +102,13 @@ def verify_study(
             environment=env, slo=spec.slo, price_per_gpu_hour=price,
             gpus=gpus_used(config, spec.hardware.gpu_count, setup.device),
             quality=dict((t.quality or {}).get("figures") or {}),
+            search_from=_search_from(spec, t), goodput_unit=spec.goodput.unit if spec.goodput is not None else None,
         )
-        result.search_from = _search_from(spec, t)
         if previous is not None and not fresh:
             if previous.config == config and _same_place(previous.environment, env):
                 result.starts = previous.starts
-                result.search_from = previous.search_from if previous.starts else result.search_from
+                if previous.starts:  # a verification goes on with the search it began with
+                    result.search_from = previous.search_from
             else:
                 result.notes.append("earlier starts were measured elsewhere or on another config: started over")
         results.append(result)
@@ -133,11 +133,11 @@ def verify_study(
             costs.append(time.monotonic() - begun)
             start = _start_from(outcome, setup, spec, result, folder)
             result.starts.append(start)
-            judge_starts(result, spec.constraints, goodput_unit=unit)
+            judge_starts(result, spec.constraints)
             save(results_of, result)
             reporter.start_finished(result.trial, index, start)
     for result in results:
-        judge_starts(result, spec.constraints, goodput_unit=unit)
+        judge_starts(result, spec.constraints)
         save(results_of, result)
         reporter.verified(result)
     return results
