@@ -155,6 +155,21 @@ def test_each_start_searches_from_the_studys_reading_one_step_first() -> None:
     assert _searching_from(setup, None) is setup
 
 
+def test_each_start_draws_a_schedule_of_its_own_and_a_record_from_before_says_it_replayed_one() -> None:
+    from autotune.verify.run import schedule_of
+
+    offsets = [schedule_of(i) for i in range(20)]
+    # none is the study's (0); each clear of the next start's, whatever a start adds to its own
+    # (a level per call, +500 for a re-check, +1000 per repeat, ten repeats)
+    assert 0 not in offsets and all(b - a > 10 * 1000 + 500 for a, b in zip(offsets, offsets[1:]))
+    old = _verification([100.0, 102.0], met=60, n=60).to_json()
+    old.pop("own_schedules")
+    for start in old["starts"]:
+        start.pop("seed_offset")
+    back = Verification.from_json(old)
+    assert back.own_schedules is False and all(s.seed_offset is None for s in back.starts)
+
+
 def test_stored_in_the_study_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
     v = _verification([100.0, 102.0, 98.0], met=60, n=60)

@@ -32,6 +32,7 @@ from autotune.spec import StudySpec
 from autotune.tuning import StudyResults, load_study, open_study, run_study
 from autotune.report import verdict_lines
 from autotune.verify import Verification, judge_starts, stored
+from autotune.verify.run import schedule_of
 from tests.conftest import autotune_cmd
 
 pytestmark = pytest.mark.engine
@@ -45,7 +46,9 @@ def engine_study_spec(study_dir: Path, slo: str = SLO) -> StudySpec:
         "engine": {"extra_args": ["--enforce-eager"]},
         # warm-up: a full wave at the workload's concurrency, so the first-time costs of a fresh
         # start's batch shapes stay out of the measured requests
-        "workload": {"prompt_tokens": 32, "output_tokens": 64, "concurrency": 32, "num_requests": 96,
+        # lengths drawn per request: the prompts a start sent show which draw it was given
+        "workload": {"prompt_tokens": {"dist": "uniform", "min": 24, "max": 40}, "output_tokens": 64,
+                     "concurrency": 32, "num_requests": 96,
                      "warmup_requests": 32},
         "space": {"max_num_seqs": {"low": 1, "high": 32}, "max_num_batched_tokens": 512, "block_size": 32,
                   "enable_prefix_caching": False, "kv_cache_space_gib": 1},
@@ -93,6 +96,28 @@ def test_each_figure_has_mean_std_and_interval_from_fresh_starts(verified: tuple
         pooled = entry["attainment"]["ttft<500ms@80%"]
         assert pooled["n"] == 2 * 96  # every request of both starts
         assert entry["environment"]["engine"] == "vllm" and entry["environment"]["engine_version"]
+
+
+def _prompt_lengths(folder: Path) -> list[int]:
+    rows = (folder / "requests.jsonl").read_text().splitlines()
+    return sorted(json.loads(line)["prompt_tokens"] for line in rows if line.strip())
+
+
+def test_each_start_draws_its_own_traffic_the_same_for_every_configuration(verified: tuple[Path, str]) -> None:
+    # Replaying the study's draw on every start would verify the configuration against the one
+    # realisation that picked it; start i gets draw i, whichever configuration it starts.
+    study_dir, _ = verified
+    seqs = _by_seqs(study_dir)
+    study, _ = load_study(study_dir)
+    results = stored(StudyResults(study))
+    good, bad = results[seqs[32]], results[seqs[1]]
+    for r in (good, bad):
+        assert r.own_schedules and [s.seed_offset for s in r.starts] == [schedule_of(0), schedule_of(1)]
+    drawn = [[_prompt_lengths(Path(str(s.folder))) for s in r.starts] for r in (good, bad)]
+    assert drawn[0] == drawn[1]  # the same traffic for both configurations, start by start
+    assert drawn[0][0] != drawn[0][1]  # another draw on the next start
+    in_study = _prompt_lengths(study_dir / "trials" / f"{seqs[32]:04d}")
+    assert in_study not in drawn[0]  # not the study's own
 
 
 def _ttfts(result: Verification) -> list[float]:

@@ -155,18 +155,19 @@ def _reading(found: Any) -> float:
 
 def measure_repeated(
     setup: TrialSetup, base_url: str, out_dir: Path | None, *, repeats: int | None = None,
-    on_repeat: Callable[[int, Measurement], None] | None = None, **kwargs: Any,
+    on_repeat: Callable[[int, Measurement], None] | None = None, seed_offset: int = 0, **kwargs: Any,
 ) -> Measurement:
     """``measure`` ``repeats`` times (default ``setup.repeats``) on one server, combined.
 
-    Each run draws fresh prompts (its own seed offset), so a prefix cache
-    cannot serve a later run from an earlier one, and keeps its artefacts in
-    ``out_dir/repeat-N``. ``on_repeat`` sees every run as it ends, so a caller
-    can keep what was measured before an interruption.
+    Each run draws fresh prompts and its own arrival schedule (its own seed
+    offset, above ``seed_offset``), so a prefix cache cannot serve a later run
+    from an earlier one, and keeps its artefacts in ``out_dir/repeat-N``.
+    ``on_repeat`` sees every run as it ends, so a caller can keep what was
+    measured before an interruption.
     """
     n = setup.repeats if repeats is None else repeats
     if n <= 1:
-        one = measure(setup, base_url, out_dir, **kwargs)
+        one = measure(setup, base_url, out_dir, seed_offset=seed_offset, **kwargs)
         if on_repeat is not None:
             on_repeat(0, one)
         return one
@@ -177,7 +178,8 @@ def measure_repeated(
         run_dir = None if out_dir is None else out_dir / f"repeat-{i + 1}"
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-        runs.append(measure(setup, base_url, run_dir, seed_offset=1000 * (i + 1), warm_up=i == 0, **kwargs))
+        runs.append(measure(setup, base_url, run_dir, seed_offset=seed_offset + 1000 * (i + 1), warm_up=i == 0,
+                            **kwargs))
         if on_repeat is not None:
             on_repeat(i, runs[-1])
     combined = combine_repeats(runs)

@@ -77,10 +77,13 @@ def run_trial(
     quality: QualityHook | None = None,
     incumbent: float | None = None,
     recheck_below: float | None = None,
+    seed_offset: int = 0,
 ) -> TrialOutcome:
     """``quality``, when given, is called with the server's URL once the load is measured
     and returns ``{"figures": ..., ...}``: its figures join the trial's. ``incumbent`` and
-    ``recheck_below`` shape a goodput search (``autotune.trial.measurement.measure``)."""
+    ``recheck_below`` shape a goodput search (``autotune.trial.measurement.measure``).
+    ``seed_offset`` picks the prompts and the arrival schedule: a study's trials share 0 (common
+    random numbers), a verification's fresh starts each draw their own."""
     say = status or (lambda _msg: None)
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True))
@@ -112,7 +115,7 @@ def run_trial(
             t0 = time.monotonic()
             measured = measure_repeated(
                 setup, launch.base_url, trial_dir, status=say, progress=progress, gpu_limit=gpus_per_engine(config),
-                incumbent=incumbent, recheck_below=recheck_below,
+                incumbent=incumbent, recheck_below=recheck_below, seed_offset=seed_offset,
             )
             outcome.measure_s = time.monotonic() - t0
             if launch.metrics_path:

@@ -30,6 +30,7 @@ class Start:
     attainment: dict[str, list[int]] = field(default_factory=dict)  # SLO text -> [met, requests]
     folder: str | None = None
     finished_at: str | None = None
+    seed_offset: int | None = None  # its prompts and arrival schedule (None: kept before starts drew their own)
 
 
 @dataclass
@@ -67,6 +68,10 @@ class Verification:
     # Each start searched its goodput in this unit: its SLOs were judged by its own level test
     # (``autotune.verify.judge``), so a re-judgement of the record applies the same rule.
     goodput_unit: str | None = None
+    # Each start draws its own prompts and arrival schedule, start i the same for every configuration
+    # (``autotune.verify.run.schedule_of``), so the spread over starts holds the arrival process's and
+    # the configurations still meet the same traffic. False: every start replayed the study's schedule.
+    own_schedules: bool = False
     # Perplexity and pass-key figures of the configuration's quality setting, as the
     # study measured them once (they depend on the setting, not on the start).
     quality: dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,11 @@ from autotune.verify.judge import judge_starts
 from autotune.verify.records import Start, Verification, _finite_number, _now, save, stored
 
 DEFAULT_REPEATS = 10
+# Start i's seed offset is (i + 1) times this: clear of a study's own schedule (0), of a start's
+# goodput levels (+1, +2, ...), its re-check (+500) and its repeats (+1000 each).
+SCHEDULE_STRIDE = 100_000
+REPLAYED_NOTE = ("every start replayed the study's arrival schedule (recorded before each start drew its own): "
+                 "the spread is the starts', not the arrival process's")
 # Environment fields that must agree before stored starts are pooled with new ones.
 _SAME_PLACE = ("host", "engine", "engine_version", "device", "gpu", "gpu_count")
 
@@ -103,12 +108,17 @@ def verify_study(
             gpus=gpus_used(config, spec.hardware.gpu_count, setup.device),
             quality=dict((t.quality or {}).get("figures") or {}),
             search_from=_search_from(spec, t), goodput_unit=spec.goodput.unit if spec.goodput is not None else None,
+            own_schedules=True,
         )
         if previous is not None and not fresh:
             if previous.config == config and _same_place(previous.environment, env):
                 result.starts = previous.starts
-                if previous.starts:  # a verification goes on with the search it began with
+                if previous.starts:  # a verification goes on with the search and the schedules it began with
                     result.search_from = previous.search_from
+                    result.own_schedules = previous.own_schedules
+                    result.notes = [n for n in previous.notes if n != REPLAYED_NOTE]
+                    if not result.own_schedules:
+                        result.notes.append(REPLAYED_NOTE)
             else:
                 result.notes.append("earlier starts were measured elsewhere or on another config: started over")
         results.append(result)
@@ -128,10 +138,12 @@ def verify_study(
             folder = study_dir / "verify" / f"trial-{result.trial}" / f"{index:02d}"
             reporter.start_begun(result.trial, index, result.repeats_wanted)
             begun = time.monotonic()
+            offset = schedule_of(index) if result.own_schedules else 0
             outcome = run_trial(_searching_from(setup, result.search_from), result.config, folder,
-                                status=reporter.status, progress=reporter.requests_progress)
+                                status=reporter.status, progress=reporter.requests_progress, seed_offset=offset)
             costs.append(time.monotonic() - begun)
             start = _start_from(outcome, setup, spec, result, folder)
+            start.seed_offset = offset
             result.starts.append(start)
             judge_starts(result, spec.constraints)
             save(results_of, result)
@@ -141,6 +153,13 @@ def verify_study(
         save(results_of, result)
         reporter.verified(result)
     return results
+
+
+def schedule_of(index: int) -> int:
+    """The seed offset of a verification's start ``index``: not the study's (0), which picked the
+    configuration and would flatter it again, and the same for every configuration verified, so
+    that their ratio compares them under the same traffic."""
+    return SCHEDULE_STRIDE * (index + 1)
 
 
 def _search_from(spec: StudySpec, trial: TrialRecord) -> float | None:
