@@ -98,6 +98,14 @@ def test_each_figure_has_mean_std_and_interval_from_fresh_starts(verified: tuple
         assert entry["environment"]["engine"] == "vllm" and entry["environment"]["engine_version"]
 
 
+def _batching_and_queueing(study_dir: Path) -> tuple[Verification, Verification, StudySpec]:
+    """The verifications of max_num_seqs 32 and of 1, and the study's spec."""
+    seqs = _by_seqs(study_dir)
+    study, spec = load_study(study_dir)
+    results = stored(StudyResults(study))
+    return results[seqs[32]], results[seqs[1]], spec
+
+
 def _prompt_lengths(folder: Path) -> list[int]:
     rows = (folder / "requests.jsonl").read_text().splitlines()
     return sorted(json.loads(line)["prompt_tokens"] for line in rows if line.strip())
@@ -107,16 +115,13 @@ def test_each_start_draws_its_own_traffic_the_same_for_every_configuration(verif
     # Replaying the study's draw on every start would verify the configuration against the one
     # realisation that picked it; start i gets draw i, whichever configuration it starts.
     study_dir, _ = verified
-    seqs = _by_seqs(study_dir)
-    study, _ = load_study(study_dir)
-    results = stored(StudyResults(study))
-    good, bad = results[seqs[32]], results[seqs[1]]
+    good, bad, _ = _batching_and_queueing(study_dir)
     for r in (good, bad):
         assert r.own_schedules and [s.seed_offset for s in r.starts] == [schedule_of(0), schedule_of(1)]
     drawn = [[_prompt_lengths(Path(str(s.folder))) for s in r.starts] for r in (good, bad)]
     assert drawn[0] == drawn[1]  # the same traffic for both configurations, start by start
     assert drawn[0][0] != drawn[0][1]  # another draw on the next start
-    in_study = _prompt_lengths(study_dir / "trials" / f"{seqs[32]:04d}")
+    in_study = _prompt_lengths(study_dir / "trials" / f"{good.trial:04d}")
     assert in_study not in drawn[0]  # not the study's own
 
 
@@ -149,10 +154,7 @@ def _judged_against(result: Verification, slo: str) -> Verification:
 
 def test_verdicts_with_reasons(verified: tuple[Path, str]) -> None:
     study_dir, out = verified
-    seqs = _by_seqs(study_dir)
-    study, spec = load_study(study_dir)
-    results = stored(StudyResults(study))
-    good, bad = results[seqs[32]], results[seqs[1]]
+    good, bad, spec = _batching_and_queueing(study_dir)
     # What verify stored and printed is the judgement of the starts it measured, reasons and all.
     # (Which verdict the study's fixed SLO gets depends on this machine: see the module docstring.)
     for r in (good, bad):
