@@ -1,13 +1,16 @@
-"""benchmarks/study_record.py: a study whose verification is under way gives no ratio as its result.
+"""A study's verification as its record and its review give it: under way, no ratio as the result.
 
-Reads a copy of the H100 unseeded study kept in the repository (its verify was
-measured over several short runs), so the starts are real ones.
+benchmarks/study_record.py and `autotune review` read a copy of the H100
+unseeded study kept in the repository (its verify was measured over several
+short runs), so the starts are real ones.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 
 from autotune.tuning import StudyResults, load_study
 from autotune.verify import save, stored
-from tests.conftest import REPO
+from tests.conftest import REPO, autotune_cmd
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -58,3 +61,29 @@ def test_a_complete_verification_gives_the_ratio(tmp_path: Path) -> None:
     assert study_record.main(["--study-dir", str(folder), "--label", "unseeded", "--out", str(out)]) == 0
     record = json.loads(out.read_text())["unseeded"]
     assert record["ratio"]["ratio"] > 0 and record["interim_ratio"] is None and record["ratio_missing"] is None
+
+
+def _review(folder: Path) -> str:
+    out = subprocess.run(autotune_cmd("review", str(folder)), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_review_gives_the_verified_ratio_beside_the_studys_own_reading(tmp_path: Path) -> None:
+    folder = _copy_wanting(tmp_path, extra_starts=0)
+    results = StudyResults.load(folder)
+    kept = stored(results)
+    best = next(n for n in kept if n >= 0)
+    text = _review(folder)
+    assert f"best: trial {best}, " in text  # the study's one reading ...
+    line = next(ln for ln in text.splitlines() if ln.startswith("verified: "))
+    starts = f"Welch over {len(kept[best].starts)} and {len(kept[-1].starts)} fresh starts"
+    assert line.startswith(f"verified: trial {best}: ") and starts in line  # ... and what the fresh starts say
+
+
+def test_review_says_a_verification_missing_starts_is_under_way(tmp_path: Path) -> None:
+    folder = _copy_wanting(tmp_path, extra_starts=2)
+    text = _review(folder)
+    assert not any(ln.startswith("verified: ") for ln in text.splitlines())
+    assert "verification under way (" in text and " of " in text

@@ -20,7 +20,7 @@ from autotune.report.console import (
 from autotune.report.context import baseline_line, environment_text, workload_line, workload_text
 from autotune.report.html import HTML_NAME, PLOTLY_NAME, PNG_NAME, pareto_figure, write_report
 from autotune.report.png import write_pareto_png
-from autotune.report.verification import figure_rows, verdict_lines, verify_table, versus_line
+from autotune.report.verification import figure_rows, verdict_lines, verified_lines, verify_table, versus_line
 
 __all__ = [
     "HTML_NAME",
@@ -44,6 +44,7 @@ __all__ = [
     "transposed",
     "trial_cost",
     "verdict_lines",
+    "verified_lines",
     "verify_table",
     "versus_line",
     "workload_line",

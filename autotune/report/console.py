@@ -90,7 +90,7 @@ def pareto_table(results: StudyResults, price_per_gpu_hour: float | None = None)
         row.append(format_cost(trial_cost(t, spec, price_per_gpu_hour)))
         slo = t.slo
         row.append(("met" if all(s["holds"] for s in slo.values()) else "missed") if slo else "-")
-        row += _verify_cells(verified.get(t.number) if t is not base else None)
+        row += _verify_cells(verified.get(t.number))  # the defaults' too (trial -1), when verified
         if base is not None:
             row.append(_ratio(figures.get(ratio_of), base_value))
         table.add_row(*row, end_section=t is base)

@@ -9,12 +9,13 @@ from rich.table import Table
 from autotune.cost import COST_KEY, format_cost
 from autotune.load.stats import Summary
 from autotune.figures import label, trial_name
-from autotune.verify import Verification
+from autotune.tuning import StudyResults
+from autotune.verify import Verification, stored
 from autotune.verify.judge import _fmt, _pct
 from autotune.verify.records import SHOWN_FIGURES
-from autotune.versus import Versus
+from autotune.versus import Versus, versus_defaults
 
-__all__ = ["figure_rows", "verdict_lines", "verify_table", "versus_line"]
+__all__ = ["figure_rows", "verdict_lines", "verified_lines", "verify_table", "versus_line"]
 
 
 def figure_rows(result: Verification) -> list[tuple[str, str, str, str]]:
@@ -83,3 +84,20 @@ def versus_line(v: Versus) -> str:
              else "the two 95% intervals overlap: not better beyond the noise of these starts")
     return (f"{head} (95% CI {v.low:.2f}..{v.high:.2f}, Welch over {v.starts[0]} and {v.starts[1]} fresh starts); "
             f"{apart}")
+
+
+def verified_lines(results: StudyResults) -> list[str]:
+    """The study's stored verifications against the verified defaults: what the fresh starts say,
+    beside the study's own single readings (a verification still missing starts says so)."""
+    objectives = results.spec.objective_list
+    kept = stored(results)
+    if not objectives or -1 not in kept:
+        return []
+    lines = []
+    for v in versus_defaults(list(kept.values()), objectives[0]):
+        short = [r for r in (kept[v.trial], kept[-1]) if len(r.starts) < r.repeats_wanted]
+        head = ("verification under way (" + ", ".join(
+            f"{trial_name(r.trial)} {len(r.starts)} of {r.repeats_wanted} starts" for r in short) + "): "
+            if short else "verified: ")
+        lines.append(head + versus_line(v))
+    return lines
