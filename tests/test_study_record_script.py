@@ -7,6 +7,7 @@ short runs), so the starts are real ones.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -80,6 +81,10 @@ def test_review_gives_the_verified_ratio_beside_the_studys_own_reading(tmp_path:
     line = next(ln for ln in text.splitlines() if ln.startswith("verified: "))
     starts = f"Welch over {len(kept[best].starts)} and {len(kept[-1].starts)} fresh starts"
     assert line.startswith(f"verified: trial {best}: ") and starts in line  # ... and what the fresh starts say
+    from autotune.report import write_report
+
+    html_path, _ = write_report(results, folder)
+    assert html.escape(line) in html_path.read_text()  # the report says it too
 
 
 def test_review_says_a_verification_missing_starts_is_under_way(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from autotune.report.console import trial_cost
 from autotune.report.context import baseline_line, environment_text, workload_text
 from autotune.report.front import baseline_point, points, short, slo_series
 from autotune.report.png import write_pareto_png
-from autotune.report.verification import figure_rows
+from autotune.report.verification import figure_rows, verified_lines
 from autotune.spec import StudySpec
 from autotune.tuning import StudyResults, TrialRecord
 from autotune.verify import Verification, stored
@@ -159,6 +159,7 @@ def render(
     parts.append(_recommendations(spec, study_dir, front, verifications, price))
 
     parts.append("<h2>Verification</h2>")
+    parts.extend(f"<p><b>{html.escape(line)}</b></p>" for line in verified_lines(results))
     parts.append(_verification_section(front, verifications))
 
     parts.append("<h2>Trials without figures</h2>")
