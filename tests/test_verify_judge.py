@@ -168,6 +168,14 @@ def test_each_start_draws_a_schedule_of_its_own_and_a_record_from_before_says_it
         start.pop("seed_offset")
     back = Verification.from_json(old)
     assert back.own_schedules is False and all(s.seed_offset is None for s in back.starts)
+    from autotune.verify.judge import REPLAYED_NOTE
+
+    for _ in range(2):  # the record says so, once, however often it is judged
+        judge_starts(back, parse_slos("p99(ttft)<400ms"))
+        assert back.notes.count(REPLAYED_NOTE) == 1
+    back.own_schedules = True
+    judge_starts(back, parse_slos("p99(ttft)<400ms"))
+    assert REPLAYED_NOTE not in back.notes
 
 
 def test_stored_in_the_study_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from autotune.tuning import StudyResults
 def print_results(results: StudyResults, study_dir: Path, price: Optional[float] = None) -> None:
     """Notes, failures, quality, then the front (transposed on a narrow terminal), the
     engine defaults' baseline, and each recommendation's config file and command."""
+    from autotune.verify import stored
     from autotune.report import (
         baseline_line, failures_table, pareto_table, quality_table, transposed, verified_lines, workload_line,
         write_configs,
@@ -29,7 +30,8 @@ def print_results(results: StudyResults, study_dir: Path, price: Optional[float]
         console.print(table.title, highlight=False)  # wrapped to the terminal, not to the narrow table
         table.title = None
     console.print(table)
-    for line in (baseline_line(results), *verified_lines(results), results.engine_time_line()):
+    for line in (baseline_line(results), *verified_lines(stored(results), results.spec.objective_list),
+                 results.engine_time_line()):
         if line:
             console.print(line, highlight=False, soft_wrap=True)
     for rec in write_configs(results, study_dir):

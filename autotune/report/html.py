@@ -159,7 +159,7 @@ def render(
     parts.append(_recommendations(spec, study_dir, front, verifications, price))
 
     parts.append("<h2>Verification</h2>")
-    parts.extend(f"<p><b>{html.escape(line)}</b></p>" for line in verified_lines(results))
+    parts.extend(f"<p><b>{html.escape(line)}</b></p>" for line in verified_lines(verifications, spec.objective_list))
     parts.append(_verification_section(front, verifications))
 
     parts.append("<h2>Trials without figures</h2>")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 from rich.table import Table
 
 from autotune.cost import COST_KEY, format_cost
 from autotune.load.stats import Summary
 from autotune.figures import label, trial_name
-from autotune.tuning import StudyResults
-from autotune.verify import Verification, stored
+from autotune.spec import Objective
+from autotune.verify import Verification
 from autotune.verify.judge import _fmt, _pct
 from autotune.verify.records import SHOWN_FIGURES
 from autotune.versus import Versus, versus_defaults
@@ -86,11 +87,9 @@ def versus_line(v: Versus) -> str:
             f"{apart}")
 
 
-def verified_lines(results: StudyResults) -> list[str]:
-    """The study's stored verifications against the verified defaults: what the fresh starts say,
-    beside the study's own single readings (a verification still missing starts says so)."""
-    objectives = results.spec.objective_list
-    kept = stored(results)
+def verified_lines(kept: Mapping[int, Verification], objectives: list[Objective]) -> list[str]:
+    """The stored verifications (``autotune.verify.stored``) against the verified defaults: what the
+    fresh starts say, beside the study's own single readings (one still missing starts says so)."""
     if not objectives or -1 not in kept:
         return []
     lines = []

@@ -12,6 +12,8 @@ from autotune.spec.slo import figure_alternatives
 from autotune.verify.records import Check, Start, Verification, _finite_number
 
 METHODOLOGY_REPEATS = 10
+REPLAYED_NOTE = ("every start replayed the study's arrival schedule (recorded before each start drew its own): "
+                 "the spread is the starts', not the arrival process's")
 
 
 def judge_starts(result: Verification, constraints: list[Constraint]) -> None:
@@ -20,7 +22,9 @@ def judge_starts(result: Verification, constraints: list[Constraint]) -> None:
     ok = result.ok_starts
     failed = [s for s in result.starts if s.status != "ok"]
     reasons: list[str] = []
-    notes = [n for n in result.notes if not n.startswith("only ")]
+    notes = [n for n in result.notes if not n.startswith("only ") and n != REPLAYED_NOTE]
+    if result.starts and not result.own_schedules:
+        notes.append(REPLAYED_NOTE)
     if len(result.starts) < result.repeats_wanted:
         reasons.append(f"only {len(result.starts)} of {result.repeats_wanted} starts measured so far")
     if failed:

@@ -22,8 +22,6 @@ DEFAULT_REPEATS = 10
 # Start i's seed offset is (i + 1) times this: clear of a study's own schedule (0), of a start's
 # goodput levels (+1, +2, ...), its re-check (+500) and its repeats (+1000 each).
 SCHEDULE_STRIDE = 100_000
-REPLAYED_NOTE = ("every start replayed the study's arrival schedule (recorded before each start drew its own): "
-                 "the spread is the starts', not the arrival process's")
 # Environment fields that must agree before stored starts are pooled with new ones.
 _SAME_PLACE = ("host", "engine", "engine_version", "device", "gpu", "gpu_count")
 
@@ -116,9 +114,7 @@ def verify_study(
                 if previous.starts:  # a verification goes on with the search and the schedules it began with
                     result.search_from = previous.search_from
                     result.own_schedules = previous.own_schedules
-                    result.notes = [n for n in previous.notes if n != REPLAYED_NOTE]
-                    if not result.own_schedules:
-                        result.notes.append(REPLAYED_NOTE)
+                    result.notes = list(previous.notes)
             else:
                 result.notes.append("earlier starts were measured elsewhere or on another config: started over")
         results.append(result)
@@ -142,8 +138,7 @@ def verify_study(
             outcome = run_trial(_searching_from(setup, result.search_from), result.config, folder,
                                 status=reporter.status, progress=reporter.requests_progress, seed_offset=offset)
             costs.append(time.monotonic() - begun)
-            start = _start_from(outcome, setup, spec, result, folder)
-            start.seed_offset = offset
+            start = _start_from(outcome, setup, spec, result, folder, offset)
             result.starts.append(start)
             judge_starts(result, spec.constraints)
             save(results_of, result)
@@ -187,10 +182,11 @@ def _searching_from(setup: TrialSetup, start: float | None) -> TrialSetup:
 
 
 def _start_from(
-    outcome: TrialOutcome, setup: TrialSetup, spec: StudySpec, result: Verification, folder: Path
+    outcome: TrialOutcome, setup: TrialSetup, spec: StudySpec, result: Verification, folder: Path, seed_offset: int
 ) -> Start:
     if outcome.status != "ok":
-        return Start("failed", outcome.reason or "failed", folder=str(folder), finished_at=_now())
+        return Start("failed", outcome.reason or "failed", folder=str(folder), finished_at=_now(),
+                     seed_offset=seed_offset)
     figures = {k: float(v) for k, v in outcome.figures.items() if _finite_number(v)}
     if outcome.startup_s is not None:
         figures["startup_s"] = outcome.startup_s
@@ -205,7 +201,8 @@ def _start_from(
             n = len(outcome.per_request)
             met = round(c.achieved_fraction(outcome.per_request) * n) if n else 0
             attainment[c.text] = [met, n]
-    return Start("ok", figures=figures, attainment=attainment, folder=str(folder), finished_at=_now())
+    return Start("ok", figures=figures, attainment=attainment, folder=str(folder), finished_at=_now(),
+                 seed_offset=seed_offset)
 
 
 def _same_place(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
