@@ -24,6 +24,7 @@ from autotune.spec import parse_slos
 from autotune.tuning import StudyResults
 from autotune.report import verdict_lines, verify_table
 from autotune.verify import Start, Verification, judge_starts, save, stored
+from autotune.verify.judge import REPLAYED_NOTE
 from autotune.report import figure_rows
 
 
@@ -168,8 +169,6 @@ def test_each_start_draws_a_schedule_of_its_own_and_a_record_from_before_says_it
         start.pop("seed_offset")
     back = Verification.from_json(old)
     assert back.own_schedules is False and all(s.seed_offset is None for s in back.starts)
-    from autotune.verify.judge import REPLAYED_NOTE
-
     for _ in range(2):  # the record says so, once, however often it is judged
         judge_starts(back, parse_slos("p99(ttft)<400ms"))
         assert back.notes.count(REPLAYED_NOTE) == 1

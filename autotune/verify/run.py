@@ -184,9 +184,9 @@ def _searching_from(setup: TrialSetup, start: float | None) -> TrialSetup:
 def _start_from(
     outcome: TrialOutcome, setup: TrialSetup, spec: StudySpec, result: Verification, folder: Path, seed_offset: int
 ) -> Start:
+    kept_with = {"folder": str(folder), "finished_at": _now(), "seed_offset": seed_offset}
     if outcome.status != "ok":
-        return Start("failed", outcome.reason or "failed", folder=str(folder), finished_at=_now(),
-                     seed_offset=seed_offset)
+        return Start("failed", outcome.reason or "failed", **kept_with)
     figures = {k: float(v) for k, v in outcome.figures.items() if _finite_number(v)}
     if outcome.startup_s is not None:
         figures["startup_s"] = outcome.startup_s
@@ -201,8 +201,7 @@ def _start_from(
             n = len(outcome.per_request)
             met = round(c.achieved_fraction(outcome.per_request) * n) if n else 0
             attainment[c.text] = [met, n]
-    return Start("ok", figures=figures, attainment=attainment, folder=str(folder), finished_at=_now(),
-                 seed_offset=seed_offset)
+    return Start("ok", figures=figures, attainment=attainment, **kept_with)
 
 
 def _same_place(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
