@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(data, indent=2))
     r = record["ratio"]
     minutes = record["study_engine_seconds"] / 60
-    print(f"{args.label}: {len(record['trials'])} trials, {minutes:.1f} engine-minutes in the study; "
+    measured = sum(t["state"] != "waiting" for t in record["trials"])
+    queued = len(record["trials"]) - measured
+    print(f"{args.label}: {measured} trials" + (f" ({queued} more queued)" if queued else "")
+          + f", {minutes:.1f} engine-minutes in the study; "
           + (f"verified ratio {r['ratio']:.2f}x (95% CI {r['low']:.2f}..{r['high']:.2f}), "
              f"intervals {'apart' if r['apart'] else 'overlap'}" if r and r.get("low") is not None
              else (record["ratio_missing"] or "ratio without an interval")))

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from autotune.tuning import StudyResults, load_study
@@ -54,6 +55,20 @@ def test_a_verification_still_missing_starts_gives_an_interim_ratio_only(
     assert record["interim_ratio"]["ratio"] > 0
     assert record["ratio_missing"].startswith("verification under way: the defaults has ")
     assert "verification under way" in capsys.readouterr().out
+
+
+def test_queued_trials_are_not_counted_as_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A study that stops with trials enqueued (the rounds' neighbours) has measured only the others."""
+    folder = _copy_wanting(tmp_path, extra_starts=0)
+    study, _ = load_study(folder)
+    queued = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials) + 1
+    measured = len(study.trials) + 1 - queued
+    study.enqueue_trial(dict(study.trials[0].params))
+    out = tmp_path / "record.json"
+    assert study_record.main(["--study-dir", str(folder), "--label", "unseeded", "--out", str(out)]) == 0
+    trials = json.loads(out.read_text())["unseeded"]["trials"]
+    assert [t["state"] for t in trials].count("waiting") == queued
+    assert f"unseeded: {measured} trials ({queued} more queued)" in capsys.readouterr().out
 
 
 def test_a_complete_verification_gives_the_ratio(tmp_path: Path) -> None:
