@@ -249,3 +249,22 @@ def test_review_fits_the_pareto_front_to_the_terminal(tmp_path: Path, columns: i
         assert len(knob_rows) == 1 and "…" not in knob_rows[0]
     else:
         assert cells[0] == "trial" and "max_num_seqs" in cells and "…" not in header
+
+
+def test_review_fits_the_start_up_bill_to_the_terminal(tmp_path: Path) -> None:
+    """The start-up bill of a GPU study (a phase per column) on an 80-column terminal: a column per start
+    instead, every figure whole."""
+    study_dir = tmp_path / "study"
+    shutil.copytree(REPO / "benchmarks" / "data" / "h100" / "study", study_dir)
+    out = subprocess.run(autotune_cmd("review", str(study_dir)), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "80"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    start = lines.index("Engine starts (seconds, from the engine's own log)")
+    table = lines[start + 1:next(i for i in range(start, len(lines)) if lines[i].startswith("└")) + 1]
+    assert all(len(line) <= 80 for line in table) and not any("…" in line for line in table)
+    header = [c.strip() for c in next(line for line in table if "trial" in line).strip("┃ ").split("┃")]
+    assert header[:2] == ["trial", "defaults"] and len(header) > 3
+    rows = {line.strip("│ ").split("│")[0].strip(): line for line in table if line.startswith("│")}
+    assert {"start s", "compile", "compile cache"} <= set(rows)
+    assert re.search(r"\b(hit|miss)\b", rows["compile cache"])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from autotune.cli._app import console, err_console
 from autotune.tuning import StudyResults
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def print_results(results: StudyResults, study_dir: Path, price: Optional[float] = None) -> None:
@@ -14,8 +17,7 @@ def print_results(results: StudyResults, study_dir: Path, price: Optional[float]
     engine defaults' baseline, and each recommendation's config file and command."""
     from autotune.verify import stored
     from autotune.report import (
-        baseline_line, failures_table, pareto_table, quality_table, transposed, verified_lines, workload_line,
-        write_configs,
+        baseline_line, failures_table, pareto_table, quality_table, verified_lines, workload_line, write_configs,
     )
 
     for note in results.unreported():
@@ -24,12 +26,7 @@ def print_results(results: StudyResults, study_dir: Path, price: Optional[float]
     for extra in (failures_table(results), quality_table(results)):
         if extra is not None:
             console.print(extra)
-    table = pareto_table(results, price)
-    if table.row_count and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
-        table = transposed(table)  # a column per knob and figure would be cut to ellipses
-        console.print(table.title, highlight=False)  # wrapped to the terminal, not to the narrow table
-        table.title = None
-    console.print(table)
+    print_fitted(pareto_table(results, price))
     for line in (baseline_line(results), *verified_lines(stored(results), results.spec.objective_list),
                  results.engine_time_line()):
         if line:
@@ -37,6 +34,18 @@ def print_results(results: StudyResults, study_dir: Path, price: Optional[float]
     for rec in write_configs(results, study_dir):
         console.print(f"trial {rec.trial.number}: {rec.config_path}", highlight=False, soft_wrap=True)
         console.print(f"  {rec.command}", highlight=False, soft_wrap=True)
+
+
+def print_fitted(table: Table) -> None:
+    """A table with a row per trial, turned to a column per trial where the terminal is too narrow
+    for its columns: cut to ellipses, every figure would be lost."""
+    from autotune.report import transposed
+
+    if table.row_count and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
+        table = transposed(table)
+        console.print(table.title, highlight=False)  # wrapped to the terminal, not to the narrow table
+        table.title = None
+    console.print(table)
 
 
 def write_html_report(results: StudyResults, study_dir: Path, price: Optional[float], *, quiet: bool = False) -> None:

@@ -15,7 +15,7 @@ import typer
 
 from autotune.cli import _options as opt
 from autotune.cli._app import app, console, err_console, interrupted
-from autotune.cli._results import print_results, write_html_report
+from autotune.cli._results import print_fitted, print_results, write_html_report
 from autotune.errors import UserError
 from autotune.figures import startup_text, trial_name
 
@@ -40,7 +40,10 @@ def review(
         print(json.dumps(data, indent=2, default=str))
         return
     print_results(results, folder, price)
-    for table in (startup_table(results), rounds_table(results), importance_table(results)):
+    starts = startup_table(results)
+    if starts is not None:
+        print_fitted(starts)
+    for table in (rounds_table(results), importance_table(results)):
         if table is not None:
             console.print(table)
 
