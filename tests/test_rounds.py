@@ -250,3 +250,21 @@ def test_a_graph_any_earlier_trial_compiled_counts_not_only_the_last() -> None:
     assert [keys[i] for i in order] == ["last", "early", "early", "new", "new2"]
     assert order == [2, 1, 4, 0, 3]  # otherwise in the order given
     assert compiled_first([0, 1], lambda i: keys[i], set(), None) == [0, 1]  # nothing compiled yet
+
+
+def test_losers_stopped_at_the_incumbent_rank_below_the_trials_that_held_it() -> None:
+    """A goodput study: every trial that held the incumbent's rate read it and no more, and the trials
+    with few sequences were stopped there with the incumbent's rate as their bound. The knob that made
+    them lose is the one that matters, not nothing."""
+    study = optuna.create_study(direction="maximize")
+    dists = {"max_num_seqs": optuna.distributions.IntDistribution(1, 256),
+             "block_size": optuna.distributions.CategoricalDistribution([16, 32])}
+    held = [(128, 16), (200, 32), (256, 16), (160, 32), (224, 16), (96, 32)]
+    stopped = [(2, 16), (4, 32), (8, 16)]
+    for (seqs, block), feasible in [*((p, True) for p in held), *((p, False) for p in stopped)]:
+        study.add_trial(optuna.trial.create_trial(
+            params={"max_num_seqs": seqs, "block_size": block}, distributions=dists, value=19.0,
+            user_attrs={"feasible": feasible}))
+    importances = param_importances(study)
+    assert max(importances, key=importances.get) == "max_num_seqs"
+    assert importances["max_num_seqs"] > importances["block_size"]

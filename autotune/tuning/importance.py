@@ -3,8 +3,12 @@
 Each knob gets one distribution, the widest it had, because Optuna's
 evaluators refuse a space that changed between rounds; a knob the rounds
 pinned takes its value from the trial's configuration. The target is one
-objective in its own direction, with infeasible trials set to the worst value
-seen, so "matters" means "matters for a feasible, good result".
+objective in its own direction, with infeasible trials set below the worst
+feasible value, so "matters" means "matters for a feasible, good result".
+Below, not at: a goodput study stops a loser at the incumbent's rate and
+records that rate as its bound, so where every feasible trial read the
+incumbent's goodput, losers set at the worst value would tie with them and
+the knob that made them lose would look as if it did nothing.
 """
 
 from __future__ import annotations
@@ -49,11 +53,10 @@ def param_importances(
     if len(rows) < 2 or not names:
         return {}
     maximize = study.directions[objective] == optuna.study.StudyDirection.MAXIMIZE
-    values = [r.values[objective] for _, r in rows if r.values]
-    worst = min(values) if maximize else max(values)
+    below = _below_every_feasible([r.values[objective] for _, r in rows if r.values and r.feasible], maximize)
     copy = optuna.create_study(direction="maximize" if maximize else "minimize")
     for params_of, r in rows:
-        value = r.values[objective] if r.values and r.feasible else worst
+        value = r.values[objective] if r.values and r.feasible else below
         copy.add_trial(optuna.trial.create_trial(
             params=params_of, distributions={p: dists[p] for p in names}, value=value,
         ))
@@ -66,6 +69,17 @@ def param_importances(
                 copy, evaluator=_evaluator(evaluator, seed)).items()}
     except (ValueError, RuntimeError):
         return {}
+
+
+def _below_every_feasible(feasible: list[float], maximize: bool) -> float:
+    """The value an infeasible trial is given: worse than the worst feasible one by the feasible
+    trials' own spread (by 5% of it where they all read the same); 0 where none is feasible, so that
+    every trial ties and nothing is said to matter."""
+    if not feasible:
+        return 0.0
+    worst, best = (min(feasible), max(feasible)) if maximize else (max(feasible), min(feasible))
+    gap = abs(best - worst) or 0.05 * abs(worst) or 1.0
+    return worst - gap if maximize else worst + gap
 
 
 def _evaluator(name: str, seed: int) -> Any:
