@@ -61,9 +61,10 @@ def test_queued_trials_are_not_counted_as_measured(tmp_path: Path, capsys: pytes
     """A study that stops with trials enqueued (the rounds' neighbours) has measured only the others."""
     folder = _copy_wanting(tmp_path, extra_starts=0)
     study, _ = load_study(folder)
-    queued = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials) + 1
-    measured = len(study.trials) + 1 - queued
-    study.enqueue_trial(dict(study.trials[0].params))
+    before = study.trials
+    already_queued = sum(t.state == optuna.trial.TrialState.WAITING for t in before)
+    study.enqueue_trial(dict(before[0].params))
+    measured, queued = len(before) - already_queued, already_queued + 1
     out = tmp_path / "record.json"
     assert study_record.main(["--study-dir", str(folder), "--label", "unseeded", "--out", str(out)]) == 0
     trials = json.loads(out.read_text())["unseeded"]["trials"]

@@ -73,8 +73,8 @@ def param_importances(
 
 def _below_every_feasible(feasible: list[float], maximize: bool) -> float:
     """The value an infeasible trial is given: worse than the worst feasible one by the feasible
-    trials' own spread (by 5% of it where they all read the same); 0 where none is feasible, so that
-    every trial ties and nothing is said to matter."""
+    trials' own spread (by 5% of the worst where they all read the same); 0 where none is feasible,
+    so that every trial ties and nothing is said to matter."""
     if not feasible:
         return 0.0
     worst, best = (min(feasible), max(feasible)) if maximize else (max(feasible), min(feasible))
