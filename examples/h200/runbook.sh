@@ -18,8 +18,9 @@
 #
 # Needs vLLM for CUDA and autotune's gpu extra; no weights are downloaded (Llama-3.1-8B shape,
 # --load-format dummy). SECONDS_LEFT bounds each step (default 480 s) so that no engine is
-# still starting when a short run ends. A machine that keeps nothing between runs can carry
-# vLLM's compile cache: VLLM_CACHE_ROOT=$PWD/.vcache (ignored by git), packed back after each run
+# still starting when a short run ends. On a machine that keeps nothing of the repository
+# between runs, examples/h200/lent-machine.sh runs the steps against a deadline and keeps
+# autotune's cache (vLLM's compile cache among it) under /tmp, packed back after each run
 # (tar cJf: about 3 MB for two configurations' graphs, where gzip gives 11 MB).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
