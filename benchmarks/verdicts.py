@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"move them aside (rename the key) or pass a new --out", file=sys.stderr)
                 args.out.write_text(json.dumps(data, indent=2))
                 return 2
+            if changed:
+                print(f"note: {name}'s {len(entry['goodput'])} searches ran with other goodput options {changed}; "
+                      f"kept as measured (rename the key to measure {name} afresh)")
             while len(entry["goodput"]) < args.searches:
                 if left() < args.start_s + args.search_s:
                     return stop()

@@ -122,6 +122,24 @@ def test_searches_from_before_an_option_existed_go_on_and_changed_ones_do_not(tm
         assert verdicts.main([*spec, "--config", "tiny:", "--out", str(out), "--max-seconds", "0"]) == rc
 
 
+def test_finished_searches_under_other_options_are_named_not_counted_silently(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A configuration whose searches are all done, but under other goodput options, is not measured again;
+    the run says so, so that its spread is not read beside another's as measured alike."""
+    spec = ["--spec", str(REPO / "studies" / "tiny-cpu.yaml"), "--spec-set", "objectives=max:goodput",
+            "--spec-set", "slo=p90(ttft)<300ms", "--spec-set", "goodput.unit=req/s"]
+    options = GoodputOptions(unit="req/s").model_dump(mode="json")
+    out = tmp_path / "v.json"
+    for kept, noted in ((options, False), ({**options, "max_levels": options["max_levels"] - 1}, True)):
+        entry = {"config": {}, "goodput": [20.0] * 2, "bracket": [1.0] * 2, "levels": [[], []], "start": [1, 1],
+                 "starts": 1, "startup_s": [40.0], "goodput_options": kept}
+        out.write_text(json.dumps({"tiny": entry}))
+        assert verdicts.main([*spec, "--config", "tiny:", "--searches", "2", "--out", str(out),
+                              "--max-seconds", "0"]) == 0
+        said = capsys.readouterr().out
+        assert ("tiny's 2 searches ran with other goodput options {'max_levels'" in said) is noted
+
+
 def _kept_level(folder: Path, recorded: str) -> None:
     """The H100 level of tests/data/levels/h100_filling_batch.json as a trial folder keeps it."""
     rec = json.loads((REPO / "tests" / "data" / "levels" / "h100_filling_batch.json").read_text())
