@@ -10,8 +10,8 @@
 # cache and model-info record among it) lives under /tmp, which such a machine keeps between
 # runs while it stays warm; $CACHE_PACK, when it exists, seeds it on a new machine (an
 # xz tar of the cache's vllm/ folder, as this script leaves in $OUT/vllm.txz).
-# What comes back in $OUT: run.txt (every line printed), env.txt (GPU, driver, torch,
-# CUDA, vLLM), data.tgz (this GPU model's folder under benchmarks/data/) and vllm.txz.
+# What comes back in $OUT: run.txt (every line printed), data.tgz (the runbook's results
+# folder for this GPU model; every result in it carries its environment) and vllm.txz.
 set -uo pipefail
 steps=${1:?steps, e.g. "study verify"}
 total=${2:-590}
@@ -29,12 +29,8 @@ mkdir -p "$AUTOTUNE_CACHE"
 pack=${CACHE_PACK:-.atcache-pack/vllm.txz}
 [ -f "$pack" ] && tar -xJf "$pack" -C "$AUTOTUNE_CACHE"
 
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-case "$gpu" in *H100*) model_dir=h100 ;; *) model_dir=h200 ;; esac
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c 'import torch, vllm; print("torch", torch.__version__, "cuda", torch.version.cuda, "vllm", vllm.__version__)' 2>&1 | tail -1
-} > "$out/env.txt"
-cat "$out/env.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+data=$(bash examples/h200/runbook.sh data-dir)
 
 for step in $steps; do
   left=$(( deadline - $(date +%s) - 25 ))
@@ -44,6 +40,6 @@ for step in $steps; do
   echo "== $step rc $? at $(( $(date +%s) - t0 ))s"
 done
 pkill -f vllm.entrypoints || true
-tar czf "$out/data.tgz" "benchmarks/data/$model_dir"
+tar czf "$out/data.tgz" "$data"
 [ -d "$AUTOTUNE_CACHE/vllm" ] && tar cJf "$out/vllm.txz" -C "$AUTOTUNE_CACHE" vllm
 echo "== end at $(( $(date +%s) - t0 ))s"

@@ -15,6 +15,7 @@
 #   bash examples/h200/runbook.sh study-bf16      # the same study with quantization pinned to none
 #   bash examples/h200/runbook.sh verify-bf16
 #   bash examples/h200/runbook.sh record          # both studies and their verifications -> unseeded-study.json
+#   bash examples/h200/runbook.sh data-dir        # prints this GPU model's results folder
 #
 # Needs vLLM for CUDA and autotune's gpu extra; no weights are downloaded (Llama-3.1-8B shape,
 # --load-format dummy). SECONDS_LEFT bounds each step (default 480 s) so that no engine is
@@ -115,6 +116,9 @@ case $step in
     if [ -f "$bf16/study.db" ]; then
       "${py[@]}" benchmarks/study_record.py --study-dir "$bf16" --label bf16 --out "$data/unseeded-study.json"
     fi ;;
+  data-dir)
+    # where this GPU model's results go (DATA= names another folder), for a wrapper to pack
+    echo "$data" ;;
   *)
     echo "unknown step $step" >&2; exit 2 ;;
 esac
