@@ -112,10 +112,12 @@ def test_a_resumed_study_starts_no_trial_past_its_gpu_minutes_or_its_wall_time(s
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"stopping: {spent:,.1f} of {budget:g} GPU-minutes spent" in out.stdout, out.stdout
     assert [t.number for t in StudyResults.load(copy).trials] == [0]  # nothing started, nothing lost
-    # A run's wall time, by the same rule: a minute is less than any trial so far took.
+    # A run's wall time, by the same rule: under the mean of the runs so far (the defaults' and trial 0's),
+    # so under the slowest, on a fast machine as on a slow one (a fixed minute let a trial start on one).
+    wall = max(1, int(spent * 60 / 2) - 1)
     out = subprocess.run(
         autotune_cmd("optimize", "--spec", str(study_dir.parent / "spec.yaml"), "--study-dir", str(copy),
-                     "--trials", "3", "--wall-time", "60"),
+                     "--trials", "3", "--wall-time", str(wall)),
         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
